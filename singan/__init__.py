@@ -1,0 +1,27 @@
+"""singan: SinGAN (Shaham, Dekel, Michaeli, ICCV 2019) in modern, pure PyTorch.
+
+The stable public API:
+
+    cfg = singan.config("paper", max_size=200)       # frozen Config, reference defaults
+    image = singan.load_image("photo.jpg")           # 1 x 3 x H x W in [-1, 1]
+    singan.pyramid_shapes(375, 500, cfg)             # [(h, w), ...] coarsest first
+    model = singan.train(image, cfg, seed=0)         # -> SinGAN
+    model.save("out/model"); model = singan.load("out/model")
+    x = singan.sample(model, 4, scale_h=1.5)         # 4 x 3 x H x W in [-1, 1]
+    singan.save_image(x[0], "sample.png")
+"""
+
+from singan.config import PRESETS, Config, config
+from singan.errors import InputError
+from singan.image import load_image, save_image
+from singan.models import SinGAN, load
+from singan.pyramid import plan_pyramid, pyramid_shapes
+from singan.resize import imresize
+from singan.sample import reconstruct, sample
+from singan.train import Callback, IterationLog, train
+
+__all__ = [
+    "PRESETS", "Callback", "Config", "InputError", "IterationLog", "SinGAN", "config", "imresize",
+    "load", "load_image", "plan_pyramid", "pyramid_shapes", "reconstruct", "sample", "save_image",
+    "train",
+]

@@ -1,0 +1,240 @@
+"""The `singan` command: train one image, sample a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from singan.config import PRESETS, config
+from singan.errors import InputError
+from singan.examples import pebbles
+from singan.image import load_image, save_image
+from singan.models import SinGAN, load
+from singan.sample import reconstruct, sample
+from singan.train import Callback, IterationLog, train
+
+log = logging.getLogger("singan")
+
+SAMPLE_BATCH = 16  # samples generated together: bounds memory at large sizes
+
+TRAIN_EPILOG = """\
+Output folder:
+  DIR/model/        config.json and scale_XX.pt, written as each scale finishes
+  DIR/reals/        the image pyramid, scale_00.png (coarsest) ...
+  DIR/samples/      scale_XX.png (one sample after each scale), sample_XX.png, reconstruction.png
+
+Training an image into a folder that holds a partly trained model with the same settings
+resumes at the first unfinished scale.
+
+Examples:
+  singan train photo.jpg --out runs/photo --preset quick
+  singan train photo.jpg --out runs/photo --device cuda --seed 1
+"""
+
+SAMPLE_EPILOG = """\
+Examples:
+  singan sample runs/photo --out runs/photo/more --num 20
+  singan sample runs/photo --out wide --scale-h 2            # twice as wide
+  singan sample runs/photo --out tall --scale-v 1.5          # 1.5 times as tall
+  singan sample runs/photo --out details --start-scale 1     # keep the layout, vary details
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except InputError as err:
+        print(f"singan: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("singan: interrupted; finished scales are saved and the next run resumes there",
+              file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="singan", description="Learn a generative model from a single image (SinGAN).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a SinGAN on one image",
+                            description="Train a SinGAN on one image, coarse to fine.",
+                            epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image", metavar="IMAGE", help="the training image (any format Pillow reads)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (see below)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="paper: every reference default; quick: a small CPU smoke run "
+                        "(default: %(default)s)")
+    p.add_argument("--max-size", type=int, metavar="N",
+                   help="longest side of the finest scale (paper: 250, quick: 96)")
+    p.add_argument("--niter", type=int, metavar="N",
+                   help="iterations per scale (paper: 2000); the learning-rate drop stays at "
+                        "80%% of them")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
+    p.add_argument("--num-samples", type=int, default=8, metavar="N",
+                   help="random samples written at the end (default: %(default)s)")
+    p.set_defaults(run=run_train)
+
+    p = commands.add_parser("demo", help="train the built-in example image (quick preset)",
+                            description="Train the built-in example image (a procedural stone "
+                            "wall) with the quick preset and write samples: a first run that "
+                            "needs no data.")
+    p.add_argument("--out", default="runs/demo", metavar="DIR",
+                   help="output folder, laid out as for `singan train` (default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(run=run_demo)
+
+    p = commands.add_parser("sample", help="draw samples from a trained model",
+                            description="Draw random samples from a trained SinGAN.",
+                            epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL_DIR", help="a model folder, or a `singan train` output")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the PNG samples go")
+    p.add_argument("--num", type=int, default=10, metavar="N", help="samples (default: %(default)s)")
+    p.add_argument("--start-scale", type=int, default=0, metavar="K",
+                   help="scales below K reconstruct the training image; fresh noise from K on "
+                        "(default: %(default)s)")
+    p.add_argument("--scale-h", type=float, default=1.0, metavar="X",
+                   help="width multiplier (default: %(default)s)")
+    p.add_argument("--scale-v", type=float, default=1.0, metavar="Y",
+                   help="height multiplier (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(run=run_sample)
+    return parser
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {name!r}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def run_train(args: argparse.Namespace) -> int:
+    overrides = {}
+    if args.max_size is not None:
+        overrides["max_size"] = args.max_size
+    if args.niter is not None:
+        overrides.update(niter=args.niter, lr_milestone=max(1, round(0.8 * args.niter)))
+    cfg = config(args.preset, **overrides)
+    device = resolve_device(args.device)
+    return train_into(load_image(args.image), cfg, Path(args.out), device, args.seed,
+                      args.num_samples)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    image = pebbles(128, 192)
+    save_image(image, out / "example.png")
+    print(f"training the built-in example image {out / 'example.png'} with the quick preset")
+    return train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
+
+
+def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> int:
+    """Train (or resume) into the output folder layout, then write pictures and a summary."""
+    resume = previous_model(out / "model", cfg, seed)
+    progress = Progress(out)
+    start = time.perf_counter()
+    if resume is None or not resume.is_complete:
+        if resume is not None:
+            print(f"resuming {out / 'model'} at scale {len(resume.scales)} of {resume.num_scales}")
+        model = train(image, cfg, device=device, seed=seed, callbacks=[progress], resume=resume)
+    else:
+        print(f"{out / 'model'} is already trained; writing samples only")
+        model = resume.to(device)
+
+    for index, real in enumerate(model.reals):
+        save_image(real, out / "reals" / f"scale_{index:02d}.png")
+    rng = torch.Generator(device=model.device).manual_seed(model.seed)
+    for index, x in enumerate(sample(model, num_samples, generator=rng)):
+        save_image(x, out / "samples" / f"sample_{index:02d}.png")
+    save_image(reconstruct(model), out / "samples" / "reconstruction.png")
+    progress.summary(model, time.perf_counter() - start)
+    return 0
+
+
+def previous_model(directory: Path, cfg, seed: int | None) -> SinGAN | None:
+    """A model already in the output folder, when it can be resumed with these settings."""
+    if not (directory / "config.json").is_file():
+        return None
+    model = load(directory)
+    if model.config != cfg or (seed is not None and seed != model.seed):
+        raise InputError(f"{directory} holds a model trained with other settings; choose another "
+                         "--out or delete that folder")
+    return model
+
+
+class Progress(Callback):
+    """A progress bar per scale; saves each finished scale and one sample picture of it."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.bar = None
+        self.rows: list[tuple] = []
+        self.scale_start = 0.0
+
+    def on_scale_start(self, model, scale, noise_amp):
+        from tqdm import tqdm
+
+        h, w = model.plan.shapes[scale]
+        self.noise_amp = noise_amp
+        self.scale_start = time.perf_counter()
+        self.bar = tqdm(total=model.config.niter, unit="it", dynamic_ncols=True, leave=True,
+                        desc=f"scale {scale + 1}/{model.num_scales} {h}x{w}")
+
+    def on_iteration(self, log: IterationLog):
+        self.bar.update(log.iteration - self.bar.n)
+        self.last = log
+        self.bar.set_postfix(D=f"{log.d_real + log.d_fake + log.gradient_penalty:.3f}",
+                             G=f"{log.g_adv:.3f}", rec=f"{log.reconstruction:.4f}", refresh=False)
+
+    def on_scale_end(self, model, scale):
+        self.bar.close()
+        model.save(self.out / "model")
+        rng = torch.Generator(device=model.device).manual_seed(model.seed)
+        save_image(sample(model, generator=rng), self.out / "samples" / f"scale_{scale:02d}.png")
+        seconds = time.perf_counter() - self.scale_start
+        self.rows.append((scale, model.plan.shapes[scale], self.noise_amp, seconds,
+                          self.last.reconstruction))
+
+    def summary(self, model: SinGAN, seconds: float) -> None:
+        if self.rows:
+            print(f"{'scale':>5} {'size':>9} {'noise_amp':>9} {'seconds':>8} {'rec loss':>9}")
+            for scale, (h, w), amp, secs, rec in self.rows:
+                print(f"{scale:>5} {f'{h}x{w}':>9} {amp:>9.4f} {secs:>8.1f} {rec:>9.5f}")
+        print(f"{model.num_scales} scales, {seconds:.1f} s; model: {self.out / 'model'}, "
+              f"samples: {self.out / 'samples'}")
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    model = load(args.model, device=resolve_device(args.device))
+    rng = torch.Generator(device=model.device).manual_seed(args.seed)
+    out = Path(args.out)
+    for first in range(0, args.num, SAMPLE_BATCH):
+        batch = sample(model, min(SAMPLE_BATCH, args.num - first), start_scale=args.start_scale,
+                       scale_h=args.scale_h, scale_v=args.scale_v, generator=rng)
+        for index, x in enumerate(batch, start=first):
+            save_image(x, out / f"sample_{index:03d}.png")
+    h, w = batch.shape[-2:]
+    print(f"{args.num} samples of {h}x{w} in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

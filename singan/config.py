@@ -1,0 +1,117 @@
+"""Configuration: one frozen dataclass whose defaults are the reference SinGAN's, and presets.
+
+Field names follow the reference code (reference/SINGAN.md). Constants the reference hard-codes
+are named fields here. Values derived from a config and an image (the real scale factor, the
+pyramid shapes) are computed by `singan.pyramid`, never written back into the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from singan.errors import InputError
+
+
+@dataclass(frozen=True)
+class Config:
+    # Pyramid (reference: min_size, max_size, scale_factor_init).
+    min_size: int = 25
+    max_size: int = 250
+    scale_factor: float = 0.75  # the initial factor; the real one is derived per image
+    num_scales: int | None = None  # fix the number of scales instead (seed study); factor derived
+
+    # Networks (reference: nfc, min_nfc, num_layer, ker_size).
+    nfc: int = 32  # channels at the coarsest scales
+    max_nfc: int = 128  # channels never grow past this
+    nfc_double_every: int = 4  # channels double every this many scales
+    num_layer: int = 5  # head + 3 body blocks + tail
+    kernel_size: int = 3
+    leaky_slope: float = 0.2
+    init_std: float = 0.02  # conv weights N(0, std); BN weights N(1, std)
+
+    # Training (reference: niter, lr_g, lr_d, beta1, gamma, Dsteps, Gsteps, lambda_grad, alpha,
+    # noise_amp).
+    niter: int = 2000
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    gamma: float = 0.1  # learning-rate decay at lr_milestone
+    lr_milestone: int = 1600
+    d_steps: int = 3
+    g_steps: int = 3
+    lambda_grad: float = 0.1  # gradient-penalty weight
+    alpha: float = 10.0  # reconstruction-loss weight
+    noise_amp: float = 0.1  # noise amplitude = noise_amp * RMSE(real, upsampled reconstruction)
+
+    # Bookkeeping that does not change the result.
+    log_every: int = 10  # iterations between loss callbacks (one host sync each)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("min_size", "max_size", "nfc", "max_nfc", "nfc_double_every", "num_layer",
+                     "kernel_size", "niter", "d_steps", "g_steps", "log_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.num_layer < 3:
+            problems.append(f"num_layer must be at least 3 (head, body, tail), got {self.num_layer}")
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be odd, got {self.kernel_size}")
+        if not 0 < self.scale_factor < 1:
+            problems.append(f"scale_factor must be in (0, 1), got {self.scale_factor}")
+        if self.num_scales is not None and (not isinstance(self.num_scales, int) or self.num_scales < 2):
+            problems.append(f"num_scales must be None or an integer >= 2, got {self.num_scales!r}")
+        if self.max_size < self.min_size:
+            problems.append(f"max_size ({self.max_size}) is below min_size ({self.min_size})")
+        if problems:
+            raise InputError("invalid config: " + "; ".join(problems))
+
+    def channels(self, scale: int) -> int:
+        """Feature channels of the generator and discriminator at `scale` (0 = coarsest)."""
+        return min(self.nfc * 2 ** (scale // self.nfc_double_every), self.max_nfc)
+
+    @property
+    def pad(self) -> int:
+        """Zero border that keeps the generator's output the size of its input (5 by default)."""
+        return (self.kernel_size - 1) * self.num_layer // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Every reference default.
+    "paper": {},
+    # A CPU smoke run: smaller images, narrower networks and fewer iterations, so that a 250-px
+    # photo trains in a couple of minutes on two cores. Same algorithm, lower quality.
+    "quick": dict(max_size=96, max_nfc=32, niter=300, lr_milestone=240),
+}
+
+
+def config(preset: str = "paper", **overrides: Any) -> Config:
+    """A frozen `Config` from a preset ("paper" or "quick") with field overrides.
+
+    >>> config("quick", niter=100).niter
+    100
+    """
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(f"unknown config fields: {', '.join(unknown)}")
+    return Config(**{**PRESETS[preset], **overrides})

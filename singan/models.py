@@ -1,0 +1,261 @@
+"""The networks of one scale and the `SinGAN` module that holds the whole pyramid.
+
+Scales are numbered as in the reference code: 0 is the coarsest. Each finished scale is one
+`Scale` submodule (its generator, discriminator, real image, reconstruction noise and noise
+amplitude), so a model with k finished scales is a complete, samplable SinGAN of k levels and the
+unit of checkpointing is one scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor, nn
+
+from singan.config import Config
+from singan.errors import InputError
+from singan.pyramid import PyramidPlan
+
+FORMAT_VERSION = 1
+
+
+class ConvBlock(nn.Sequential):
+    """Conv 3x3 (no padding) -> BatchNorm -> LeakyReLU(0.2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: Config):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.LeakyReLU(config.leaky_slope)
+
+
+class _FiveLayerNet(nn.Module):
+    """Head block, num_layer - 2 body blocks, tail conv: the body shared by G and D."""
+
+    def __init__(self, channels: int, out_channels: int, config: Config):
+        super().__init__()
+        self.head = ConvBlock(3, channels, config)
+        self.body = nn.Sequential(*[ConvBlock(channels, channels, config)
+                                    for _ in range(config.num_layer - 2)])
+        self.tail = nn.Conv2d(channels, out_channels, config.kernel_size)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.tail(self.body(self.head(x)))
+
+
+class Generator(_FiveLayerNet):
+    """G_n(z, prev) = tanh(net(z)) + centre-crop(prev); z already holds noise_amp * noise + prev.
+
+    Both inputs carry a zero border of `config.pad` pixels; the output has the unpadded size.
+    """
+
+    def __init__(self, channels: int, config: Config):
+        super().__init__(channels, 3, config)
+
+    def forward(self, z: Tensor, prev: Tensor) -> Tensor:
+        x = torch.tanh(self.features(z))
+        crop = (prev.shape[-2] - x.shape[-2]) // 2
+        return x + prev[..., crop:prev.shape[-2] - crop, crop:prev.shape[-1] - crop]
+
+
+class Discriminator(_FiveLayerNet):
+    """A patch critic: one score per 11x11 receptive field, no activation (WGAN-GP)."""
+
+    def __init__(self, channels: int, config: Config):
+        super().__init__(channels, 1, config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+
+def init_weights(module: nn.Module, std: float, generator: torch.Generator) -> None:
+    """The reference initialisation: conv weights N(0, std), BatchNorm weights N(1, std), bias 0.
+
+    Conv biases keep PyTorch's default distribution, U(+-1/sqrt(fan_in)), as in the reference,
+    but are drawn from `generator` so that a seeded training is reproducible.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, std, generator=generator)
+            bound = 1.0 / math.sqrt(m.weight[0].numel())
+            nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, std, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+class Scale(nn.Module):
+    """One finished level of the pyramid.
+
+    `z_rec` is the reconstruction noise at this scale (z* at the coarsest, zeros elsewhere), and
+    `noise_amp` the standard deviation of the noise added to the upsampled previous output.
+    """
+
+    def __init__(self, generator: Generator, discriminator: Discriminator, real: Tensor,
+                 z_rec: Tensor, noise_amp: Tensor | float):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+        self.register_buffer("real", real)
+        self.register_buffer("z_rec", z_rec)
+        self.register_buffer("noise_amp", torch.as_tensor(noise_amp, dtype=real.dtype,
+                                                          device=real.device).reshape(()))
+
+    @classmethod
+    def empty(cls, index: int, config: Config, shape: tuple[int, int]) -> Scale:
+        """A scale with the right parameter and buffer shapes, to load a state dict into."""
+        channels = config.channels(index)
+        z_channels = 1 if index == 0 else 3
+        return cls(Generator(channels, config), Discriminator(channels, config),
+                   torch.zeros(1, 3, *shape), torch.zeros(1, z_channels, *shape), 0.0)
+
+
+class SinGAN(nn.Module):
+    """A pyramid of per-scale GANs learnt from one image, coarsest scale first.
+
+    `plan` holds every planned level's shape; `scales` the levels trained so far, so a partly
+    trained model samples at the resolution of its finest finished scale and training can resume
+    from it.
+    """
+
+    def __init__(self, config: Config, plan: PyramidPlan, seed: int):
+        super().__init__()
+        self.config = config
+        self.plan = plan
+        self.seed = seed
+        self.scales = nn.ModuleList()
+
+    # --- convenient views ------------------------------------------------------------------
+    @property
+    def num_scales(self) -> int:
+        """The number of planned scales."""
+        return self.plan.num_scales
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.scales) == self.plan.num_scales
+
+    @property
+    def scale_factor(self) -> float:
+        return self.plan.scale_factor
+
+    @property
+    def generators(self) -> list[Generator]:
+        return [s.generator for s in self.scales]
+
+    @property
+    def reals(self) -> list[Tensor]:
+        return [s.real for s in self.scales]
+
+    @property
+    def noise_amps(self) -> list[float]:
+        return [float(s.noise_amp) for s in self.scales]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device if len(self.scales) else torch.device("cpu")
+
+    # --- storage: config.json + one file per scale --------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """What config.json holds: the config, the pyramid plan, the seed and versions."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "package_version": _package_version(),
+            "config": self.config.to_dict(),
+            "plan": self.plan.to_dict(),
+            "seed": self.seed,
+            "finished_scales": len(self.scales),
+        }
+
+    def save_metadata(self, f: IO[bytes]) -> None:
+        f.write(json.dumps(self.metadata(), indent=2, sort_keys=True).encode())
+
+    def save_scale(self, index: int, f: IO[bytes]) -> None:
+        """Write scale `index` (tensors only, on the CPU) to a binary file object."""
+        state = {k: v.detach().cpu() for k, v in self.scales[index].state_dict().items()}
+        torch.save(state, f)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write config.json and scale_XX.pt for every finished scale; each file whole or absent."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for index in range(len(self.scales)):
+            _atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
+        _atomic_write(directory / "config.json", self.save_metadata)
+
+    @classmethod
+    def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
+                   device: str | torch.device | None = None, name: str = "model") -> SinGAN:
+        """Rebuild a model from config.json and the first len(scale_files) scale files."""
+        try:
+            meta = json.loads(metadata_file.read())
+            config = Config.from_dict(meta["config"])
+            plan = PyramidPlan.from_dict(meta["plan"])
+            seed = int(meta["seed"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{name}: config.json is not a SinGAN model description ({err})") from err
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise InputError(f"{name}: written by a newer singan-fleet (format "
+                             f"{meta['format_version']}); upgrade to load it")
+        model = cls(config, plan, seed)
+        for index, f in enumerate(scale_files):
+            scale = Scale.empty(index, config, plan.shapes[index])
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                scale.load_state_dict(state)
+            except Exception as err:  # a torn or foreign file: say which one
+                raise InputError(f"{name}: {scale_file_name(index)} cannot be loaded ({err})") from err
+            model.scales.append(scale.eval().requires_grad_(False))
+        return model.to(device or "cpu")
+
+
+def scale_file_name(index: int) -> str:
+    return f"scale_{index:02d}.pt"
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SinGAN:
+    """Load a model saved with `SinGAN.save` (or a training output folder holding `model/`).
+
+    Loads every consecutive scale file present, so a partly trained model loads too.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        path = path / "model"
+    if not (path / "config.json").is_file():
+        raise InputError(f"{path}: not a SinGAN model folder (no config.json)")
+    count = 0
+    while (path / scale_file_name(count)).is_file():
+        count += 1
+    with open(path / "config.json", "rb") as meta:
+        files = [open(path / scale_file_name(i), "rb") for i in range(count)]
+        try:
+            return SinGAN.from_files(meta, files, device=device, name=str(path))
+        finally:
+            for f in files:
+                f.close()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("singan-fleet")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+

@@ -1,0 +1,105 @@
+"""Running the pyramid: random samples, samples from a start scale, other sizes, reconstruction.
+
+Every scale n computes x_n = G_n(noise_amp_n * z_n + up(x_{n-1}), up(x_{n-1})), where up() is the
+bicubic resize by 1 / scale_factor cropped to scale n's size, and x_{-1} = 0. Training uses the
+same chain (`generate`) to make the `prev` inputs of the scale it trains.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from singan.errors import InputError
+from singan.models import SinGAN
+from singan.resize import imresize
+
+
+def upsample(x: Tensor, shape: tuple[int, int], scale_factor: float) -> Tensor:
+    """Resize x by 1 / scale_factor and crop (top-left, as the reference) to `shape`.
+
+    Where rounding leaves the enlarged image short of `shape` (only for sizes that are not the
+    pyramid's own), it is resized to `shape` directly instead.
+    """
+    up = imresize(x, scale=1.0 / scale_factor)
+    if up.shape[-2] < shape[0] or up.shape[-1] < shape[1]:
+        up = imresize(x, shape=shape)
+    return up[..., : shape[0], : shape[1]]
+
+
+def draw_noise(scale: int, num: int, shape: tuple[int, int], *, generator: torch.Generator | None,
+               device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """N(0, 1) noise for `scale`: one channel shared by R, G and B at the coarsest scale."""
+    channels = 1 if scale == 0 else 3
+    return torch.randn(num, channels, *shape, generator=generator, device=device, dtype=dtype)
+
+
+def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor, generator_net=None) -> Tensor:
+    """One step of the chain at `scale`: both inputs zero-padded, the output unpadded.
+
+    `generator_net` overrides the stored generator (training runs the one being trained).
+    """
+    pad = model.config.pad
+    prev = F.pad(prev, (pad, pad, pad, pad))
+    z = F.pad(z.expand(-1, 3, -1, -1), (pad, pad, pad, pad))
+    net = generator_net if generator_net is not None else model.scales[scale].generator
+    return net(noise_amp(model, scale) * z + prev, prev)
+
+
+def noise_amp(model: SinGAN, scale: int) -> Tensor:
+    return model.scales[scale].noise_amp
+
+
+def generate(model: SinGAN, noises: list[Tensor]) -> Tensor:
+    """The output of scales 0 .. len(noises) - 1 fed the given (unpadded) noise maps."""
+    x = torch.zeros(noises[0].shape[0], 3, *noises[0].shape[-2:], device=noises[0].device,
+                    dtype=noises[0].dtype)
+    for scale, z in enumerate(noises):
+        if scale > 0:
+            x = upsample(x, tuple(z.shape[-2:]), model.scale_factor)
+        x = run_scale(model, scale, z, x)
+    return x
+
+
+@torch.no_grad()
+def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float = 1.0,
+           scale_v: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    """Random samples, num x 3 x H x W in [-1, 1] (clamped), from the finished scales.
+
+    start_scale: scales below it follow the reconstruction path (z_rec), fresh noise from it on;
+      the paper's "start one scale finer" keeps the layout and changes details.
+    scale_h, scale_v: multiply every scale's noise map horizontally / vertically, so a sample
+      1.5 wide is scale_h=1.5. Sizes are round(scale * level size), as in the reference.
+    generator: a torch.Generator on the model's device, for reproducible samples.
+    """
+    if not len(model.scales):
+        raise InputError("the model has no trained scale to sample from")
+    if num < 1:
+        raise InputError(f"num must be at least 1, got {num}")
+    if not 0 <= start_scale < len(model.scales):
+        raise InputError(f"start_scale must be in 0..{len(model.scales) - 1}, got {start_scale}")
+    if scale_h <= 0 or scale_v <= 0:
+        raise InputError(f"scale_h and scale_v must be positive, got {scale_h}, {scale_v}")
+    if start_scale > 0 and (scale_h, scale_v) != (1.0, 1.0):
+        raise InputError("start_scale > 0 reuses the reconstruction noise, which has the training "
+                         "image's size: use scale_h = scale_v = 1 with it")
+    device = model.device
+    noises = []
+    for scale, level in enumerate(model.scales):
+        if scale < start_scale:
+            noises.append(level.z_rec.expand(num, -1, -1, -1))
+            continue
+        h, w = level.real.shape[-2:]
+        shape = (max(1, round(h * scale_v)), max(1, round(w * scale_h)))
+        noises.append(draw_noise(scale, num, shape, generator=generator, device=device,
+                                 dtype=level.real.dtype))
+    return generate(model, noises).clamp(-1, 1)
+
+
+@torch.no_grad()
+def reconstruct(model: SinGAN) -> Tensor:
+    """The reconstruction of the real image (1 x 3 x H x W): the chain fed z_rec at every scale."""
+    if not len(model.scales):
+        raise InputError("the model has no trained scale to reconstruct from")
+    return generate(model, [level.z_rec for level in model.scales]).clamp(-1, 1)

@@ -1,0 +1,221 @@
+"""Training: coarse to fine, one GAN per scale, earlier scales frozen (reference/SINGAN.md s. 4).
+
+Decisions where the reference and the paper differ (each keeps the paper's algorithm):
+- z* (the coarsest reconstruction noise) is drawn once and kept fixed, as in the paper; the
+  reference redraws it every iteration and stores the last draw.
+- The generator steps recompute `fake` with the current weights for each step; the reference
+  reuses the graph of the last discriminator step, which modern PyTorch rejects.
+- Every resize and random draw happens on the training device; the reference round-trips
+  through uint8 numpy arrays on the CPU.
+- Random numbers come from one torch.Generator per scale, seeded from (seed, scale), so that
+  resuming from k finished scales gives the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from typing import IO, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from singan.config import Config
+from singan.errors import InputError
+from singan.image import load_image
+from singan.models import Discriminator, Generator, Scale, SinGAN, init_weights
+from singan.pyramid import build_pyramid, plan_pyramid
+from singan.sample import draw_noise, generate, upsample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IterationLog:
+    """The loss terms at one logged iteration (last discriminator and generator step).
+
+    d_real + d_fake + gradient_penalty is the discriminator loss; g_adv + reconstruction the
+    generator loss. `iteration` counts from 1 to `niter`.
+    """
+
+    scale: int
+    iteration: int
+    niter: int
+    d_real: float  # -mean D(real)
+    d_fake: float  # mean D(fake)
+    gradient_penalty: float  # lambda_grad * mean (|grad D(x_hat)| - 1)^2
+    g_adv: float  # -mean D(fake)
+    reconstruction: float  # alpha * MSE(G(z_rec), real)
+
+
+class Callback:
+    """Training hooks; override what you need. The pipeline logs and checkpoints with these."""
+
+    def on_scale_start(self, model: SinGAN, scale: int, noise_amp: float) -> None:
+        """Before `scale` trains; `model` holds the finished scales 0 .. scale - 1."""
+
+    def on_iteration(self, log: IterationLog) -> None:
+        """Every `config.log_every` iterations and at the last one."""
+
+    def on_scale_end(self, model: SinGAN, scale: int) -> None:
+        """After `scale` finished; `model` now holds scales 0 .. scale (a resume point)."""
+
+
+def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None = None, *,
+          device: str | torch.device | None = None, seed: int | None = None,
+          callbacks: Sequence[Callback] = (), resume: SinGAN | None = None) -> SinGAN:
+    """Learn a SinGAN from one image and return it.
+
+    image: a 1 x 3 x H x W (or 3 x H x W) tensor in [-1, 1], or a path / binary file object.
+    config: defaults to `resume.config` or the paper preset.
+    device: "cpu", "cuda", ... (default: CUDA when available).
+    seed: makes training reproducible; drawn from torch's global generator when None. The seed is
+      stored in the model, and a resumed training keeps it.
+    resume: a model with k finished scales trained on the same image and config; only scales
+      k .. N are trained.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if not isinstance(image, Tensor):
+        image = load_image(image)
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4 or image.shape[:2] != (1, 3):
+        raise InputError(f"image must be 1 x 3 x H x W, got {tuple(image.shape)}")
+
+    if resume is not None:
+        config = config or resume.config
+        if config != resume.config:
+            raise InputError("resume: the model was trained with another config")
+        if seed is not None and seed != resume.seed:
+            raise InputError(f"resume: the model was trained with seed {resume.seed}, not {seed}")
+        seed = resume.seed
+    config = config or Config()
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+
+    plan = plan_pyramid(image.shape[-2], image.shape[-1], config)
+    reals = build_pyramid(image.to(device=device, dtype=torch.float32), plan)
+    if resume is not None:
+        if resume.plan != plan:
+            raise InputError("resume: the model was trained on an image of another size")
+        model = resume.to(device)
+        for level, real in zip(model.scales, reals):
+            if not torch.allclose(level.real, real, atol=1e-3):
+                raise InputError("resume: the model was trained on another image")
+    else:
+        model = SinGAN(config, plan, seed).to(device)
+
+    for scale in range(len(model.scales), plan.num_scales):
+        train_scale(model, scale, reals[scale], callbacks)
+    return model
+
+
+def scale_generator(seed: int, scale: int, device: torch.device) -> torch.Generator:
+    """The random stream of one scale: independent of how many scales ran before in this process."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + scale) % 2**63)
+
+
+def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Callback] = ()) -> None:
+    """Train scale `scale` against `real` with scales 0 .. scale - 1 frozen; append it to model."""
+    config, device = model.config, real.device
+    rng = scale_generator(model.seed, scale, device)
+    shape = tuple(real.shape[-2:])
+
+    # 1. Networks: copy the previous scale's G and D when the width is unchanged (warm start).
+    channels = config.channels(scale)
+    if scale > 0 and config.channels(scale - 1) == channels:
+        generator = copy.deepcopy(model.scales[scale - 1].generator).train().requires_grad_(True)
+        critic = copy.deepcopy(model.scales[scale - 1].discriminator).train().requires_grad_(True)
+    else:
+        generator, critic = Generator(channels, config), Discriminator(channels, config)
+        init_weights(generator, config.init_std, rng)
+        init_weights(critic, config.init_std, rng)
+        generator.to(device), critic.to(device)
+
+    # 2. Reconstruction path: z* at the coarsest scale, zeros above it; the upsampled
+    #    reconstruction of the frozen scales (prev_rec) is fixed for the whole scale.
+    if scale == 0:
+        z_rec = draw_noise(0, 1, shape, generator=rng, device=device)
+        prev_rec = torch.zeros_like(real)
+        noise_amp = torch.ones((), device=device)
+    else:
+        z_rec = torch.zeros_like(real)
+        with torch.no_grad():
+            prev_rec = upsample(generate(model, [s.z_rec for s in model.scales]), shape,
+                                model.scale_factor)
+        noise_amp = config.noise_amp * torch.sqrt(F.mse_loss(prev_rec, real))
+    level = Scale(generator, critic, real, z_rec, noise_amp)
+    for callback in callbacks:
+        callback.on_scale_start(model, scale, float(noise_amp))
+
+    # 3. Optimisers: Adam with one learning-rate drop at lr_milestone.
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
+    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, [config.lr_milestone], config.gamma)
+    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [config.lr_milestone], config.gamma)
+
+    pad = config.pad
+    padded = lambda x: F.pad(x, (pad, pad, pad, pad))  # noqa: E731
+    prev_rec = padded(prev_rec)
+    rec_input = noise_amp * padded(z_rec.expand(-1, 3, -1, -1)) + prev_rec
+
+    for iteration in range(1, config.niter + 1):
+        z = padded(draw_noise(scale, 1, shape, generator=rng, device=device).expand(-1, 3, -1, -1))
+
+        # 4. Critic steps: WGAN-GP on a fresh random `prev` each step.
+        for _ in range(config.d_steps):
+            prev = padded(random_prev(model, scale, shape, rng))
+            with torch.no_grad():
+                fake = generator(noise_amp * z + prev, prev)
+            d_real = -critic(real).mean()
+            d_fake = critic(fake).mean()
+            penalty = config.lambda_grad * gradient_penalty(critic, real, fake, rng)
+            opt_d.zero_grad(set_to_none=True)
+            (d_real + d_fake + penalty).backward()
+            opt_d.step()
+
+        # 5. Generator steps: adversarial loss on the last `prev`, reconstruction of the real.
+        critic.requires_grad_(False)
+        for _ in range(config.g_steps):
+            fake = generator(noise_amp * z + prev, prev)
+            g_adv = -critic(fake).mean()
+            reconstruction = config.alpha * F.mse_loss(generator(rec_input, prev_rec), real)
+            opt_g.zero_grad(set_to_none=True)
+            (g_adv + reconstruction).backward()
+            opt_g.step()
+        critic.requires_grad_(True)
+        sched_d.step()
+        sched_g.step()
+
+        # 6. Report: the only host sync of the loop, every log_every iterations.
+        if callbacks and (iteration % config.log_every == 0 or iteration == config.niter):
+            values = torch.stack([d_real, d_fake, penalty, g_adv, reconstruction]).tolist()
+            entry = IterationLog(scale, iteration, config.niter, *values)
+            for callback in callbacks:
+                callback.on_iteration(entry)
+
+    # 7. Freeze the scale (eval mode: BatchNorm uses its running statistics from now on).
+    model.scales.append(level.eval().requires_grad_(False))
+    for callback in callbacks:
+        callback.on_scale_end(model, scale)
+
+
+def random_prev(model: SinGAN, scale: int, shape: tuple[int, int], rng: torch.Generator) -> Tensor:
+    """The frozen scales run on fresh noise, upsampled to `shape`: the input `prev` of `scale`."""
+    if scale == 0:
+        return torch.zeros(1, 3, *shape, device=rng.device)
+    with torch.no_grad():
+        noises = [draw_noise(n, 1, tuple(level.real.shape[-2:]), generator=rng, device=rng.device)
+                  for n, level in enumerate(model.scales)]
+        return upsample(generate(model, noises), shape, model.scale_factor)
+
+
+def gradient_penalty(critic: Discriminator, real: Tensor, fake: Tensor, rng: torch.Generator) -> Tensor:
+    """mean over pixels of (|grad_x D(x_hat)|_2 over channels - 1)^2, x_hat between real and fake."""
+    e = torch.rand((), generator=rng, device=real.device)
+    x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()

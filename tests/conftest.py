@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny configs and a tiny trained model, all procedural, CPU only."""
+
+from __future__ import annotations
+
+import pytest
+
+import singan
+from singan.examples import pebbles
+
+
+def tiny_config(**overrides) -> singan.Config:
+    """Three scales of narrow networks: trains in about a second on the CPU."""
+    values = dict(min_size=12, max_size=28, nfc=8, max_nfc=16, nfc_double_every=2, niter=20,
+                  lr_milestone=16, log_every=5)
+    return singan.config("paper", **{**values, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_image():
+    return pebbles(28, 36, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_image):
+    return singan.train(tiny_image, tiny_config(), device="cpu", seed=7)
