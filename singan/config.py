@@ -98,7 +98,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # A CPU smoke run: smaller images, narrower networks and fewer iterations, so that a 250-px
     # photo trains in a couple of minutes on two cores. Same algorithm, lower quality.
-    "quick": dict(max_size=96, max_nfc=32, niter=300, lr_milestone=240),
+    "quick": dict(max_size=96, num_scales=4, max_nfc=32, niter=120, lr_milestone=96),
 }
 
 

@@ -151,9 +151,11 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     for callback in callbacks:
         callback.on_scale_start(model, scale, float(noise_amp))
 
-    # 3. Optimisers: Adam with one learning-rate drop at lr_milestone.
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
+    # 3. Optimisers: Adam with one learning-rate drop at lr_milestone. foreach: one kernel per
+    #    operation over all parameters instead of one per parameter (same arithmetic).
+    betas = (config.beta1, config.beta2)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas, foreach=True)
     sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, [config.lr_milestone], config.gamma)
     sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [config.lr_milestone], config.gamma)
 

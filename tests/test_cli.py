@@ -1,0 +1,118 @@
+"""The `singan` command: train, resume, sample, demo output layout, one-line errors, help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import singan
+from singan.cli import main
+from singan.examples import pebbles
+
+TINY = ["--max-size", "28", "--niter", "4", "--device", "cpu", "--seed", "1", "--num-samples", "2"]
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    singan.save_image(pebbles(60, 80, seed=5), path)
+    return path
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """Narrow networks so that the command-line tests take seconds."""
+    monkeypatch.setitem(singan.PRESETS, "paper", dict(min_size=12, nfc=8, max_nfc=8, log_every=2))
+
+
+def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, tiny_preset):
+    out = tmp_path / "run"
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    model = singan.load(out)
+    n = model.num_scales
+    assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 3
+    assert sorted(p.name for p in (out / "reals").iterdir()) == [f"scale_{i:02d}.png" for i in range(n)]
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    assert samples == ["reconstruction.png", "sample_00.png", "sample_01.png"] + [
+        f"scale_{i:02d}.png" for i in range(n)]
+    assert Image.open(out / "samples" / "sample_00.png").size == model.plan.shapes[-1][::-1]
+    printed = capsys.readouterr().out
+    assert f"{n} scales" in printed and "noise_amp" in printed
+
+
+def test_train_resumes_an_interrupted_run(photo, tmp_path, capsys, tiny_preset):
+    out = tmp_path / "run"
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    finished = singan.load(out)
+    for i in range(2, finished.num_scales):  # as if killed during scale 2
+        (out / "model" / f"scale_{i:02d}.pt").unlink()
+    capsys.readouterr()
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert singan.load(out).is_complete
+
+
+def test_train_refuses_a_folder_with_another_model(photo, tmp_path, capsys, tiny_preset):
+    out = tmp_path / "run"
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    assert main(["train", str(photo), "--out", str(out), *TINY[:2], "--niter", "5"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_sample_command_sizes_and_count(photo, tmp_path, tiny_preset):
+    out = tmp_path / "run"
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    h, w = singan.load(out).plan.shapes[-1]
+    more = tmp_path / "more"
+    assert main(["sample", str(out / "model"), "--out", str(more), "--num", "3", "--scale-h", "1.5",
+                 "--device", "cpu"]) == 0
+    files = sorted(more.iterdir())
+    assert [f.name for f in files] == ["sample_000.png", "sample_001.png", "sample_002.png"]
+    assert Image.open(files[0]).size == (round(w * 1.5), h)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"this is not an image", "photo.png"),
+])
+def test_bad_images_print_one_line_and_exit_2(tmp_path, capsys, content, message):
+    bad = tmp_path / "photo.png"
+    bad.write_bytes(content)
+    assert main(["train", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_image_too_small_and_missing_model(tmp_path, capsys):
+    small = tmp_path / "small.png"
+    singan.save_image(pebbles(20, 20), small)
+    assert main(["train", str(small), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "smaller than min_size" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing"), "--out", str(tmp_path / "s")]) == 2
+    assert "not a SinGAN model folder" in capsys.readouterr().err
+
+
+def test_unavailable_cuda_is_a_one_line_error(photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["train", str(photo), "--out", str(tmp_path / "run"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+SCRIPT = Path(sys.executable).parent / "singan"
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed (pip install -e .)")
+def test_console_script_help_documents_every_option():
+    exe = str(SCRIPT)
+    for command, options in [("train", ["--out", "--preset", "--max-size", "--niter", "--device",
+                                        "--seed", "Examples"]),
+                             ("sample", ["--num", "--start-scale", "--scale-h", "--scale-v",
+                                         "--seed", "Examples"]),
+                             ("demo", ["--out"])]:
+        result = subprocess.run([exe, command, "--help"], capture_output=True, text=True, check=True)
+        for option in options:
+            assert option in result.stdout, (command, option)
