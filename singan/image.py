@@ -14,7 +14,6 @@ import io
 import logging
 import os
 import re
-import secrets
 import warnings
 from typing import IO, Union
 
@@ -23,6 +22,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from singan.errors import InputError
+from singan.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -309,25 +309,10 @@ def save_image(x: torch.Tensor, dst: PathOrFile) -> None:
     fmt = _format_for(path)
     # JPEG's default quality (75) visibly smears the fine texture SinGAN produces.
     options = {"quality": 95} if fmt == "JPEG" else {}
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        tmp = _create_temp(folder, os.path.basename(path))
-        with open(tmp, "wb") as fp:
-            img.save(fp, format=fmt, **options)
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda fp: img.save(fp, format=fmt, **options))
     except OSError as err:
         raise InputError(f"{path}: cannot write image ({err.strerror or _one_line(err)})") from err
-    finally:
-        if tmp is not None:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
 
 
 def _format_for(path: str) -> str:
@@ -340,15 +325,3 @@ def _format_for(path: str) -> str:
         raise InputError(f"{path}: cannot save images with extension {ext!r}")
     return fmt
 
-
-def _create_temp(folder: str, base: str) -> str:
-    """Create an empty, uniquely named hidden file in `folder` and return its path."""
-    while True:
-        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-        try:
-            # Exclusive create with the default mode, so the final file gets the usual
-            # umask-based permissions (mkstemp would make it private, 0600).
-            with open(tmp, "xb"):
-                return tmp
-        except FileExistsError:
-            continue

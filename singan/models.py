@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from singan.config import Config
 from singan.errors import InputError
+from singan.files import atomic_write
 from singan.pyramid import PyramidPlan
 
 FORMAT_VERSION = 1
@@ -185,10 +185,9 @@ class SinGAN(nn.Module):
     def save(self, directory: str | os.PathLike) -> None:
         """Write config.json and scale_XX.pt for every finished scale; each file whole or absent."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         for index in range(len(self.scales)):
-            _atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
-        _atomic_write(directory / "config.json", self.save_metadata)
+            atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
+        atomic_write(directory / "config.json", self.save_metadata)
 
     @classmethod
     def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
@@ -240,17 +239,6 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> S
         finally:
             for f in files:
                 f.close()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _package_version() -> str:
