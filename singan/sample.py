@@ -85,6 +85,9 @@ def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float 
         raise InputError("start_scale > 0 reuses the reconstruction noise, which has the training "
                          "image's size: use scale_h = scale_v = 1 with it")
     device = model.device
+    if generator is not None and generator.device.type != device.type:
+        raise InputError(f"the generator is on {generator.device.type} but the model on "
+                         f"{device.type}: use torch.Generator(device=model.device)")
     noises = []
     for scale, level in enumerate(model.scales):
         if scale < start_scale:

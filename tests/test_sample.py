@@ -58,3 +58,14 @@ def test_reconstruction_matches_the_real_image_size(tiny_model):
 def test_bad_arguments(tiny_model, kwargs, message):
     with pytest.raises(InputError, match=message):
         singan.sample(tiny_model, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_samples_and_a_generator_on_the_wrong_device(tiny_model):
+    import copy
+
+    on_gpu = copy.deepcopy(tiny_model).to("cuda")
+    x = singan.sample(on_gpu, 2, generator=torch.Generator("cuda").manual_seed(0))
+    assert x.device.type == "cuda" and x.shape == (2, 3, *tiny_model.plan.shapes[-1])
+    with pytest.raises(InputError, match="generator is on cpu"):
+        singan.sample(on_gpu, generator=rng())

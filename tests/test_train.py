@@ -185,3 +185,15 @@ def test_learning_check_on_a_structured_image():
     colour = samples.mean(dim=(2, 3)) - real.mean(dim=(2, 3))
     assert colour.abs().max() < 0.15
     assert 0.5 < float(samples.std() / real.std()) < 1.5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_keeps_everything_on_the_device(tiny_image, tmp_path):
+    recorder = Recorder()
+    model = singan.train(tiny_image, tiny_config(niter=5), device="cuda", seed=1,
+                         callbacks=[recorder])
+    assert all(t.device.type == "cuda" for t in [*model.parameters(), *model.buffers()])
+    assert all(torch.isfinite(torch.tensor(log.reconstruction)) for log in recorder.logs)
+    model.save(tmp_path)
+    on_cpu = singan.load(tmp_path, device="cpu")
+    assert singan.sample(on_cpu, 2).shape == (2, 3, *model.plan.shapes[-1])
