@@ -18,8 +18,6 @@ from singan.models import SinGAN, load
 from singan.sample import reconstruct, sample
 from singan.train import Callback, IterationLog, train
 
-log = logging.getLogger("singan")
-
 SAMPLE_BATCH = 16  # samples generated together: bounds memory at large sizes
 
 TRAIN_EPILOG = """\

@@ -30,7 +30,7 @@ from singan.models import Discriminator, Generator, Scale, SinGAN, init_weights
 from singan.pyramid import build_pyramid, plan_pyramid
 from singan.sample import draw_noise, generate, upsample
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,8 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
                                 model.scale_factor)
         noise_amp = config.noise_amp * torch.sqrt(F.mse_loss(prev_rec, real))
     level = Scale(generator, critic, real, z_rec, noise_amp)
+    logger.info("scale %d/%d: %dx%d, %d channels, noise amplitude %.4f", scale + 1,
+                model.num_scales, *shape, channels, float(noise_amp))
     for callback in callbacks:
         callback.on_scale_start(model, scale, float(noise_amp))
 

@@ -102,7 +102,7 @@ def test_resume_trains_only_the_missing_scales_and_matches_a_full_run(tiny_image
     resumed_log = Recorder()
     resumed = singan.train(tiny_image, device="cpu", callbacks=[resumed_log], resume=partial)
     assert [scale for scale, _ in resumed_log.ends] == list(range(2, full.num_scales))
-    for a, b in zip(full.state_dict().items(), resumed.state_dict().items()):
+    for a, b in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert a[0] == b[0] and torch.allclose(a[1], b[1], atol=1e-6), a[0]
 
 
