@@ -186,6 +186,8 @@ class Progress(Callback):
         self.bar = None
         self.rows: list[tuple] = []
         self.scale_start = 0.0
+        self.noise_amp = 0.0
+        self.last: IterationLog | None = None
 
     def on_scale_start(self, model, scale, noise_amp):
         from tqdm import tqdm

@@ -35,20 +35,12 @@ def draw_noise(scale: int, num: int, shape: tuple[int, int], *, generator: torch
     return torch.randn(num, channels, *shape, generator=generator, device=device, dtype=dtype)
 
 
-def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor, generator_net=None) -> Tensor:
-    """One step of the chain at `scale`: both inputs zero-padded, the output unpadded.
-
-    `generator_net` overrides the stored generator (training runs the one being trained).
-    """
-    pad = model.config.pad
+def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor) -> Tensor:
+    """One step of the chain at `scale`: both inputs zero-padded, the output unpadded."""
+    level, pad = model.scales[scale], model.config.pad
     prev = F.pad(prev, (pad, pad, pad, pad))
     z = F.pad(z.expand(-1, 3, -1, -1), (pad, pad, pad, pad))
-    net = generator_net if generator_net is not None else model.scales[scale].generator
-    return net(noise_amp(model, scale) * z + prev, prev)
-
-
-def noise_amp(model: SinGAN, scale: int) -> Tensor:
-    return model.scales[scale].noise_amp
+    return level.generator(level.noise_amp * z + prev, prev)
 
 
 def generate(model: SinGAN, noises: list[Tensor]) -> Tensor:

@@ -148,10 +148,11 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
                                 model.scale_factor)
         noise_amp = config.noise_amp * torch.sqrt(F.mse_loss(prev_rec, real))
     level = Scale(generator, critic, real, z_rec, noise_amp)
+    amp = float(noise_amp)  # one host sync per scale, for the log and the callbacks
     logger.info("scale %d/%d: %dx%d, %d channels, noise amplitude %.4f", scale + 1,
-                model.num_scales, *shape, channels, float(noise_amp))
+                model.num_scales, *shape, channels, amp)
     for callback in callbacks:
-        callback.on_scale_start(model, scale, float(noise_amp))
+        callback.on_scale_start(model, scale, amp)
 
     # 3. Optimisers: Adam with one learning-rate drop at lr_milestone. foreach: one kernel per
     #    operation over all parameters instead of one per parameter (same arithmetic).
