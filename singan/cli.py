@@ -129,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.max_size is not None:
         overrides["max_size"] = args.max_size
     if args.niter is not None:
-        overrides.update(niter=args.niter, lr_milestone=max(1, round(0.8 * args.niter)))
+        overrides["niter"] = args.niter  # config() keeps the learning-rate drop at 80%
     cfg = config(args.preset, **overrides)
     device = resolve_device(args.device)
     return train_into(load_image(args.image), cfg, Path(args.out), device, args.seed,
