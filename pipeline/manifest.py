@@ -1,0 +1,438 @@
+"""The Parquet manifest: which images a job trains, and with which per-image config changes.
+
+A manifest has one row per image. Required columns: `image_id` (a safe path component, it names
+the image's output folder) and `uri` (any fsspec URL of the image). Optional columns, one per
+`Config` field except `log_every`, plus `seed`, override the job's config for that row; a null
+keeps the job's value. `read_manifest` checks everything before a job starts and reports every
+problem at once, so that a 10,000-row manifest is fixed in one round, not one error at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import typing
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from singan.config import Config, config
+from singan.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+# Config fields a row may override. `log_every` only changes logging, which is the job's business.
+_CONFIG_COLUMNS = {
+    # Config has only int, float and `int | None` fields.
+    name: "float" if hint is float else "int"
+    for name, hint in typing.get_type_hints(Config).items()
+    if name != "log_every"
+}
+_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int"}
+OVERRIDE_COLUMNS: tuple[str, ...] = tuple(_COLUMN_KINDS)
+REQUIRED_COLUMNS = ("image_id", "uri")
+
+MAX_ID_LENGTH = 128
+# A row's seed must suit every generator it may reach (numpy's legacy seeding stops at 2**32).
+MAX_SEED = 2**32
+MAX_LISTED_PROBLEMS = 50
+# Existence checks are network round trips on object stores: overlap them.
+CHECK_THREADS = 16
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One row of a manifest, resolved: what one training needs."""
+
+    image_id: str
+    uri: str  # any fsspec URL, with its protocol (e.g. file:///abs/path.png or s3://b/k.png)
+    config: Config  # the job's preset with this row's overrides applied
+    seed: int  # the row's `seed`, else derived from image_id (seed_for)
+
+
+class ManifestError(InputError):
+    """Every problem of a manifest at once; str() names the manifest URL and lists one problem per
+    line (the first MAX_LISTED_PROBLEMS of them; `.problems` keeps them all)."""
+
+    def __init__(self, url: str, problems: list[str]):
+        self.url = url
+        self.problems = list(problems)
+        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+        lines = [f"manifest {url}: {count}"]
+        lines += [f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
+        if len(problems) > MAX_LISTED_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self):
+        # Exceptions pickle through their args; keep url and problems across processes (Ray).
+        return type(self), (self.url, self.problems)
+
+
+def check_image_id(image_id: Any) -> str | None:
+    """Why `image_id` cannot name an output folder, or None when it can.
+
+    A usable id is 1 to 128 ASCII letters, digits, '.', '_' or '-', starting with a letter or
+    digit. That excludes '', '.', '..', hidden names, separators, absolute paths, spaces and
+    control characters, so `os.path.join(output, image_id)` is always one folder inside `output`.
+    The text completes "image_id ...", e.g. "contains '/'".
+    """
+    if image_id is None:
+        return "is missing (null)"
+    if not isinstance(image_id, str):
+        return f"must be a string, got {type(image_id).__name__}"
+    if image_id == "":
+        return "is empty"
+    if image_id in (".", ".."):
+        return f"is {image_id!r}"
+    if len(image_id) > MAX_ID_LENGTH:
+        return f"is too long ({len(image_id)} characters, at most {MAX_ID_LENGTH})"
+    if image_id[0] in "/\\" or re.match(r"[A-Za-z]:[/\\\\]", image_id):
+        return "is an absolute path"
+    for char in image_id:
+        if char.isascii() and (char.isalnum() or char in "._-"):
+            continue
+        if char in "/\\":
+            return f"contains {char!r}"
+        if ord(char) < 32 or 127 <= ord(char) < 160:
+            return f"contains a control character (U+{ord(char):04X})"
+        if char == " ":
+            return "contains a space"
+        if char.isspace():
+            return f"contains whitespace (U+{ord(char):04X})"
+        return (f"contains {char!r} (U+{ord(char):04X}); allowed are ASCII letters, digits, "
+                "'.', '_' and '-'")
+    if image_id[0] == ".":
+        return "starts with '.' (a hidden name)"
+    if not image_id[0].isalnum():
+        return f"starts with {image_id[0]!r}; it must start with a letter or digit"
+    return None
+
+
+def seed_for(image_id: str) -> int:
+    """The seed of an image without a `seed` column value: stable across runs, machines and
+    Python versions (unlike hash()), in [0, 2**31 - 1)."""
+    digest = hashlib.sha256(image_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
+
+
+def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = None,
+                  limit: int | None = None, check_files: bool = True) -> list[ImageTask]:
+    """Read and check the manifest at `url` (any fsspec URL of one Parquet file).
+
+    Each row becomes an `ImageTask` whose config is `config(preset, **overrides)` with the row's
+    non-null override columns applied on top. `limit` keeps the first N rows: the schema of the
+    whole file is checked, the rows only for those kept. With `check_files`, every kept row's
+    image must exist (and be a file), checked concurrently.
+
+    A `uri` with a protocol (s3://, file://, gs://, ...) is kept as given. A plain path is a local
+    file: relative paths are resolved against the current directory (not the manifest's folder)
+    and stored as an absolute file:// URL, so on a cluster it must be on storage every worker
+    mounts at the same place.
+
+    Raises InputError for a bad preset, override or limit, and one ManifestError listing every
+    problem of the manifest (schema, rows, missing files) before any work starts.
+    """
+    overrides = dict(overrides or {})
+    config(preset, **overrides)  # a bad job config is one error, not one per row
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError(f"limit must be a positive integer, got {limit!r}")
+
+    table = _read_table(url)
+    problems = _schema_problems(table)
+    if problems:
+        raise ManifestError(url, problems)
+    if limit is not None:
+        table = table.slice(0, limit)
+    rows = table.to_pylist()
+
+    # (row number, rank, text): problems found by different checks list in row order, a row's
+    # own problems (rank 0) before a duplicate id first seen in that row (rank 1).
+    found: list[tuple[int, int, str]] = []
+    tasks: list[ImageTask] = []  # complete when nothing was found
+    uris: dict[int, str] = {}
+    rows_of_id: dict[str, list[int]] = {}
+    for number, row in enumerate(rows):
+        image_id, uri = row["image_id"], row["uri"]
+        row_problems = []
+
+        id_problem = check_image_id(image_id)
+        if id_problem:
+            row_problems.append(f"image_id {id_problem}")
+        elif image_id is not None:
+            rows_of_id.setdefault(image_id, []).append(number)
+
+        if uri is None:
+            row_problems.append("uri is missing (null)")
+        elif uri.strip() == "":
+            row_problems.append("uri is empty")
+        else:
+            uris[number] = _absolute_uri(uri)
+
+        row_config, seed, config_problem = _row_config(row, preset, overrides)
+        if config_problem:
+            row_problems.append(config_problem)
+
+        found += [(number, 0, _in_row(number, image_id, problem)) for problem in row_problems]
+        if not row_problems:
+            tasks.append(ImageTask(image_id, uris[number], row_config,
+                                   seed if seed is not None else seed_for(image_id)))
+
+    for image_id, numbers in rows_of_id.items():
+        if len(numbers) > 1:
+            listed = ", ".join(str(n) for n in numbers)
+            found.append((numbers[0], 1, f"image_id {image_id!r} appears in rows {listed}"))
+
+    if check_files:
+        for number, problem in _missing_files(uris).items():
+            found.append((number, 0, _in_row(number, rows[number]["image_id"], problem)))
+
+    if found:
+        found.sort(key=lambda problem: problem[:2])  # stable: a row's problems keep their order
+        raise ManifestError(url, [text for _, _, text in found])
+    logger.info("read %d rows from manifest %s", len(tasks), url)
+    return tasks
+
+
+def write_manifest(rows: list[dict], url: str) -> None:
+    """Write rows (dicts of `image_id`, `uri` and optional OVERRIDE_COLUMNS) as a Parquet manifest
+    at `url` (any fsspec URL). A missing or None override is written as null (the job's value).
+    Integer columns are int64, float columns float64, so `read_manifest` accepts what this writes.
+    """
+    allowed = REQUIRED_COLUMNS + OVERRIDE_COLUMNS
+    unknown = sorted({key for row in rows for key in row} - set(allowed))
+    if unknown:
+        raise InputError(f"unknown manifest columns: {', '.join(unknown)}; "
+                         f"allowed: {', '.join(allowed)}")
+    columns = [*REQUIRED_COLUMNS, *(c for c in OVERRIDE_COLUMNS if any(c in row for row in rows))]
+    arrow_types = {"int": pa.int64(), "float": pa.float64()}
+    arrays = {}
+    for column in columns:
+        kind = _COLUMN_KINDS.get(column)
+        arrow_type = pa.string() if kind is None else arrow_types[kind]
+        try:
+            arrays[column] = pa.array([row.get(column) for row in rows], type=arrow_type)
+        except (pa.ArrowException, TypeError, ValueError) as error:
+            raise InputError(f"manifest column {column!r}: {_one_line(error)}") from error
+    table = pa.table(arrays)
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if _is_local(fs):
+        # Whole or absent: a reader never sees a half-written local file.
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(temporary, "wb") as file:
+            pq.write_table(table, file)
+        os.replace(temporary, path)
+    else:
+        # Object stores publish an object only when its upload completes.
+        with fs.open(path, "wb") as file:
+            pq.write_table(table, file)
+
+
+def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
+    """Manifest rows (`image_id`, `uri`) for the images at `source`, sorted by path.
+
+    `source` is a local folder, an fsspec folder URL (s3://bucket/prefix) or a glob
+    (photos/*.jpg, s3://b/p/**/*.png; `recursive` is then ignored, the glob says). Images are
+    files with an extension in IMAGE_EXTENSIONS, in any case. Hidden files and folders (names
+    starting with '.', such as macOS's ._photo.jpg) are skipped. The id is the file stem made
+    path-safe (see `safe_image_id`); stems that collide get '-2', '-3', ... in path order.
+    The uri is the full URL, with its protocol.
+    """
+    fs, path = fsspec.core.url_to_fs(source)
+    if _is_local(fs):
+        path = os.path.normpath(path)  # fsspec keeps '..' in local paths; URIs should not
+    if any(char in path for char in "*?["):
+        paths = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
+        relative_parts = [(PurePosixPath(p).name,) for p in paths]
+    else:
+        try:
+            is_folder = fs.isdir(path)
+        except Exception as error:  # credentials, network, bad URL: say so in one line
+            raise InputError(f"cannot list {source}: {_one_line(error)}") from error
+        if not is_folder:
+            what = "is not a folder" if fs.exists(path) else "does not exist"
+            raise InputError(f"{source} {what}; give a folder or a glob such as photos/*.jpg")
+        if recursive:
+            paths = fs.find(path)
+        else:
+            paths = [info["name"] for info in fs.ls(path, detail=True) if info["type"] == "file"]
+        root = PurePosixPath(path)
+        relative_parts = [PurePosixPath(p).relative_to(root).parts for p in paths]
+
+    images = sorted(
+        p for p, parts in zip(paths, relative_parts, strict=True)
+        if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in parts)
+    )
+    rows, used = [], set()
+    for image_path in images:
+        image_id = _unique(safe_image_id(PurePosixPath(image_path).stem), used)
+        used.add(image_id)
+        rows.append({"image_id": image_id, "uri": fs.unstrip_protocol(image_path)})
+    logger.info("found %d images at %s", len(rows), source)
+    return rows
+
+
+def safe_image_id(stem: str) -> str:
+    """An id that passes `check_image_id`, made from a file stem: characters outside
+    [A-Za-z0-9._-] become '_', leading characters other than letters and digits go, the rest is
+    cut to 128 characters, and an empty result becomes 'image'."""
+    image_id = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
+    image_id = re.sub(r"^[^A-Za-z0-9]+", "", image_id)[:MAX_ID_LENGTH]
+    return image_id or "image"
+
+
+def _unique(image_id: str, used: set[str]) -> str:
+    """`image_id`, or the first of image_id-2, image_id-3, ... not in `used` (cut to fit)."""
+    candidate, number = image_id, 1
+    while candidate in used:
+        number += 1
+        suffix = f"-{number}"
+        candidate = image_id[: MAX_ID_LENGTH - len(suffix)] + suffix
+    return candidate
+
+
+def _read_table(url: str) -> pa.Table:
+    """The whole manifest as an Arrow table, or a ManifestError saying why it cannot be read."""
+    try:
+        with fsspec.open(url, "rb") as file:
+            return pq.read_table(file)
+    except FileNotFoundError:
+        reason = "the file does not exist"
+    except IsADirectoryError:
+        reason = "it is a folder; give the URL of one Parquet file"
+    except pa.ArrowInvalid as error:
+        reason = f"not a Parquet file ({_one_line(error)})"
+    except Exception as error:  # noqa: BLE001 - credentials, network, unknown protocol
+        reason = f"cannot read it: {_one_line(error)}"
+    raise ManifestError(url, [reason])
+
+
+def _schema_problems(table: pa.Table) -> list[str]:
+    """Problems with the columns and their types, plus an empty table."""
+    problems = []
+    names = table.schema.names
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        problems.append(f"duplicate columns: {', '.join(duplicated)}")
+    for name in REQUIRED_COLUMNS:
+        if name not in names:
+            problems.append(f"missing required column {name!r}")
+    for field in table.schema:
+        if field.name in REQUIRED_COLUMNS:
+            if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
+                    or pa.types.is_string_view(field.type)):
+                problems.append(f"column {field.name!r} must be a string column, "
+                                f"got {field.type}")
+        elif field.name in _COLUMN_KINDS:
+            problem = _type_problem(field.name, field.type)
+            if problem:
+                problems.append(problem)
+    unknown = [name for name in names if name not in REQUIRED_COLUMNS + OVERRIDE_COLUMNS]
+    if unknown:
+        problems.append(f"unknown columns: {', '.join(map(repr, unknown))}; allowed besides "
+                        f"image_id and uri: {', '.join(OVERRIDE_COLUMNS)}")
+    if table.num_rows == 0:
+        problems.append("the manifest has no rows")
+    return problems
+
+
+def _type_problem(name: str, arrow_type: pa.DataType) -> str | None:
+    """Why an override column of this Arrow type cannot hold its field, or None."""
+    if pa.types.is_null(arrow_type) or pa.types.is_integer(arrow_type):
+        return None  # an all-null column keeps the job's values
+    if _COLUMN_KINDS[name] == "float":
+        if pa.types.is_floating(arrow_type):
+            return None
+        return f"column {name!r} must be a number column, got {arrow_type}"
+    return f"column {name!r} must be an integer column, got {arrow_type}"
+
+
+def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None, int | None,
+                                                                   str | None]:
+    """The row's config and seed, or a problem text."""
+    row_overrides = {}
+    for name, kind in _CONFIG_COLUMNS.items():
+        value = row.get(name)
+        if value is None:
+            continue
+        if kind == "float":
+            value = float(value)
+            if not math.isfinite(value):
+                return None, None, f"{name} must be a finite number, got {value}"
+        row_overrides[name] = value
+    seed = row.get("seed")
+    if seed is not None and not 0 <= seed < MAX_SEED:
+        return None, None, f"seed must be in [0, 2**32), got {seed}"
+    try:
+        # Only the keys actually set, so that config() can derive lr_milestone from niter.
+        return config(preset, **{**overrides, **row_overrides}), seed, None
+    except InputError as error:
+        return None, None, str(error)
+
+
+def _absolute_uri(uri: str) -> str:
+    """`uri` if it names its protocol, else the absolute file:// URL of a local path."""
+    protocol, _ = fsspec.core.split_protocol(uri)
+    if protocol is not None:
+        return uri
+    return fsspec.filesystem("file").unstrip_protocol(os.path.abspath(uri))
+
+
+def _missing_files(uris: dict[int, str]) -> dict[int, str]:
+    """Problems by row number for uris that do not name an existing file."""
+    problems, checks = {}, {}
+    for number, uri in uris.items():
+        try:
+            checks[number] = (uri, *fsspec.core.url_to_fs(uri))
+        except Exception as error:  # noqa: BLE001 - unknown protocol, missing driver, bad URL
+            problems[number] = f"cannot check {uri}: {_one_line(error)}"
+
+    def check(uri: str, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+        try:
+            info = fs.info(path)
+        except FileNotFoundError:
+            return f"{uri} does not exist"
+        except Exception as error:  # noqa: BLE001 - no credentials, access denied, network
+            return f"cannot check {uri}: {_one_line(error)}"
+        if info["type"] == "directory":
+            return f"{uri} is a folder, not an image file"
+        return None
+
+    with ThreadPoolExecutor(CHECK_THREADS) as pool:
+        results = dict(zip(checks, pool.map(lambda args: check(*args), checks.values()),
+                           strict=True))
+    problems.update({number: text for number, text in results.items() if text})
+    return problems
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols
+
+
+def _in_row(number: int, image_id: Any, problem: str) -> str:
+    """A row's problem as listed: `row 3 (image_id 'a/b'): image_id contains '/'`."""
+    shown = repr(image_id)  # repr() shows control characters; long ids are shortened
+    if len(shown) > 60:
+        shown = shown[:50] + "...'"
+    return f"row {number} (image_id {shown}): {problem}"
+
+
+def _one_line(error: BaseException) -> str:
+    """The exception's type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
