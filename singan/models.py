@@ -167,7 +167,7 @@ class SinGAN(nn.Module):
         """What config.json holds: the config, the pyramid plan, the seed and versions."""
         return {
             "format_version": FORMAT_VERSION,
-            "package_version": _package_version(),
+            "package_version": package_version(),
             "config": self.config.to_dict(),
             "plan": self.plan.to_dict(),
             "seed": self.seed,
@@ -241,7 +241,8 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None) -> S
                 f.close()
 
 
-def _package_version() -> str:
+def package_version() -> str:
+    """The installed singan-fleet version, recorded in every model and _SUCCESS file."""
     try:
         return metadata.version("singan-fleet")
     except metadata.PackageNotFoundError:

@@ -1,0 +1,242 @@
+"""Train one SinGAN per image of a Parquet manifest, fanned out over a Ray cluster.
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python jobs/train_manifest.py --manifest s3://bucket/manifest.parquet \\
+        --output s3://bucket/outputs --tracking-uri http://127.0.0.1:5000 --preset quick
+
+Run directly (`python jobs/train_manifest.py --manifest m.parquet`) it starts a local Ray, tracks
+to a local MLflow database (./mlflow.db) and writes to ./outputs.
+
+The manifest is validated as a whole before anything trains. Then one Ray task per image: tasks
+get the image's URL, never its pixels; results stream back as they finish. Images already done
+with the same settings are skipped; interrupted ones resume at their last finished scale. At the
+end the results table goes to {output}/_results.parquet, a summary is printed, and the exit
+status is 1 if any image failed (2 for a bad manifest or bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# `python jobs/train_manifest.py` puts jobs/ first on sys.path; the project root must be there
+# too, and first, so that the submitted working dir wins over an older installed copy.
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import results as results_table
+from pipeline import tracking
+from pipeline.manifest import read_manifest
+from pipeline.storage import ImageStore, Storage, TransientError
+from pipeline.train_image import ImageResult, JobSettings, train_image
+from singan.config import PRESETS, config
+from singan.errors import InputError
+
+logger = logging.getLogger("train_manifest")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_manifest.py", description=__doc__.split("\n\n")[0],
+        epilog="Without --tracking-uri the runs go to sqlite:///$PWD/mlflow.db; open them with "
+               "the `mlflow ui` command printed at the end. Under `ray job submit` the working "
+               "directory is temporary: give --output (and --tracking-uri) explicitly there.")
+    p.add_argument("--manifest", required=True, metavar="URL",
+                   help="Parquet manifest (image_id, uri, optional per-row overrides)")
+    p.add_argument("--output", default="outputs", metavar="URL",
+                   help="output root, any fsspec URL (default: ./outputs)")
+    p.add_argument("--tracking-uri", metavar="URL",
+                   help="MLflow tracking server (default: a local sqlite database)")
+    p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
+    p.add_argument("--experiment", default="singan-fleet", metavar="NAME",
+                   help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="training settings; manifest columns override them per image "
+                        "(default: %(default)s)")
+    p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
+                   help="GPUs per training; fractions pack several trainings on one GPU; 0 = "
+                        "CPU. On a cluster without GPUs trainings run on CPU (default: 1)")
+    p.add_argument("--cpus-per-image", type=float, default=1.0, metavar="C",
+                   help="CPUs reserved per training (default: 1)")
+    p.add_argument("--max-retries", type=int, default=3, metavar="N",
+                   help="retries of an image whose worker died or whose storage kept failing; "
+                        "each retry resumes at the last finished scale (default: %(default)s)")
+    p.add_argument("--max-in-flight", type=int, metavar="N",
+                   help="tasks submitted at once (default: twice the trainings that fit)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N manifest rows")
+    p.add_argument("--force", action="store_true",
+                   help="retrain images that are already done (their folders are cleared)")
+    p.add_argument("--num-samples", type=int, default=8, metavar="N",
+                   help="final random samples per image (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    output = args.output if "://" in args.output else str(Path(args.output).resolve())
+
+    # 1. The whole manifest is checked before anything trains.
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise InputError("--limit must be at least 1")
+        tasks = read_manifest(args.manifest, preset=args.preset, limit=args.limit)
+    except InputError as err:
+        print(f"train_manifest: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(tasks)} images from {args.manifest} -> {output}")
+
+    # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
+    tracking_uri, ui_hint = tracking_target(args)
+    experiment_id = parent_run_id = None
+    if tracking_uri is not None:
+        try:
+            experiment_id, parent_run_id = tracking.start_job_run(
+                tracking_uri, args.experiment, local_artifacts(tracking_uri),
+                params={"manifest": args.manifest, "output": output, "preset": args.preset,
+                        "images": len(tasks), "gpus_per_image": args.gpus_per_image,
+                        "force": args.force,
+                        **{f"config.{k}": v for k, v in config(args.preset).to_dict().items()}})
+        except Exception as err:  # noqa: BLE001 - trainings go on; workers retry on their own
+            logger.warning("MLflow at %s unreachable (%s); training without a parent run",
+                           tracking_uri, tracking.one_line(err))
+
+    if args.force:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda t: ImageStore(output, t.image_id).remove_all(), tasks))
+
+    # 3. Fan out and collect.
+    settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment_id=experiment_id,
+                           parent_run_id=parent_run_id, num_samples=args.num_samples)
+    results = fan_out(tasks, settings, args)
+
+    # 4. Replay tracking that did not make it during training, then the table and the summary.
+    if tracking_uri is not None:
+        replay(results, output)
+    table_url = results_table.write(results, Storage(output))
+    seconds = time.perf_counter() - started
+    if parent_run_id is not None:
+        tracking.end_job_run(tracking_uri, parent_run_id, results, seconds)
+    print_summary(results, seconds, table_url, ui_hint)
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def tracking_target(args) -> tuple[str | None, str | None]:
+    """The tracking URI to use, and how to open its UI."""
+    if args.no_tracking:
+        return None, None
+    if args.tracking_uri:
+        return args.tracking_uri, f"MLflow: {args.tracking_uri}"
+    uri = f"sqlite:///{Path('mlflow.db').resolve()}"
+    return uri, f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"
+
+
+def local_artifacts(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside the database; a server decides for itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts")
+    return None
+
+
+def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
+    """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
+    import ray
+    from tqdm import tqdm
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=args.verbose)
+        else:
+            # A local Ray for a direct run: loopback only, and the project importable by workers.
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+                     log_to_driver=args.verbose,
+                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    resources = ray.cluster_resources()
+    gpus = args.gpus_per_image
+    if gpus > 0 and resources.get("GPU", 0) == 0:
+        print("no GPU in the Ray cluster: training on CPU")
+        gpus = 0
+    per_gpu = resources.get("GPU", 0) / gpus if gpus else float("inf")
+    slots = max(1, int(min(resources.get("CPU", 1) / args.cpus_per_image, per_gpu)))
+    max_in_flight = args.max_in_flight or 2 * slots
+
+    remote = ray.remote(train_image).options(
+        num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,
+        retry_exceptions=[TransientError], name="train_image")
+
+    results: list[ImageResult] = []
+    queue = iter(tasks)
+    in_flight: dict = {}
+    bar = tqdm(total=len(tasks), unit="img", dynamic_ncols=True, desc="images")
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    while True:
+        for task in queue:  # top up to max_in_flight
+            in_flight[remote.remote(task, settings)] = task
+            if len(in_flight) >= max_in_flight:
+                break
+        if not in_flight:
+            break
+        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
+        for ref in ready:
+            task = in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - retries exhausted or the task crashed
+                result = crashed(task, settings, err)
+            results.append(result)
+            counts[result.status] += 1
+            if result.status == "failed":
+                bar.write(f"FAILED {result.image_id}: {result.error}")
+            bar.update(1)
+        bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"],
+                        running=min(len(in_flight), slots), refresh=True)
+    bar.close()
+    return results
+
+
+def crashed(task, settings: JobSettings, err: Exception) -> ImageResult:
+    """The result row of a task that raised through Ray (after its retries)."""
+    cause = getattr(err, "cause", None) or err
+    if type(err).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError"):
+        reason = f"the worker died ({type(err).__name__}) on every attempt"
+    else:
+        reason = tracking.one_line(cause)
+    store = ImageStore(settings.output, task.image_id)
+    return ImageResult(task.image_id, "failed", reason, None, 0.0, None, None, store.url, True)
+
+
+def replay(results: list[ImageResult], output: str) -> None:
+    """Send to MLflow what workers could not (the server was down for a while)."""
+    late = [r for r in results if not r.tracking_complete]
+    for result in late:
+        try:
+            report = tracking.sync_image(ImageStore(output, result.image_id))
+            print(f"MLflow: sent {report.points_sent} late points of {result.image_id}")
+        except Exception as err:  # noqa: BLE001
+            print(f"MLflow still unreachable for {result.image_id} ({tracking.one_line(err)}); "
+                  f"later: python jobs/sync_tracking.py --output {output}")
+
+
+def print_summary(results: list[ImageResult], seconds: float, table_url: str,
+                  ui_hint: str | None) -> None:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"{len(results)} images in {seconds:.1f} s: {counts['done']} trained, "
+          f"{counts['skipped']} already done, {counts['failed']} failed")
+    for r in results:
+        if r.status == "failed":
+            print(f"  failed {r.image_id}: {r.error}")
+    print(f"results: {table_url}")
+    if ui_hint:
+        print(ui_hint)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""One image's folder under the output URL, through fsspec (local disk, S3, any fsspec URL).
+
+Layout (DESIGN.md):
+
+    {output}/{image_id}/model/config.json      config, pyramid plan, seed, finished_scales
+    {output}/{image_id}/model/scale_00.pt ...  one file per finished scale (the resume point)
+    {output}/{image_id}/reals/scale_00.png ...
+    {output}/{image_id}/samples/...            scale_XX.png per scale, final samples
+    {output}/{image_id}/metrics.jsonl          every metric point, the source of truth
+    {output}/{image_id}/tracking.json          the image's MLflow run, so a retry reuses it
+    {output}/{image_id}/_SUCCESS               written last: the image is done
+
+Every write is whole or absent: a temporary file renamed into place on local disk, a single PUT
+on object stores (an S3 object appears whole or not at all). `config.json` is written after the
+scale file it counts, so a reader never sees a finished scale without its file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+import torch
+from fsspec.implementations.local import LocalFileSystem
+
+from singan.files import atomic_write
+from singan.image import to_pil
+from singan.models import SinGAN, scale_file_name
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUCCESS = "_SUCCESS"
+RESULTS = "_results.parquet"  # beside the image folders; ids cannot start with "_"
+RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between attempts at one storage operation
+
+
+class TransientError(RuntimeError):
+    """A storage operation kept failing in a way that may pass (network, throttling, 5xx).
+
+    The Ray task is retried on this error, and the retry resumes at the last finished scale.
+    """
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether retrying `err` may succeed: network and server trouble yes, a missing file or a
+    refused permission no."""
+    if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError,
+                        NotADirectoryError, FileExistsError)):
+        return False
+    # s3fs and most fsspec backends report network and 5xx trouble as OSError subclasses;
+    # aiohttp's and botocore's own connection errors are matched by name to avoid importing them.
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return (isinstance(err, (ConnectionError, TimeoutError, OSError))
+            or bool(names & {"ClientConnectionError", "ServerDisconnectedError", "EndpointConnectionError",
+                             "ConnectTimeoutError", "ReadTimeoutError", "ClientPayloadError"}))
+
+
+def with_retries(what: str, operation: Callable[[], T], delays=RETRY_DELAYS) -> T:
+    """Run `operation`, retrying transient failures with back-off; raise TransientError when they
+    persist and the original error at once when it is not transient."""
+    for attempt, delay in enumerate((*delays, None)):
+        try:
+            return operation()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if delay is None:
+                raise TransientError(f"{what}: {type(err).__name__}: {err}") from err
+            logger.warning("%s failed (%s: %s); attempt %d, retrying in %ss", what,
+                           type(err).__name__, err, attempt + 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def read_url(url: str) -> bytes:
+    """The bytes of any fsspec URL, with retries on transient failures."""
+    def read() -> bytes:
+        with fsspec.open(url, "rb") as f:
+            return f.read()
+    return with_retries(f"read {url}", read)
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+class Storage:
+    """A folder at an fsspec URL with whole-or-absent writes and retried operations."""
+
+    def __init__(self, url: str):
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.root = self.root.rstrip("/")
+        self.url = self.fs.unstrip_protocol(self.root)
+
+    def path(self, name: str) -> str:
+        return join(self.root, name)
+
+    def url_of(self, name: str) -> str:
+        return self.fs.unstrip_protocol(self.path(name))
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write `data` to `name` whole or not at all."""
+        path = self.path(name)
+        if isinstance(self.fs, LocalFileSystem):
+            write = lambda: atomic_write(path, lambda f: f.write(data))
+        else:
+            write = lambda: self.fs.pipe_file(path, data)
+        with_retries(f"write {self.url_of(name)}", write)
+
+    def get(self, name: str) -> bytes | None:
+        """The bytes of `name`, or None when it does not exist."""
+        def read() -> bytes | None:
+            try:
+                return self.fs.cat_file(self.path(name))
+            except FileNotFoundError:
+                return None
+        return with_retries(f"read {self.url_of(name)}", read)
+
+    def exists(self, name: str) -> bool:
+        return with_retries(f"check {self.url_of(name)}", lambda: self.fs.exists(self.path(name)))
+
+    def put_json(self, name: str, value: Any) -> None:
+        self.put(name, json.dumps(value, indent=2, sort_keys=True).encode())
+
+    def get_json(self, name: str) -> Any | None:
+        data = self.get(name)
+        return None if data is None else json.loads(data)
+
+    def put_png(self, name: str, x: torch.Tensor) -> bytes:
+        """Write a 1 x 3 x H x W tensor in [-1, 1] as PNG; returns the PNG bytes."""
+        buffer = io.BytesIO()
+        to_pil(x).save(buffer, format="PNG")
+        self.put(name, buffer.getvalue())
+        return buffer.getvalue()
+
+    def remove_all(self) -> None:
+        """Delete the folder and everything in it (no error when it does not exist)."""
+        def remove() -> None:
+            if self.fs.exists(self.root):
+                self.fs.rm(self.root, recursive=True)
+            # Object stores have no folders, and a local one may be left empty: both are fine.
+        with_retries(f"remove {self.url}", remove)
+
+
+class ImageStore(Storage):
+    """The folder of one image: model files, pictures, metrics, the tracking link, _SUCCESS."""
+
+    def __init__(self, output: str, image_id: str):
+        super().__init__(join(output, image_id))
+        self.image_id = image_id
+
+    # --- model -------------------------------------------------------------------------------
+    def save_scale(self, model: SinGAN, index: int) -> None:
+        """Write scale `index`'s file, then config.json counting it as finished."""
+        buffer = io.BytesIO()
+        model.save_scale(index, buffer)
+        self.put(f"model/{scale_file_name(index)}", buffer.getvalue())
+        meta = model.metadata()
+        meta["finished_scales"] = index + 1
+        self.put_json("model/config.json", meta)
+
+    def load_model(self, device: torch.device | str | None = None) -> SinGAN | None:
+        """The (possibly partial) model saved here, or None when there is none.
+
+        Loads the scales config.json counts as finished, ignoring any later file (left over from
+        an attempt that died between writing a scale file and config.json).
+        """
+        meta = self.get("model/config.json")
+        if meta is None:
+            return None
+        finished = int(json.loads(meta).get("finished_scales", 0))
+        files = []
+        for index in range(finished):
+            data = self.get(f"model/{scale_file_name(index)}")
+            if data is None:
+                break  # config.json is written after its scale file, so this means tampering
+            files.append(io.BytesIO(data))
+        return SinGAN.from_files(io.BytesIO(meta), files, device=device, name=self.url_of("model"))
+
+    # --- markers -----------------------------------------------------------------------------
+    def success(self) -> dict | None:
+        """The _SUCCESS record (run id, config hash, time), or None while the image is not done."""
+        return self.get_json(SUCCESS)
+
+    def mark_success(self, record: dict) -> None:
+        self.put_json(SUCCESS, record)

@@ -1,0 +1,331 @@
+"""MLflow tracking for the batch job, written so that tracking can never fail a training.
+
+Layout (DESIGN.md): one experiment; a parent run per job; a child run per image tagged
+`mlflow.parentRunId`, with the image's params, per-scale losses (key `sNN/<loss>`, step = the
+iteration), per-scale values (`noise_amp`, `scale_seconds`, later SIFID; step = the scale), the
+sample picture of every scale as an artifact, and the pyramid URL as a tag.
+
+Every point is first appended to the image's `metrics.jsonl` (the source of truth) and then sent
+in batches. Whatever MLflow does not accept stays pending; `sync_image` (run by the job at its end
+and by `jobs/sync_tracking.py`) sends what the server lacks, comparing (key, step, timestamp), so
+replaying twice never duplicates a point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.storage import ImageStore
+
+logger = logging.getLogger(__name__)
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+TRACKING = "tracking.json"
+METRICS = "metrics.jsonl"
+
+# MLflow's HTTP client retries up to 7 times with exponential back-off by default: minutes per
+# call while a server is down. A training must not wait for its tracking, and what is not sent
+# now is replayed later, so workers use a short leash unless the user chose otherwise.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def point(key: str, value: float, step: int, scale: int) -> dict:
+    """One metric point as stored in metrics.jsonl (MLflow's fields plus the scale it belongs to)."""
+    return {"key": key, "value": float(value), "step": int(step), "timestamp": now_ms(),
+            "scale": int(scale)}
+
+
+class MetricsLog:
+    """The points of one image, kept in memory and written whole to metrics.jsonl."""
+
+    def __init__(self, points: Iterable[dict] = ()):
+        self.points = list(points)
+
+    @classmethod
+    def load(cls, store: ImageStore, keep_scales: int) -> MetricsLog:
+        """The points already stored for scales below `keep_scales` (the finished ones): a resumed
+        training logs the unfinished scale again from its first iteration."""
+        data = store.get(METRICS) or b""
+        points = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+        return cls(p for p in points if p["scale"] < keep_scales)
+
+    def add(self, points: Iterable[dict]) -> None:
+        self.points.extend(points)
+
+    def save(self, store: ImageStore) -> None:
+        store.put(METRICS, "".join(json.dumps(p, sort_keys=True) + "\n" for p in self.points).encode())
+
+
+def client_for(tracking_uri: str):
+    """An MlflowClient with the worker's HTTP defaults (imported late: mlflow is slow to import)."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri)
+
+
+def experiment_id_for(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created when missing. Raises when the server is unreachable."""
+    client = client_for(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created meanwhile by another driver
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+class ImageRun:
+    """An image's child run, as a worker sees it. No method raises: a failure is logged once,
+    the points stay pending, and `complete` says whether everything reached the server."""
+
+    def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
+                 parent_run_id: str | None):
+        self.store = store
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.client = None
+        self.run_id: str | None = None
+        self.pending: list[dict] = []
+        self.artifacts_pending = False
+        self.failed = False
+        if tracking_uri is None:
+            return
+        link = store.get_json(TRACKING) or {}
+        self.run_id = link.get("run_id") if link.get("tracking_uri") == tracking_uri else None
+        self._call("open the run", self._open)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracking_uri is not None
+
+    @property
+    def complete(self) -> bool:
+        return not self.enabled or (self.run_id is not None and not self.pending
+                                    and not self.artifacts_pending)
+
+    def _call(self, what: str, fn, *args) -> bool:
+        try:
+            if self.client is None:
+                self.client = client_for(self.tracking_uri)
+            fn(*args)
+            return True
+        except Exception as err:  # noqa: BLE001 - tracking must never fail a training
+            if not self.failed:
+                logger.warning("MLflow: cannot %s for %s (%s); points stay in %s and are sent "
+                               "later", what, self.store.image_id, one_line(err),
+                               self.store.url_of(METRICS))
+            self.failed = True
+            return False
+
+    def _open(self) -> None:
+        if self.run_id is not None:
+            self.client.update_run(self.run_id, status="RUNNING")  # a retry reuses its run
+            return
+        tags = {"image_id": self.store.image_id}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.store.image_id)
+        self.run_id = run.info.run_id
+        self.store.put_json(TRACKING, self.link())
+
+    def link(self, params: dict | None = None) -> dict:
+        """What tracking.json holds: where the run lives, and the params to replay."""
+        old = self.store.get_json(TRACKING) or {}
+        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
+                "parent_run_id": self.parent_run_id, "run_id": self.run_id,
+                "params": params if params is not None else old.get("params", {})}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.store.put_json(TRACKING, self.link(params))
+        if self.run_id is None and not self._call("open the run", self._open):
+            return
+        self._call("log params", _log_params, self.client, self.run_id, params)
+
+    def log_points(self, points: Iterable[dict]) -> None:
+        """Queue points; they are sent by the next `flush`."""
+        if self.enabled:
+            self.pending.extend(points)
+
+    def flush(self) -> None:
+        """Send the pending points in batches; keep what fails for the next flush or a sync."""
+        if not self.enabled or not self.pending:
+            return
+        if self.run_id is None and not self._call("open the run", self._open):
+            return
+        while self.pending:
+            batch = self.pending[:BATCH]
+            if not self._call("log metrics", _log_points, self.client, self.run_id, batch):
+                return
+            del self.pending[:len(batch)]
+
+    def log_artifact(self, name: str, data: bytes) -> None:
+        """Upload `data` as artifact `name` (e.g. samples/scale_03.png) of the run."""
+        if not self.enabled:
+            return
+        if self.run_id is None or not self._call("upload " + name, _log_bytes, self.client,
+                                                 self.run_id, name, data):
+            self.artifacts_pending = True
+
+    def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
+        """Flush, tag and end the run (FINISHED or FAILED)."""
+        if not self.enabled:
+            return
+        self.flush()
+        if self.run_id is None:
+            return
+        if tags:
+            self._call("set tags", _set_tags, self.client, self.run_id, tags)
+        self._call("end the run", self.client.set_terminated, self.run_id, status)
+
+
+def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)) for k, v in params.items()]
+    for first in range(0, len(items), 100):  # MLflow's limit of params per batch
+        client.log_batch(run_id, params=items[first:first + 100], synchronous=True)
+
+
+def _log_points(client, run_id: str, points: list[dict]) -> None:
+    from mlflow.entities import Metric
+
+    metrics = [Metric(p["key"], p["value"], p["timestamp"], p["step"]) for p in points]
+    client.log_batch(run_id, metrics=metrics, synchronous=True)
+
+
+def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+
+def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
+    folder, _, filename = name.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        path.write_bytes(data)
+        client.log_artifact(run_id, str(path), folder or None)
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyncReport:
+    image_id: str
+    run_id: str | None
+    points_sent: int
+    artifacts_sent: int
+    created_run: bool
+
+
+def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport | None:
+    """Send to MLflow whatever of this image's metrics.jsonl, params and pictures it lacks.
+
+    Uses the server recorded in tracking.json unless `tracking_uri` is given. Creates the run if
+    the training never reached the server. Returns None for an image that was never tracked.
+    Raises when the server cannot be reached (the caller reports it and may try again later).
+    """
+    link = store.get_json(TRACKING)
+    if link is None:
+        return None
+    uri = tracking_uri or link["tracking_uri"]
+    client = client_for(uri)
+    run_id, created = link.get("run_id"), False
+    if run_id is None or uri != link["tracking_uri"]:
+        tags = {"image_id": store.image_id}
+        if link.get("parent_run_id"):
+            tags["mlflow.parentRunId"] = link["parent_run_id"]
+        experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
+        experiment_id = experiment_id or experiment_id_for(uri, "singan-fleet")
+        run_id = client.create_run(experiment_id, tags=tags, run_name=store.image_id).info.run_id
+        created = True
+        store.put_json(TRACKING, {**link, "tracking_uri": uri, "experiment_id": experiment_id,
+                                  "run_id": run_id})
+
+    run = client.get_run(run_id)
+    missing_params = {k: v for k, v in link.get("params", {}).items() if k not in run.data.params}
+    if missing_params:
+        _log_params(client, run_id, missing_params)
+
+    points = MetricsLog.load(store, keep_scales=1 << 30).points
+    sent = set()
+    for key in {p["key"] for p in points}:
+        sent |= {(key, m.step, m.timestamp) for m in client.get_metric_history(run_id, key)}
+    missing = [p for p in points if (p["key"], p["step"], p["timestamp"]) not in sent]
+    for first in range(0, len(missing), BATCH):
+        _log_points(client, run_id, missing[first:first + BATCH])
+
+    uploaded = {f.path for f in client.list_artifacts(run_id, "samples")}
+    artifacts = 0
+    for path in sorted(store.fs.glob(store.path("samples/*.png"))):
+        name = "samples/" + path.rsplit("/", 1)[-1]
+        if name not in uploaded and name.startswith("samples/scale_"):
+            _log_bytes(client, run_id, name, store.get(name))
+            artifacts += 1
+
+    done = store.success()
+    if done is not None:
+        if run.data.tags.get("pyramid_url") is None:
+            _set_tags(client, run_id, {"pyramid_url": store.url_of("model")})
+        if run.info.status != "FINISHED":
+            client.set_terminated(run_id, "FINISHED")
+    return SyncReport(store.image_id, run_id, len(missing), artifacts, created)
+
+
+# --- the job's parent run -------------------------------------------------------------------
+
+def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | None,
+                  params: dict[str, Any]) -> tuple[str, str]:
+    """Create the job's parent run; returns (experiment id, run id). Raises when unreachable."""
+    experiment_id = experiment_id_for(tracking_uri, experiment, artifact_location)
+    client = client_for(tracking_uri)
+    run = client.create_run(experiment_id, tags={"kind": "job"},
+                            run_name=f"job {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    _log_params(client, run.info.run_id, params)
+    return experiment_id, run.info.run_id
+
+
+def end_job_run(tracking_uri: str, run_id: str, results, seconds: float) -> None:
+    """Totals and failed ids on the parent run, then end it; tracking trouble is only logged."""
+    from mlflow.entities import Metric
+
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    failed = [r.image_id for r in results if r.status == "failed"]
+    try:
+        client = client_for(tracking_uri)
+        stamp = now_ms()
+        client.log_batch(run_id, metrics=[
+            *(Metric(f"images_{k}", v, stamp, 0) for k, v in counts.items()),
+            Metric("job_seconds", seconds, stamp, 0)], synchronous=True)
+        if failed:  # MLflow tags hold at most 8000 characters
+            _set_tags(client, run_id, {"failed_ids": ",".join(failed)[:8000]})
+        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    except Exception as err:  # noqa: BLE001
+        logger.warning("MLflow: cannot close the job run %s (%s)", run_id, one_line(err))

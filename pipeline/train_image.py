@@ -1,0 +1,225 @@
+"""Train one manifest row: the function the training job fans out, one Ray task per image.
+
+It reads the image through fsspec, trains (resuming at the last finished scale), writes the
+storage layout of DESIGN.md as it goes, tracks to MLflow, and returns an `ImageResult`. Runs in
+any process: the tests call it directly, the job calls it as a Ray task.
+
+What can go wrong, and what happens:
+- a bad image or bad settings (InputError), or a bug: the row fails with a one-line reason in its
+  result, and is not retried (retrying would fail the same way);
+- storage that keeps failing (TransientError): raised, so that Ray retries the task, and the
+  retry resumes at the last finished scale;
+- the worker dies (killed, out of memory, node lost): Ray retries it the same way;
+- MLflow down: nothing; the points stay in metrics.jsonl and are replayed later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+import torch
+
+from pipeline.manifest import ImageTask
+from pipeline.storage import ImageStore, TransientError, read_url
+from pipeline.tracking import ImageRun, MetricsLog, point
+from singan.errors import InputError
+from singan.image import load_image
+from singan.models import SinGAN, package_version
+from singan.sample import reconstruct, sample
+from singan.train import Callback, IterationLog, train
+
+logger = logging.getLogger(__name__)
+
+# Test-only fault switch: SIGKILL the worker right after scale K is stored, once per image (a
+# marker file in the image folder says it already fired), to prove that the retry resumes there.
+FAULT_ENV = "SINGAN_FLEET_KILL_AFTER_SCALE"
+FAULT_MARKER = ".fault-fired"
+
+LOSSES = ("d_real", "d_fake", "gradient_penalty", "g_adv", "reconstruction")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What every image of a job shares."""
+
+    output: str  # output root URL
+    tracking_uri: str | None = None  # None: no tracking
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    num_samples: int = 8  # final random samples written per image
+    device: str | None = None  # default: CUDA when the task got a GPU, else CPU
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One row of the job's results table."""
+
+    image_id: str
+    status: str  # "done", "skipped" (already done with the same settings) or "failed"
+    error: str | None
+    num_scales: int | None
+    seconds: float
+    sifid: float | None  # final SIFID, when the SIFID metric is available
+    mlflow_run_id: str | None
+    output_url: str
+    tracking_complete: bool = True  # False: some points or pictures still wait for a sync
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_hash(task: ImageTask) -> str:
+    """Identifies a training: the settings, the seed and the source image's URL."""
+    identity = {"config": task.config.to_dict(), "seed": task.seed, "uri": task.uri}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
+    """Train (or resume, or skip) one image; see the module docstring for failure handling."""
+    start = time.perf_counter()
+    store = ImageStore(job.output, task.image_id)
+
+    def failed(reason: str, run_id: str | None = None) -> ImageResult:
+        return ImageResult(task.image_id, "failed", reason, None, time.perf_counter() - start,
+                           None, run_id, store.url)
+
+    try:
+        return _train_image(task, job, store, start)
+    except TransientError:
+        raise  # Ray retries the task; the retry resumes at the last finished scale
+    except InputError as err:
+        logger.warning("%s: %s", task.image_id, err)
+        return failed(str(err).splitlines()[0])
+    except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
+        logger.error("%s failed:\n%s", task.image_id, traceback.format_exc())
+        return failed(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+
+
+def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: float) -> ImageResult:
+    digest = config_hash(task)
+    done = store.success()
+    if done is not None and done.get("config_hash") == digest:
+        return ImageResult(task.image_id, "skipped", None, done.get("num_scales"), 0.0,
+                           done.get("sifid"), done.get("run_id"), store.url)
+
+    # 1. The image, through fsspec. The name makes load_image's errors name the URL.
+    try:
+        source = io.BytesIO(read_url(task.uri))
+    except FileNotFoundError as err:
+        raise InputError(f"{task.uri}: no such file") from err
+    source.name = task.uri
+    image = load_image(source)
+
+    # 2. Resume what a previous attempt stored with the same settings; otherwise start clean,
+    #    so that no file of another training is mixed into this one.
+    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    resume = _resumable(store, task, device)
+    if resume is None and (done is not None or store.exists("model/config.json")):
+        logger.info("%s: settings changed; retraining from scratch", task.image_id)
+        store.remove_all()
+    finished = len(resume.scales) if resume is not None else 0
+    metrics = MetricsLog.load(store, keep_scales=finished)
+
+    # 3. The MLflow run: reused when a previous attempt created one.
+    run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id)
+    height, width = image.shape[-2:]
+    run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height, "width": width,
+                    "seed": task.seed, "config_hash": digest,
+                    **{f"config.{k}": v for k, v in task.config.to_dict().items()}})
+
+    # 4. Train, storing each scale as it finishes.
+    if finished:
+        logger.info("%s: resuming at scale %d", task.image_id, finished)
+    recorder = StoreScales(store, run, metrics, job)
+    model = train(image, task.config, device=device, seed=task.seed, callbacks=[recorder],
+                  resume=resume)
+
+    # 5. Final pictures, then _SUCCESS last.
+    rng = torch.Generator(device=model.device).manual_seed(model.seed)
+    for index, x in enumerate(sample(model, job.num_samples, generator=rng)):
+        store.put_png(f"samples/sample_{index:02d}.png", x)
+    store.put_png("samples/reconstruction.png", reconstruct(model))
+    run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
+    seconds = time.perf_counter() - start
+    store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
+                        "seconds": round(seconds, 3), "finished_at": time.strftime(
+                            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uri": task.uri,
+                        "package_version": package_version()})
+    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, None, run.run_id,
+                       store.url, run.complete)
+
+
+def _resumable(store: ImageStore, task: ImageTask, device: torch.device) -> SinGAN | None:
+    """The partial model stored for this image, when it was trained with these settings."""
+    if store.success() is not None:
+        return None  # a finished training with other settings: retrain
+    try:
+        model = store.load_model(device)
+    except InputError as err:
+        logger.warning("%s: stored model unreadable (%s); retraining", task.image_id, err)
+        return None
+    if model is None or model.config != task.config or model.seed != task.seed:
+        return None
+    return model if len(model.scales) else None
+
+
+class StoreScales(Callback):
+    """Stores every finished scale (model file, real, sample grid, metrics) and tracks it."""
+
+    def __init__(self, store: ImageStore, run: ImageRun, metrics: MetricsLog, job: JobSettings):
+        self.store, self.run, self.metrics, self.job = store, run, metrics, job
+        self.scale_start = 0.0
+        self.noise_amp = 0.0
+
+    def on_scale_start(self, model: SinGAN, scale: int, noise_amp: float) -> None:
+        self.scale_start = time.perf_counter()
+        self.noise_amp = noise_amp
+
+    def on_iteration(self, log: IterationLog) -> None:
+        values = {name: getattr(log, name) for name in LOSSES}
+        values["d_loss"] = log.d_real + log.d_fake + log.gradient_penalty
+        values["g_loss"] = log.g_adv + log.reconstruction
+        points = [point(f"s{log.scale:02d}/{name}", value, log.iteration, log.scale)
+                  for name, value in values.items()]
+        self.metrics.add(points)
+        self.run.log_points(points)
+
+    def on_scale_end(self, model: SinGAN, scale: int) -> None:
+        # The model file first: it is the resume point. Pictures and metrics follow.
+        self.store.save_scale(model, scale)
+        self.store.put_png(f"reals/scale_{scale:02d}.png", model.scales[scale].real)
+        grid = self.store.put_png(f"samples/scale_{scale:02d}.png", sample_grid(model))
+        points = [point("noise_amp", self.noise_amp, scale, scale),
+                  point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
+        self.metrics.add(points)
+        self.metrics.save(self.store)
+        self.run.log_points(points)
+        self.run.flush()
+        self.run.log_artifact(f"samples/scale_{scale:02d}.png", grid)
+        _maybe_inject_fault(self.store, scale)
+
+
+def sample_grid(model: SinGAN, num: int = 3, border: int = 2) -> torch.Tensor:
+    """The real image at the finest finished scale, then `num` random samples, side by side."""
+    rng = torch.Generator(device=model.device).manual_seed(model.seed)
+    images = [model.reals[-1], *sample(model, num, generator=rng).split(1)]
+    white = torch.ones(1, 3, images[0].shape[-2], border, device=model.device)
+    parts = [part for x in images for part in (x, white)][:-1]
+    return torch.cat(parts, dim=-1)
+
+
+def _maybe_inject_fault(store: ImageStore, scale: int) -> None:
+    target = os.environ.get(FAULT_ENV)
+    if target is None or int(target) != scale or store.exists(FAULT_MARKER):
+        return
+    store.put(FAULT_MARKER, b"")
+    logger.warning("%s=%s: killing this worker after scale %d", FAULT_ENV, target, scale)
+    os.kill(os.getpid(), signal.SIGKILL)

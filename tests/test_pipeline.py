@@ -1,0 +1,174 @@
+"""The per-image pipeline in one process: storage layout, whole-or-absent writes, skip, resume,
+failure isolation and the results table. Ray and MLflow servers are in test_job.py."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+import singan
+from pipeline import results as results_table
+from pipeline.manifest import ImageTask
+from pipeline.storage import ImageStore, Storage, TransientError, with_retries
+from pipeline.tracking import MetricsLog
+from pipeline.train_image import JobSettings, StoreScales, config_hash, train_image
+from singan.examples import pebbles
+from singan.image import save_image
+from tests.conftest import tiny_config
+
+
+def tiny_task(tmp_path, image_id="wall", seed=1, **overrides) -> ImageTask:
+    path = tmp_path / "images" / f"{image_id}.png"
+    if not path.exists():
+        save_image(pebbles(28, 36, seed=3), path)
+    return ImageTask(image_id, path.as_uri(), tiny_config(niter=6, **overrides), seed)
+
+
+def job(tmp_path, **kw) -> JobSettings:
+    return JobSettings(output=str(tmp_path / "out"), num_samples=2, device="cpu", **kw)
+
+
+# --- storage --------------------------------------------------------------------------------
+
+def test_put_is_whole_or_absent(tmp_path):
+    store = Storage(str(tmp_path / "root"))
+    store.put("a/b.bin", b"first")
+    assert store.get("a/b.bin") == b"first" and store.get("missing") is None
+    # A failing local write leaves the old file and no temporary file behind.
+    with pytest.raises(TypeError):
+        store.put("a/b.bin", "not bytes")  # type: ignore[arg-type]
+    assert store.get("a/b.bin") == b"first"
+    assert os.listdir(tmp_path / "root" / "a") == ["b.bin"]
+
+
+def test_retries_transient_errors_only():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("reset by peer")
+        return "ok"
+
+    assert with_retries("op", flaky, delays=(0, 0, 0)) == "ok" and len(calls) == 3
+    with pytest.raises(TransientError, match="op: ConnectionError"):
+        with_retries("op", lambda: (_ for _ in ()).throw(ConnectionError("down")), delays=(0,))
+    missing = []
+    with pytest.raises(FileNotFoundError):  # not transient: no retry
+        with_retries("op", lambda: missing.append(1) or os.stat("/nonexistent/x"), delays=(0, 0))
+    assert len(missing) == 1
+
+
+def test_scale_files_round_trip_and_partial_models(tmp_path, tiny_model):
+    store = ImageStore(str(tmp_path), "img")
+    assert store.load_model() is None
+    store.save_scale(tiny_model, 0)
+    store.save_scale(tiny_model, 1)
+    partial = store.load_model()
+    assert len(partial.scales) == 2 and partial.num_scales == tiny_model.num_scales
+    for a, b in zip(partial.scales, tiny_model.scales):
+        assert torch.equal(a.real, b.real)
+    # A scale file whose config.json update never happened (worker died in between) is ignored.
+    store.put("model/scale_02.pt", b"torn")
+    assert len(store.load_model().scales) == 2
+
+
+# --- the per-image function -----------------------------------------------------------------
+
+def test_train_image_writes_the_layout_then_skips(tmp_path):
+    task = tiny_task(tmp_path)
+    result = train_image(task, job(tmp_path))
+    assert result.status == "done" and result.error is None and result.num_scales == 4
+    root = tmp_path / "out" / "wall"
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    n = result.num_scales
+    assert files == {"_SUCCESS", "metrics.jsonl", "model/config.json",
+                     *(f"model/scale_{i:02d}.pt" for i in range(n)),
+                     *(f"reals/scale_{i:02d}.png" for i in range(n)),
+                     *(f"samples/scale_{i:02d}.png" for i in range(n)),
+                     "samples/sample_00.png", "samples/sample_01.png", "samples/reconstruction.png"}
+    success = json.loads((root / "_SUCCESS").read_text())
+    assert success["config_hash"] == config_hash(task) and success["num_scales"] == n
+    model = singan.load(root / "model")
+    assert model.is_complete and model.seed == task.seed and model.config == task.config
+
+    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    keys = {p["key"] for p in points}
+    assert {"s00/d_loss", "s02/reconstruction", "noise_amp", "scale_seconds"} <= keys
+    steps = [p["step"] for p in points if p["key"] == "s01/g_loss"]
+    assert steps == [5, 6]  # log_every 5, and the last iteration
+    assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
+
+    stamp = (root / "_SUCCESS").stat().st_mtime_ns
+    again = train_image(task, job(tmp_path))
+    assert again.status == "skipped" and again.num_scales == n
+    assert (root / "_SUCCESS").stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_retrain(tmp_path):
+    task = tiny_task(tmp_path)
+    train_image(task, job(tmp_path))
+    other = tiny_task(tmp_path, seed=2)
+    assert config_hash(other) != config_hash(task)
+    result = train_image(other, job(tmp_path))
+    assert result.status == "done"
+    assert singan.load(tmp_path / "out" / "wall").seed == 2
+
+
+def test_bad_image_fails_its_row_with_one_line(tmp_path):
+    bad = tmp_path / "images" / "bad.png"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not a png")
+    task = ImageTask("bad", bad.as_uri(), tiny_config(niter=2), 0)
+    result = train_image(task, job(tmp_path))
+    assert result.status == "failed" and "\n" not in result.error
+    assert bad.as_uri() in result.error and "not" in result.error.lower()
+    assert not (tmp_path / "out" / "bad" / "_SUCCESS").exists()
+
+
+def test_transient_failure_resumes_at_the_last_finished_scale(tmp_path, monkeypatch):
+    task = tiny_task(tmp_path)
+    original = StoreScales.on_scale_end
+
+    def fail_after_scale_1(self, model, scale):
+        original(self, model, scale)
+        if scale == 1:
+            raise TransientError("storage throttled")
+
+    monkeypatch.setattr(StoreScales, "on_scale_end", fail_after_scale_1)
+    with pytest.raises(TransientError):  # raised, so that Ray retries the task
+        train_image(task, job(tmp_path))
+    root = tmp_path / "out" / "wall"
+    assert not (root / "_SUCCESS").exists()
+    kept = {i: (root / "model" / f"scale_{i:02d}.pt").stat().st_mtime_ns for i in (0, 1)}
+
+    monkeypatch.setattr(StoreScales, "on_scale_end", original)
+    result = train_image(task, job(tmp_path))  # the retry
+    assert result.status == "done"
+    assert {i: (root / "model" / f"scale_{i:02d}.pt").stat().st_mtime_ns for i in (0, 1)} == kept
+    # Each metric point once: the resumed run logs scales 2 and 3 only.
+    points = MetricsLog.load(ImageStore(str(tmp_path / "out"), "wall"), 99).points
+    assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
+    assert sum(p["key"] == "s00/d_loss" for p in points) == 2
+    # Same model as an uninterrupted run: resuming is exact.
+    fresh = train_image(tiny_task(tmp_path, image_id="fresh"), job(tmp_path))
+    assert fresh.status == "done"
+    a, b = singan.load(root), singan.load(tmp_path / "out" / "fresh")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
+def test_results_table(tmp_path):
+    task = tiny_task(tmp_path)
+    done = train_image(task, job(tmp_path))
+    bad = train_image(ImageTask("gone", (tmp_path / "nope.png").as_uri(), task.config, 0),
+                      job(tmp_path))
+    url = results_table.write([done, bad], Storage(str(tmp_path / "out")))
+    assert url.endswith("/_results.parquet")
+    rows = results_table.read(Storage(str(tmp_path / "out"))).to_pylist()
+    assert [(r["image_id"], r["status"]) for r in rows] == [("wall", "done"), ("gone", "failed")]
+    assert rows[0]["num_scales"] == 4 and rows[0]["output_url"].endswith("/out/wall")
+    assert rows[1]["error"] and rows[1]["sifid"] is None
