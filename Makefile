@@ -20,8 +20,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 test: install
 	$(PY) -m pytest -q
 
+# The main job on embedded defaults: procedural images -> manifest -> a local Ray -> outputs,
+# tracked in a local MLflow database.
 demo: install
-	$(VENV)/bin/singan demo --out $(DEMO_OUT)
+	$(VENV)/bin/singan examples $(DEMO_OUT)/images --count 3
+	$(PY) jobs/make_manifest.py $(DEMO_OUT)/images --out $(DEMO_OUT)/manifest.parquet --overwrite
+	$(PY) jobs/train_manifest.py --manifest $(DEMO_OUT)/manifest.parquet \
+		--output $(DEMO_OUT)/outputs --preset quick --set max_size=64 \
+		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
+	@echo "outputs: $(DEMO_OUT)/outputs (one folder per image: model/, reals/, samples/, metrics.jsonl)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,6 +17,7 @@ status is 1 if any image failed (2 for a bad manifest or bad arguments).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -34,7 +35,7 @@ from pipeline import tracking
 from pipeline.manifest import read_manifest
 from pipeline.storage import ImageStore, Storage, TransientError
 from pipeline.train_image import ImageResult, JobSettings, train_image
-from singan.config import PRESETS, config
+from singan.config import PRESETS, Config, config
 from singan.errors import InputError
 
 logger = logging.getLogger("train_manifest")
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a config field for every image (repeatable), e.g. --set "
+                        "max_size=200 --set niter=1000; manifest columns still win per row")
     p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
                    help="GPUs per training; fractions pack several trainings on one GPU; 0 = "
                         "CPU. On a cluster without GPUs trainings run on CPU (default: 1)")
@@ -88,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be at least 1")
-        tasks = read_manifest(args.manifest, preset=args.preset, limit=args.limit)
+        overrides = parse_sets(args.set)
+        tasks = read_manifest(args.manifest, preset=args.preset, overrides=overrides,
+                              limit=args.limit)
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
                         "images": len(tasks), "gpus_per_image": args.gpus_per_image,
                         "force": args.force,
-                        **{f"config.{k}": v for k, v in config(args.preset).to_dict().items()}})
+                        **{f"config.{k}": v
+                           for k, v in config(args.preset, **overrides).to_dict().items()}})
         except Exception as err:  # noqa: BLE001 - trainings go on; workers retry on their own
             logger.warning("MLflow at %s unreachable (%s); training without a parent run",
                            tracking_uri, tracking.one_line(err))
@@ -129,14 +136,32 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(r.status == "failed" for r in results) else 0
 
 
+def parse_sets(items: list[str]) -> dict:
+    """--set FIELD=VALUE options -> config overrides, typed like the Config field."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise InputError(f"--set {item}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(fields)}")
+        try:
+            overrides[name] = None if text == "none" else (
+                float(text) if "float" in str(fields[name].type) else int(text))
+        except ValueError as err:
+            raise InputError(f"--set {item}: {text!r} is not a number") from err
+    return overrides
+
+
 def tracking_target(args) -> tuple[str | None, str | None]:
     """The tracking URI to use, and how to open its UI."""
     if args.no_tracking:
         return None, None
-    if args.tracking_uri:
-        return args.tracking_uri, f"MLflow: {args.tracking_uri}"
-    uri = f"sqlite:///{Path('mlflow.db').resolve()}"
-    return uri, f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)"
+    uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    if uri.startswith("sqlite:"):
+        return uri, (f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  "
+                     "(then open http://127.0.0.1:5000)")
+    return uri, f"MLflow: {uri}"
 
 
 def local_artifacts(tracking_uri: str) -> str | None:
@@ -149,7 +174,6 @@ def local_artifacts(tracking_uri: str) -> str | None:
 def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
     """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
     import ray
-    from tqdm import tqdm
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
@@ -175,8 +199,7 @@ def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
     results: list[ImageResult] = []
     queue = iter(tasks)
     in_flight: dict = {}
-    bar = tqdm(total=len(tasks), unit="img", dynamic_ncols=True, desc="images")
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    progress = Progress(len(tasks), slots)
     while True:
         for task in queue:  # top up to max_in_flight
             in_flight[remote.remote(task, settings)] = task
@@ -192,14 +215,51 @@ def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
             except Exception as err:  # noqa: BLE001 - retries exhausted or the task crashed
                 result = crashed(task, settings, err)
             results.append(result)
-            counts[result.status] += 1
-            if result.status == "failed":
-                bar.write(f"FAILED {result.image_id}: {result.error}")
-            bar.update(1)
-        bar.set_postfix(done=counts["done"], skipped=counts["skipped"], failed=counts["failed"],
-                        running=min(len(in_flight), slots), refresh=True)
-    bar.close()
+            progress.finished(result, len(in_flight))
+        progress.show(len(in_flight))
+    progress.close()
     return results
+
+
+class Progress:
+    """The driver's view: a bar (done, skipped, failed, running, ETA) on a terminal; in a log
+    (`ray job logs`, CI) one line per finished image instead of a redrawn bar."""
+
+    def __init__(self, total: int, slots: int):
+        from tqdm import tqdm
+
+        self.total, self.slots, self.start = total, slots, time.perf_counter()
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.tty = sys.stdout.isatty()
+        self.bar = tqdm(total=total, unit="img", desc="images", dynamic_ncols=True,
+                        disable=not self.tty)
+
+    def finished(self, result: ImageResult, in_flight: int) -> None:
+        self.counts[result.status] += 1
+        line = f"{result.status} {result.image_id}" + (
+            f": {result.error}" if result.error else
+            f" ({result.num_scales} scales, {result.seconds:.1f} s)")
+        if self.tty:
+            if result.status == "failed":
+                self.bar.write(line)
+            self.bar.update(1)
+        else:
+            count = sum(self.counts.values())
+            elapsed = time.perf_counter() - self.start
+            eta = elapsed / count * (self.total - count)
+            print(f"[{count}/{self.total}] {line} | {self.summary(in_flight)}, ETA {eta:.0f} s",
+                  flush=True)
+
+    def summary(self, in_flight: int) -> str:
+        running = min(in_flight, self.slots)
+        return ", ".join(f"{k} {v}" for k, v in {**self.counts, "running": running}.items())
+
+    def show(self, in_flight: int) -> None:
+        if self.tty:
+            self.bar.set_postfix_str(self.summary(in_flight), refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def crashed(task, settings: JobSettings, err: Exception) -> ImageResult:

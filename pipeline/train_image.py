@@ -29,7 +29,7 @@ import torch
 
 from pipeline.manifest import ImageTask
 from pipeline.storage import ImageStore, TransientError, read_url
-from pipeline.tracking import ImageRun, MetricsLog, point
+from pipeline.tracking import TRACKING, ImageRun, MetricsLog, one_line, point
 from singan.errors import InputError
 from singan.image import load_image
 from singan.models import SinGAN, package_version
@@ -87,9 +87,10 @@ def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
     start = time.perf_counter()
     store = ImageStore(job.output, task.image_id)
 
-    def failed(reason: str, run_id: str | None = None) -> ImageResult:
+    def failed(reason: str) -> ImageResult:
+        link = store.get_json(TRACKING) or {}
         return ImageResult(task.image_id, "failed", reason, None, time.perf_counter() - start,
-                           None, run_id, store.url)
+                           None, link.get("run_id"), store.url)
 
     try:
         return _train_image(task, job, store, start)
@@ -100,7 +101,7 @@ def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
         return failed(str(err).splitlines()[0])
     except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
         logger.error("%s failed:\n%s", task.image_id, traceback.format_exc())
-        return failed(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        return failed(one_line(err))
 
 
 def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: float) -> ImageResult:
@@ -110,15 +111,7 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
         return ImageResult(task.image_id, "skipped", None, done.get("num_scales"), 0.0,
                            done.get("sifid"), done.get("run_id"), store.url)
 
-    # 1. The image, through fsspec. The name makes load_image's errors name the URL.
-    try:
-        source = io.BytesIO(read_url(task.uri))
-    except FileNotFoundError as err:
-        raise InputError(f"{task.uri}: no such file") from err
-    source.name = task.uri
-    image = load_image(source)
-
-    # 2. Resume what a previous attempt stored with the same settings; otherwise start clean,
+    # 1. Resume what a previous attempt stored with the same settings; otherwise start clean,
     #    so that no file of another training is mixed into this one.
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resume = _resumable(store, task, device)
@@ -128,33 +121,50 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     finished = len(resume.scales) if resume is not None else 0
     metrics = MetricsLog.load(store, keep_scales=finished)
 
-    # 3. The MLflow run: reused when a previous attempt created one.
+    # 2. The MLflow run (reused when a previous attempt created one); a failure below ends it
+    #    as FAILED with the reason, so that bad images show in MLflow too.
     run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id)
+    try:
+        model = _train_into(store, run, metrics, task, job, device, resume)
+    except BaseException as err:
+        run.finish("FAILED", tags={"error": one_line(err)})
+        raise
+
+    # 5. _SUCCESS last: only now is the image done.
+    run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
+    seconds = time.perf_counter() - start
+    store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
+                        "seconds": round(seconds, 3), "uri": task.uri,
+                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "package_version": package_version()})
+    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, None, run.run_id,
+                       store.url, run.complete)
+
+
+def _train_into(store: ImageStore, run: ImageRun, metrics: MetricsLog, task: ImageTask,
+                job: JobSettings, device: torch.device, resume: SinGAN | None) -> SinGAN:
+    # 3. The image, through fsspec. The name makes load_image's errors name the URL.
+    try:
+        source = io.BytesIO(read_url(task.uri))
+    except FileNotFoundError as err:
+        raise InputError(f"{task.uri}: no such file") from err
+    source.name = task.uri
+    image = load_image(source)
     height, width = image.shape[-2:]
     run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height, "width": width,
-                    "seed": task.seed, "config_hash": digest,
+                    "seed": task.seed, "config_hash": config_hash(task),
                     **{f"config.{k}": v for k, v in task.config.to_dict().items()}})
 
-    # 4. Train, storing each scale as it finishes.
-    if finished:
-        logger.info("%s: resuming at scale %d", task.image_id, finished)
-    recorder = StoreScales(store, run, metrics, job)
-    model = train(image, task.config, device=device, seed=task.seed, callbacks=[recorder],
-                  resume=resume)
-
-    # 5. Final pictures, then _SUCCESS last.
+    # 4. Train, storing each scale as it finishes; then the final pictures.
+    if resume is not None:
+        logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
+    model = train(image, task.config, device=device, seed=task.seed,
+                  callbacks=[StoreScales(store, run, metrics, job)], resume=resume)
     rng = torch.Generator(device=model.device).manual_seed(model.seed)
     for index, x in enumerate(sample(model, job.num_samples, generator=rng)):
         store.put_png(f"samples/sample_{index:02d}.png", x)
     store.put_png("samples/reconstruction.png", reconstruct(model))
-    run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
-    seconds = time.perf_counter() - start
-    store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
-                        "seconds": round(seconds, 3), "finished_at": time.strftime(
-                            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uri": task.uri,
-                        "package_version": package_version()})
-    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, None, run.run_id,
-                       store.url, run.complete)
+    return model
 
 
 def _resumable(store: ImageStore, task: ImageTask, device: torch.device) -> SinGAN | None:

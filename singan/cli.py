@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_demo)
 
+    p = commands.add_parser("examples", help="write procedural example images to train on",
+                            description="Write procedural example images (stone walls of "
+                            "several stone sizes): data for a first batch job.")
+    p.add_argument("out", metavar="DIR", help="folder for the PNG files")
+    p.add_argument("--count", type=int, default=3, metavar="N",
+                   help="how many images (default: %(default)s)")
+    p.set_defaults(run=run_examples)
+
     p = commands.add_parser("sample", help="draw samples from a trained model",
                             description="Draw random samples from a trained SinGAN.",
                             epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,6 +150,18 @@ def run_demo(args: argparse.Namespace) -> int:
     save_image(image, out / "example.png")
     print(f"training the built-in example image {out / 'example.png'} with the quick preset")
     return train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
+
+
+def run_examples(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise InputError("--count must be at least 1")
+    out = Path(args.out)
+    for index in range(args.count):
+        # From large stones to small ones, so that the collection is not one image repeated.
+        cells = 30 * 2 ** (index % 3)
+        save_image(pebbles(128, 192, cells=cells, seed=index), out / f"stones_{index:02d}.png")
+    print(f"{args.count} example images in {out}")
+    return 0
 
 
 def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> int:
