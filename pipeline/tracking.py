@@ -111,7 +111,7 @@ class ImageRun:
         self.client = None
         self.run_id: str | None = None
         self.pending: list[dict] = []
-        self.artifacts_pending = False
+        self.needs_sync = False  # something may be missing on the server: replay metrics.jsonl
         self.failed = False
         if tracking_uri is None:
             return
@@ -126,7 +126,7 @@ class ImageRun:
     @property
     def complete(self) -> bool:
         return not self.enabled or (self.run_id is not None and not self.pending
-                                    and not self.artifacts_pending)
+                                    and not self.needs_sync)
 
     def _call(self, what: str, fn, *args) -> bool:
         try:
@@ -144,7 +144,10 @@ class ImageRun:
 
     def _open(self) -> None:
         if self.run_id is not None:
-            self.client.update_run(self.run_id, status="RUNNING")  # a retry reuses its run
+            # A retry reuses its run. The killed attempt may have stored points it never sent:
+            # the job's replay compares metrics.jsonl with the server at the end.
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.needs_sync = True
             return
         tags = {"image_id": self.store.image_id}
         if self.parent_run_id:
@@ -191,7 +194,7 @@ class ImageRun:
             return
         if self.run_id is None or not self._call("upload " + name, _log_bytes, self.client,
                                                  self.run_id, name, data):
-            self.artifacts_pending = True
+            self.needs_sync = True
 
     def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
         """Flush, tag and end the run (FINISHED or FAILED)."""

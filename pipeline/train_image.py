@@ -203,14 +203,15 @@ class StoreScales(Callback):
         self.run.log_points(points)
 
     def on_scale_end(self, model: SinGAN, scale: int) -> None:
-        # The model file first: it is the resume point. Pictures and metrics follow.
-        self.store.save_scale(model, scale)
-        self.store.put_png(f"reals/scale_{scale:02d}.png", model.scales[scale].real)
-        grid = self.store.put_png(f"samples/scale_{scale:02d}.png", sample_grid(model))
+        # Metrics, then the model file (the resume point): a worker dying in between leaves
+        # points of an unfinished scale, which the retry drops and logs again.
         points = [point("noise_amp", self.noise_amp, scale, scale),
                   point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
         self.metrics.add(points)
         self.metrics.save(self.store)
+        self.store.save_scale(model, scale)
+        self.store.put_png(f"reals/scale_{scale:02d}.png", model.scales[scale].real)
+        grid = self.store.put_png(f"samples/scale_{scale:02d}.png", sample_grid(model))
         self.run.log_points(points)
         self.run.flush()
         self.run.log_artifact(f"samples/scale_{scale:02d}.png", grid)
