@@ -7,6 +7,8 @@ import pytest
 import singan
 from singan.examples import pebbles
 
+pytest_plugins = ["services"]  # tests/services.py: real local services as session fixtures
+
 
 def tiny_config(**overrides) -> singan.Config:
     """Three scales of narrow networks: trains in about a second on the CPU."""
