@@ -1,0 +1,97 @@
+"""The tracking adapter against a real `mlflow server` on 127.0.0.1: the child-run layout, and
+that a server that is down costs nothing but a replay, which never duplicates a point."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.manifest import ImageTask
+from pipeline.storage import ImageStore
+from pipeline.tracking import ImageRun, experiment_id_for, point, start_job_run, sync_image
+from pipeline.train_image import JobSettings, train_image
+from singan.examples import pebbles
+from singan.image import save_image
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_image_run_layout(tmp_path, mlflow_server):
+    uri = mlflow_server.url
+    experiment_id, parent = start_job_run(uri, "adapter", None, {"manifest": "m.parquet"})
+    path = tmp_path / "wall.png"
+    save_image(pebbles(28, 36, seed=3), path)
+    task = ImageTask("wall", path.as_uri(), tiny_config(niter=6), 1)
+    job = JobSettings(output=str(tmp_path / "out"), tracking_uri=uri, experiment_id=experiment_id,
+                      parent_run_id=parent, num_samples=1, device="cpu")
+    result = train_image(task, job)
+    assert result.status == "done" and result.tracking_complete
+
+    client = MlflowClient(uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "wall"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert run.data.tags["pyramid_url"].endswith("/out/wall/model")
+    assert run.data.params["config.niter"] == "6" and run.data.params["height"] == "28"
+    losses = client.get_metric_history(run.info.run_id, "s01/d_loss")
+    assert [m.step for m in losses] == [5, 6]  # the iteration is the step
+    amps = client.get_metric_history(run.info.run_id, "noise_amp")
+    assert sorted(m.step for m in amps) == list(range(result.num_scales))  # the scale is the step
+    assert amps[0].value == 1.0
+    pictures = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
+    assert pictures == {f"samples/scale_{i:02d}.png" for i in range(result.num_scales)}
+
+    # A failing image ends its run FAILED, with the reason.
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    failed = train_image(ImageTask("bad", bad.as_uri(), task.config, 0), job)
+    assert failed.status == "failed" and failed.mlflow_run_id
+    run = client.get_run(failed.mlflow_run_id)
+    assert run.info.status == "FAILED" and "bad.png" in run.data.tags["error"]
+
+
+def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    store = ImageStore(str(tmp_path), "img")
+    run = ImageRun(store, dead, "0", None)  # must not raise, nor wait minutes
+    run.log_params({"image_id": "img", "seed": 3})
+    points = [point("s00/d_loss", 0.5 * i, i, 0) for i in range(1, 1201)]  # more than one batch
+    points += [point("noise_amp", 1.0, 0, 0)]
+    run.log_points(points)
+    run.flush()
+    store.put("samples/scale_00.png", b"\x89PNG fake picture")
+    run.log_artifact("samples/scale_00.png", b"\x89PNG fake picture")
+    run.finish("FINISHED")
+    assert run.run_id is None and not run.complete and len(run.pending) == len(points)
+    # What the worker keeps: metrics.jsonl (written by the training) and tracking.json.
+    from pipeline.tracking import MetricsLog
+
+    MetricsLog(points).save(store)
+    store.mark_success({"config_hash": "x"})
+
+    # The server is back (here: another address, as after a move): the replay creates the run
+    # and sends every point once; a second replay sends nothing.
+    report = sync_image(store, mlflow_server.url)
+    assert report.created_run and report.points_sent == len(points) and report.artifacts_sent == 1
+    client = MlflowClient(mlflow_server.url)
+    assert len(client.get_metric_history(report.run_id, "s00/d_loss")) == 1200
+    again = sync_image(store, mlflow_server.url)
+    assert again.run_id == report.run_id and not again.created_run
+    assert again.points_sent == 0 and again.artifacts_sent == 0
+    assert len(client.get_metric_history(report.run_id, "s00/d_loss")) == 1200
+    finished = client.get_run(report.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.params["seed"] == "3"
+
+
+def test_experiment_is_created_once(mlflow_server):
+    first = experiment_id_for(mlflow_server.url, "created-once")
+    assert experiment_id_for(mlflow_server.url, "created-once") == first
