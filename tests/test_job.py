@@ -1,0 +1,189 @@
+"""End to end, as a user runs it: `ray start --head` on 127.0.0.1, `ray job submit --working-dir .`
+of jobs/train_manifest.py, manifest and outputs on moto's S3 server, tracking to a real
+`mlflow server`. Then a second submit (everything skipped), a manifest with a corrupt image (the
+others finish, the bad one is reported, the job fails), and a worker SIGKILLed mid-training (the
+Ray retry resumes at the last finished scale)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.manifest import write_manifest
+from pipeline.train_image import FAULT_ENV
+from singan.examples import pebbles
+from singan.image import to_pil
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+BUCKET = "singan-e2e"
+# Tiny trainings: 4 scales up to 28 px with narrow networks, a few seconds per image.
+TINY = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
+        "--set", "max_nfc=16", "--set", "niter=8", "--num-samples", "2"]
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    to_pil(pebbles(28, 36, seed=seed)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def submit(ray_cluster, env: dict, *args: str, submission_id: str) -> tuple[int, str]:
+    """`ray job submit` of the training job; returns (exit code of the job, its logs)."""
+    command = [RAY, "job", "submit", "--address", ray_cluster.dashboard_url,
+               "--submission-id", submission_id, "--working-dir", str(ROOT),
+               "--runtime-env-json", json.dumps({"env_vars": env}),
+               "--", "python", "jobs/train_manifest.py", *args]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900,
+                          cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server, monkeypatch_module):
+    """An S3 bucket with three good images and one corrupt one, and this process pointed at it."""
+    import s3fs
+
+    for name, value in s3_server.env.items():
+        monkeypatch_module.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    fs = fsspec.filesystem("s3")
+    fs.mkdir(BUCKET)
+    for seed in range(3):
+        fs.pipe_file(f"{BUCKET}/images/stones_{seed}.png", png(seed))
+    fs.pipe_file(f"{BUCKET}/corrupt/broken.png", png(9)[:300])  # a truncated PNG
+    yield fs
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def child_runs(client: MlflowClient, parent_id: str):
+    return client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_cluster):
+    output = f"s3://{BUCKET}/outputs"
+    good = [{"image_id": f"stones_{i}", "uri": f"s3://{BUCKET}/images/stones_{i}.png"}
+            for i in range(3)]
+    good[2]["seed"] = 42  # a per-row override
+    write_manifest(good, f"s3://{BUCKET}/manifest.parquet")
+    args = ["--manifest", f"s3://{BUCKET}/manifest.parquet", "--output", output,
+            "--tracking-uri", mlflow_server.url, "--experiment", "e2e", *TINY]
+
+    # 1. First submit: three images trained.
+    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-first")
+    assert code == 0, logs
+    assert "3 images" in logs and "3 trained" in logs
+    for i in range(3):
+        root = f"{BUCKET}/outputs/stones_{i}"
+        success = json.loads(s3.cat_file(f"{root}/_SUCCESS"))
+        files = set(s3.find(root))
+        assert {f"{root}/model/scale_{k:02d}.pt" for k in range(4)} <= files
+        assert {f"{root}/reals/scale_03.png", f"{root}/samples/scale_03.png",
+                f"{root}/samples/sample_01.png", f"{root}/metrics.jsonl"} <= files
+        assert success["num_scales"] == 4
+    table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    assert sorted(rows) == ["stones_0", "stones_1", "stones_2"]
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert all(r["num_scales"] == 4 and r["mlflow_run_id"] for r in rows.values())
+    assert rows["stones_0"]["output_url"] == f"{output}/stones_0"
+
+    # MLflow: one parent, three children with per-scale histories and pictures.
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("e2e")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'job'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.metrics["images_done"] == 3
+    children = child_runs(client, parents[0].info.run_id)
+    assert sorted(r.info.run_name for r in children) == ["stones_0", "stones_1", "stones_2"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["pyramid_url"] == f"{output}/{run.info.run_name}/model"
+        history = client.get_metric_history(run.info.run_id, "s03/g_loss")
+        assert [m.step for m in history] == [8]
+        assert len(client.get_metric_history(run.info.run_id, "noise_amp")) == 4
+        assert len(client.list_artifacts(run.info.run_id, "samples")) == 4
+    seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
+    assert seed_param["stones_2"] == "42"
+
+    # 2. Second submit: nothing to do, no new child runs.
+    stamp = s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"]
+    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-again")
+    assert code == 0, logs
+    assert "3 already done" in logs
+    assert s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"] == stamp
+    table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
+    assert set(table.column("status").to_pylist()) == {"skipped"}
+    total = client.search_runs([experiment.experiment_id], filter_string="tags.image_id != ''")
+    assert len(total) == 3
+
+    # 3. A manifest with a corrupt image: the others are done, the bad one fails its own row,
+    #    and the job exits non-zero.
+    write_manifest([*good, {"image_id": "broken", "uri": f"s3://{BUCKET}/corrupt/broken.png"}],
+                   f"s3://{BUCKET}/with-broken.parquet")
+    args[1] = f"s3://{BUCKET}/with-broken.parquet"
+    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-broken")
+    assert code != 0
+    assert "failed broken: s3://singan-e2e/corrupt/broken.png:" in logs
+    table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
+    status = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
+    assert status == {"stones_0": "skipped", "stones_1": "skipped", "stones_2": "skipped",
+                      "broken": "failed"}
+    assert not s3.exists(f"{BUCKET}/outputs/broken/_SUCCESS")
+
+
+def test_bad_manifest_is_refused_before_any_training(s3, s3_server, ray_cluster):
+    write_manifest([{"image_id": "../escape", "uri": f"s3://{BUCKET}/images/stones_0.png"},
+                    {"image_id": "missing", "uri": f"s3://{BUCKET}/images/nope.png"}],
+                   f"s3://{BUCKET}/bad.parquet")
+    code, logs = submit(ray_cluster, s3_server.env, "--manifest", f"s3://{BUCKET}/bad.parquet",
+                        "--output", f"s3://{BUCKET}/bad-out", "--no-tracking", *TINY,
+                        submission_id="e2e-bad-manifest")
+    assert code != 0
+    assert "row 0 (image_id '../escape')" in logs and "row 1 (image_id 'missing')" in logs
+    assert not s3.exists(f"{BUCKET}/bad-out")
+
+
+def test_killed_worker_resumes_at_the_last_finished_scale(tmp_path, s3_server, mlflow_server,
+                                                         ray_cluster):
+    image = tmp_path / "stones.png"
+    image.write_bytes(png(5))
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest([{"image_id": "stones", "uri": image.as_uri()}], str(manifest))
+    output = tmp_path / "out"
+    code, logs = submit(ray_cluster, {FAULT_ENV: "1"}, "--manifest", str(manifest),
+                        "--output", str(output), "--tracking-uri", mlflow_server.url,
+                        "--experiment", "e2e-kill", "--max-retries", "2", *TINY,
+                        submission_id="e2e-kill")
+    assert code == 0, logs
+    root = output / "stones"
+    fired = (root / ".fault-fired").stat().st_mtime_ns  # written just before the SIGKILL
+    mtimes = {k: (root / "model" / f"scale_{k:02d}.pt").stat().st_mtime_ns for k in range(4)}
+    assert mtimes[0] < fired and mtimes[1] < fired  # kept from the killed attempt
+    assert mtimes[2] > fired and mtimes[3] > fired  # trained by the retry
+    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
+    # One MLflow run for the image, reused by the retry, with each point once.
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("e2e-kill")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.image_id = 'stones'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert len(client.get_metric_history(runs[0].info.run_id, "noise_amp")) == 4
