@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import singan  # noqa: E402
-from singan.examples import pebbles  # noqa: E402
+import singan
+from singan.examples import pebbles
 
 
 class Timer(singan.Callback):

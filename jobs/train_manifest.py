@@ -175,6 +175,7 @@ def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
     """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
     import ray
 
+    connect = time.perf_counter()
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init(log_to_driver=args.verbose)
@@ -191,6 +192,8 @@ def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
     per_gpu = resources.get("GPU", 0) / gpus if gpus else float("inf")
     slots = max(1, int(min(resources.get("CPU", 1) / args.cpus_per_image, per_gpu)))
     max_in_flight = args.max_in_flight or 2 * slots
+    print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs, {slots} "
+          f"trainings at a time (ready in {time.perf_counter() - connect:.1f} s)")
 
     remote = ray.remote(train_image).options(
         num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,

@@ -108,10 +108,12 @@ class Storage:
     def put(self, name: str, data: bytes) -> None:
         """Write `data` to `name` whole or not at all."""
         path = self.path(name)
-        if isinstance(self.fs, LocalFileSystem):
-            write = lambda: atomic_write(path, lambda f: f.write(data))
-        else:
-            write = lambda: self.fs.pipe_file(path, data)
+
+        def write() -> None:
+            if isinstance(self.fs, LocalFileSystem):
+                atomic_write(path, lambda f: f.write(data))
+            else:
+                self.fs.pipe_file(path, data)
         with_retries(f"write {self.url_of(name)}", write)
 
     def get(self, name: str) -> bytes | None:

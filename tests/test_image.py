@@ -19,7 +19,6 @@ from PIL import Image
 from singan.errors import InputError
 from singan.image import DEFAULT_MAX_PIXELS, from_pil, load_image, save_image, to_pil
 
-
 # --------------------------------------------------------------------------------------------
 # helpers
 
