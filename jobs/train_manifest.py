@@ -173,6 +173,10 @@ def local_artifacts(tracking_uri: str) -> str | None:
 
 def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
     """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
+    if not os.environ.get("RAY_ADDRESS"):
+        # The local Ray of a direct run listens on loopback only. Ray reads this when imported;
+        # without it, it binds to the machine's network address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     connect = time.perf_counter()
