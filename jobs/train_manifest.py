@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda t: ImageStore(output, t.image_id).remove_all(), tasks))
 
     # 3. Fan out and collect.
-    settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment_id=experiment_id,
-                           parent_run_id=parent_run_id, num_samples=args.num_samples)
+    settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment=args.experiment,
+                           experiment_id=experiment_id, parent_run_id=parent_run_id,
+                           num_samples=args.num_samples)
     results = fan_out(tasks, settings, args)
 
     # 4. Replay tracking that did not make it during training, then the table and the summary.

@@ -103,9 +103,10 @@ class ImageRun:
     the points stay pending, and `complete` says whether everything reached the server."""
 
     def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
-                 parent_run_id: str | None):
+                 parent_run_id: str | None, experiment: str = "singan-fleet"):
         self.store = store
         self.tracking_uri = tracking_uri
+        self.experiment = experiment  # its name: used when the driver could not get the id
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.client = None
@@ -152,6 +153,8 @@ class ImageRun:
         tags = {"image_id": self.store.image_id}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
+        if self.experiment_id is None:
+            self.experiment_id = experiment_id_for(self.tracking_uri, self.experiment)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.store.image_id)
         self.run_id = run.info.run_id
         self.store.put_json(TRACKING, self.link())
@@ -159,7 +162,8 @@ class ImageRun:
     def link(self, params: dict | None = None) -> dict:
         """What tracking.json holds: where the run lives, and the params to replay."""
         old = self.store.get_json(TRACKING) or {}
-        return {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id,
+        return {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
+                "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "run_id": self.run_id,
                 "params": params if params is not None else old.get("params", {})}
 
@@ -266,7 +270,7 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
         if link.get("parent_run_id"):
             tags["mlflow.parentRunId"] = link["parent_run_id"]
         experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
-        experiment_id = experiment_id or experiment_id_for(uri, "singan-fleet")
+        experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", "singan-fleet"))
         run_id = client.create_run(experiment_id, tags=tags, run_name=store.image_id).info.run_id
         created = True
         store.put_json(TRACKING, {**link, "tracking_uri": uri, "experiment_id": experiment_id,

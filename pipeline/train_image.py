@@ -52,7 +52,8 @@ class JobSettings:
 
     output: str  # output root URL
     tracking_uri: str | None = None  # None: no tracking
-    experiment_id: str | None = None
+    experiment: str = "singan-fleet"
+    experiment_id: str | None = None  # None: looked up (or created) by name
     parent_run_id: str | None = None
     num_samples: int = 8  # final random samples written per image
     device: str | None = None  # default: CUDA when the task got a GPU, else CPU
@@ -123,7 +124,7 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
 
     # 2. The MLflow run (reused when a previous attempt created one); a failure below ends it
     #    as FAILED with the reason, so that bad images show in MLflow too.
-    run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id)
+    run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id, job.experiment)
     try:
         model = _train_into(store, run, metrics, task, job, device, resume)
     except BaseException as err:

@@ -95,3 +95,15 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
 def test_experiment_is_created_once(mlflow_server):
     first = experiment_id_for(mlflow_server.url, "created-once")
     assert experiment_id_for(mlflow_server.url, "created-once") == first
+
+
+def test_run_finds_its_experiment_by_name_when_the_driver_could_not(tmp_path, mlflow_server):
+    # The driver found MLflow down (no experiment id); the worker, later, gets there by name.
+    store = ImageStore(str(tmp_path), "img")
+    run = ImageRun(store, mlflow_server.url, None, None, experiment="late-experiment")
+    run.log_points([point("noise_amp", 1.0, 0, 0)])
+    run.finish("FINISHED")
+    assert run.complete
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("late-experiment")
+    assert client.get_run(run.run_id).info.experiment_id == experiment.experiment_id
