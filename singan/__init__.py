@@ -9,6 +9,7 @@ The stable public API:
     model.save("out/model"); model = singan.load("out/model")
     x = singan.sample(model, 4, scale_h=1.5)         # 4 x 3 x H x W in [-1, 1]
     singan.save_image(x[0], "sample.png")
+    singan.sifid(image, x[:1])                       # SIFID (Inception-v3 weights needed)
 """
 
 from singan.config import PRESETS, Config, config
@@ -18,10 +19,11 @@ from singan.models import SinGAN, load
 from singan.pyramid import plan_pyramid, pyramid_shapes
 from singan.resize import imresize
 from singan.sample import reconstruct, sample
+from singan.sifid import sifid
 from singan.train import Callback, IterationLog, train
 
 __all__ = [
     "PRESETS", "Callback", "Config", "InputError", "IterationLog", "SinGAN", "config", "imresize",
     "load", "load_image", "plan_pyramid", "pyramid_shapes", "reconstruct", "sample", "save_image",
-    "train",
+    "sifid", "train",
 ]
