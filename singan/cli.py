@@ -43,6 +43,15 @@ Examples:
 """
 
 
+SIFID_EPILOG = """\
+Examples:
+  singan sifid photo.png runs/photo/samples           # each sample against the photo
+  singan sifid reals/ fakes/ --dims 192               # reals/a.png vs fakes/a.png, ...
+"""
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -92,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder, laid out as for `singan train` (default: %(default)s)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_demo)
+
+    p = commands.add_parser("sifid", help="SIFID between real and generated images",
+                            description="Single-image FID (lower is closer) of each fake against "
+                            "its real image. REAL a file: every FAKE file, and every image in "
+                            "each FAKE folder, against it. REAL a folder: one FAKE folder, "
+                            "paired by sorted file name.", epilog=SIFID_EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
+    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
+    p.add_argument("--dims", type=int, choices=(64, 192), default=64,
+                   help="64: the layer of published numbers; 192: the paper's text "
+                        "(default: %(default)s)")
+    p.add_argument("--inception-weights", metavar="PATH",
+                   help="torchvision's inception_v3_google-0cc3c7bd.pth (default: "
+                        "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(run=run_sifid)
 
     p = commands.add_parser("examples", help="write procedural example images to train on",
                             description="Write procedural example images (stone walls of "
@@ -150,6 +176,44 @@ def run_demo(args: argparse.Namespace) -> int:
     save_image(image, out / "example.png")
     print(f"training the built-in example image {out / 'example.png'} with the quick preset")
     return train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
+
+
+def run_sifid(args: argparse.Namespace) -> int:
+    from singan.sifid import load_stem, sifid
+
+    pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
+    device = resolve_device(args.device)
+    stem = load_stem(args.inception_weights, device=device)
+    values = []
+    for real, fake in pairs:
+        value = sifid(load_image(real, device=device), load_image(fake, device=device),
+                      dims=args.dims, stem=stem)
+        values.append(value)
+        print(f"{value:.6f}  {fake}" + ("" if len({r for r, _ in pairs}) == 1 else f"  (real: {real})"))
+    print(f"{sum(values) / len(values):.6f}  mean of {len(values)} (dims {args.dims})")
+    return 0
+
+
+def sifid_pairs(real: Path, fakes: list[Path]) -> list[tuple[Path, Path]]:
+    """(real, fake) file pairs for `singan sifid`; folders are read in sorted name order."""
+    def images(folder: Path) -> list[Path]:
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise InputError(f"{folder}: no images in this folder")
+        return found
+
+    for path in (real, *fakes):
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+    if real.is_dir():
+        if len(fakes) != 1 or not fakes[0].is_dir():
+            raise InputError("REAL is a folder: give exactly one FAKE folder to pair it with")
+        reals, fake_files = images(real), images(fakes[0])
+        if len(reals) != len(fake_files):
+            raise InputError(f"{real} has {len(reals)} images but {fakes[0]} has "
+                             f"{len(fake_files)}: they are paired by sorted file name")
+        return list(zip(reals, fake_files))
+    return [(real, f) for path in fakes for f in (images(path) if path.is_dir() else [path])]
 
 
 def run_examples(args: argparse.Namespace) -> int:

@@ -123,3 +123,45 @@ def test_cpu_and_cuda_agree(case):
     cpu = sifid(real, fake, stem=load_stem(RANDOM_WEIGHTS))
     gpu = sifid(real.cuda(), fake.cuda(), stem=load_stem(RANDOM_WEIGHTS, device="cuda"))
     assert gpu == pytest.approx(cpu, rel=1e-5)
+
+
+# --- the command ----------------------------------------------------------------------------
+
+def write_case(case, folder: Path, names: dict[str, str]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in names.items():
+        Image.fromarray(case[key]).save(folder / name)
+
+
+def test_command_on_files_and_folders(case, tmp_path, capsys):
+    from singan.cli import main
+
+    write_case(case, tmp_path / "real", {"real": "a.png"})
+    write_case(case, tmp_path / "fakes", {"mirror": "1.png", "other": "2.png"})
+    weights = ["--inception-weights", str(RANDOM_WEIGHTS), "--device", "cpu"]
+    assert main(["sifid", str(tmp_path / "real" / "a.png"), str(tmp_path / "fakes"), *weights]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    values = [float(line.split()[0]) for line in lines]
+    assert values[:2] == pytest.approx([float(case["sifid64_mirror"]),
+                                        float(case["sifid64_other"])], rel=1e-5)
+    assert values[2] == pytest.approx(sum(values[:2]) / 2, abs=2e-6) and "mean of 2" in lines[2]
+
+    # Folder against folder, paired by sorted name.
+    write_case(case, tmp_path / "reals", {"real": "x.png", "mirror": "y.png"})
+    assert main(["sifid", str(tmp_path / "reals"), str(tmp_path / "fakes"), *weights,
+                 "--dims", "192"]) == 0
+    out = capsys.readouterr().out
+    assert "real: " in out and "mean of 2 (dims 192)" in out
+
+
+def test_command_errors(case, tmp_path, capsys, empty_hub):
+    from singan.cli import main
+
+    write_case(case, tmp_path / "reals", {"real": "x.png", "mirror": "y.png"})
+    write_case(case, tmp_path / "fakes", {"other": "1.png"})
+    assert main(["sifid", str(tmp_path / "reals"), str(tmp_path / "fakes")]) == 2
+    assert "has 2 images but" in capsys.readouterr().err
+    assert main(["sifid", str(tmp_path / "reals" / "x.png"), str(tmp_path / "fakes")]) == 2
+    assert "no Inception-v3 weights for SIFID" in capsys.readouterr().err
