@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline import results as results_table
 from pipeline import tracking
+from pipeline.inception import stem_weights
 from pipeline.manifest import read_manifest
 from pipeline.storage import ImageStore, Storage, TransientError
 from pipeline.train_image import ImageResult, JobSettings, train_image
@@ -77,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain images that are already done (their folders are cleared)")
     p.add_argument("--num-samples", type=int, default=8, metavar="N",
                    help="final random samples per image (default: %(default)s)")
+    p.add_argument("--sifid-samples", type=int, default=4, metavar="K",
+                   help="after each scale, SIFID of K samples against the real image at that "
+                        "scale; 0 = no SIFID (default: %(default)s)")
+    p.add_argument("--inception-weights", metavar="URL",
+                   help="torchvision's inception_v3_google-0cc3c7bd.pth at any fsspec URL (for "
+                        "clusters without internet). Default: $SINGAN_INCEPTION_WEIGHTS, the "
+                        "torch hub cache, or a download; if none works SIFID is skipped")
     p.add_argument("-v", "--verbose", action="store_true", help="log details")
     return p
 
@@ -95,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_sets(args.set)
         tasks = read_manifest(args.manifest, preset=args.preset, overrides=overrides,
                               limit=args.limit)
+        # SIFID weights: an error only when the user named them; otherwise one warning.
+        inception = None
+        if args.sifid_samples > 0:
+            inception = stem_weights(args.inception_weights,
+                                     required=args.inception_weights is not None)
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
@@ -123,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Fan out and collect.
     settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment=args.experiment,
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
-                           num_samples=args.num_samples)
-    results = fan_out(tasks, settings, args)
+                           num_samples=args.num_samples, sifid_samples=args.sifid_samples)
+    results = fan_out(tasks, settings, inception, args)
 
     # 4. Replay tracking that did not make it during training, then the table and the summary.
     if tracking_uri is not None:
@@ -172,7 +185,7 @@ def local_artifacts(tracking_uri: str) -> str | None:
     return None
 
 
-def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
+def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[ImageResult]:
     """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
     if not os.environ.get("RAY_ADDRESS"):
         # The local Ray of a direct run listens on loopback only. Ray reads this when imported;
@@ -204,13 +217,14 @@ def fan_out(tasks, settings: JobSettings, args) -> list[ImageResult]:
         num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,
         retry_exceptions=[TransientError], name="train_image")
 
+    inception_ref = ray.put(inception)  # once, not once per task
     results: list[ImageResult] = []
     queue = iter(tasks)
     in_flight: dict = {}
     progress = Progress(len(tasks), slots)
     while True:
         for task in queue:  # top up to max_in_flight
-            in_flight[remote.remote(task, settings)] = task
+            in_flight[remote.remote(task, settings, inception_ref)] = task
             if len(in_flight) >= max_in_flight:
                 break
         if not in_flight:
@@ -246,7 +260,8 @@ class Progress:
         self.counts[result.status] += 1
         line = f"{result.status} {result.image_id}" + (
             f": {result.error}" if result.error else
-            f" ({result.num_scales} scales, {result.seconds:.1f} s)")
+            f" ({result.num_scales} scales, {result.seconds:.1f} s"
+            + (f", SIFID {result.sifid:.4f})" if result.sifid is not None else ")"))
         if self.tty:
             if result.status == "failed":
                 self.bar.write(line)

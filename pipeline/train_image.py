@@ -34,6 +34,7 @@ from singan.errors import InputError
 from singan.image import load_image
 from singan.models import SinGAN, package_version
 from singan.sample import reconstruct, sample
+from singan.sifid import InceptionStem, load_stem, sifid
 from singan.train import Callback, IterationLog, train
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class JobSettings:
     experiment_id: str | None = None  # None: looked up (or created) by name
     parent_run_id: str | None = None
     num_samples: int = 8  # final random samples written per image
+    sifid_samples: int = 4  # samples per scale for its SIFID (when Inception weights are given)
     device: str | None = None  # default: CUDA when the task got a GPU, else CPU
 
 
@@ -83,8 +85,12 @@ def config_hash(task: ImageTask) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
-    """Train (or resume, or skip) one image; see the module docstring for failure handling."""
+def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None) -> ImageResult:
+    """Train (or resume, or skip) one image; see the module docstring for failure handling.
+
+    `inception`: the Inception stem's weights (pipeline.inception.stem_weights); with them, the
+    SIFID of every scale is logged. None skips SIFID.
+    """
     start = time.perf_counter()
     store = ImageStore(job.output, task.image_id)
 
@@ -94,7 +100,7 @@ def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
                            None, link.get("run_id"), store.url)
 
     try:
-        return _train_image(task, job, store, start)
+        return _train_image(task, job, store, start, inception)
     except TransientError:
         raise  # Ray retries the task; the retry resumes at the last finished scale
     except InputError as err:
@@ -105,7 +111,8 @@ def train_image(task: ImageTask, job: JobSettings) -> ImageResult:
         return failed(one_line(err))
 
 
-def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: float) -> ImageResult:
+def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: float,
+                 inception: dict | None) -> ImageResult:
     digest = config_hash(task)
     done = store.success()
     if done is not None and done.get("config_hash") == digest:
@@ -125,8 +132,10 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     # 2. The MLflow run (reused when a previous attempt created one); a failure below ends it
     #    as FAILED with the reason, so that bad images show in MLflow too.
     run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id, job.experiment)
+    stem = load_stem(inception, device=device) if inception and job.sifid_samples else None
+    recorder = StoreScales(store, run, metrics, job, stem)
     try:
-        model = _train_into(store, run, metrics, task, job, device, resume)
+        model = _train_into(store, run, recorder, task, job, device, resume)
     except BaseException as err:
         run.finish("FAILED", tags={"error": one_line(err)})
         raise
@@ -135,14 +144,14 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
     seconds = time.perf_counter() - start
     store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
-                        "seconds": round(seconds, 3), "uri": task.uri,
+                        "seconds": round(seconds, 3), "uri": task.uri, "sifid": recorder.sifid,
                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "package_version": package_version()})
-    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, None, run.run_id,
-                       store.url, run.complete)
+    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, recorder.sifid,
+                       run.run_id, store.url, run.complete)
 
 
-def _train_into(store: ImageStore, run: ImageRun, metrics: MetricsLog, task: ImageTask,
+def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: ImageTask,
                 job: JobSettings, device: torch.device, resume: SinGAN | None) -> SinGAN:
     # 3. The image, through fsspec. The name makes load_image's errors name the URL.
     try:
@@ -159,8 +168,8 @@ def _train_into(store: ImageStore, run: ImageRun, metrics: MetricsLog, task: Ima
     # 4. Train, storing each scale as it finishes; then the final pictures.
     if resume is not None:
         logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
-    model = train(image, task.config, device=device, seed=task.seed,
-                  callbacks=[StoreScales(store, run, metrics, job)], resume=resume)
+    model = train(image, task.config, device=device, seed=task.seed, callbacks=[recorder],
+                  resume=resume)
     rng = torch.Generator(device=model.device).manual_seed(model.seed)
     for index, x in enumerate(sample(model, job.num_samples, generator=rng)):
         store.put_png(f"samples/sample_{index:02d}.png", x)
@@ -185,10 +194,13 @@ def _resumable(store: ImageStore, task: ImageTask, device: torch.device) -> SinG
 class StoreScales(Callback):
     """Stores every finished scale (model file, real, sample grid, metrics) and tracks it."""
 
-    def __init__(self, store: ImageStore, run: ImageRun, metrics: MetricsLog, job: JobSettings):
-        self.store, self.run, self.metrics, self.job = store, run, metrics, job
+    def __init__(self, store: ImageStore, run: ImageRun, metrics: MetricsLog, job: JobSettings,
+                 stem: InceptionStem | None = None):
+        self.store, self.run, self.metrics, self.job, self.stem = store, run, metrics, job, stem
         self.scale_start = 0.0
         self.noise_amp = 0.0
+        # The SIFID of the latest scale; after training, the finest scale's (the final SIFID).
+        self.sifid: float | None = None
 
     def on_scale_start(self, model: SinGAN, scale: int, noise_amp: float) -> None:
         self.scale_start = time.perf_counter()
@@ -208,6 +220,9 @@ class StoreScales(Callback):
         # points of an unfinished scale, which the retry drops and logs again.
         points = [point("noise_amp", self.noise_amp, scale, scale),
                   point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
+        if self.stem is not None:
+            self.sifid = scale_sifid(model, self.stem, self.job.sifid_samples)
+            points.append(point("sifid", self.sifid, scale, scale))
         self.metrics.add(points)
         self.metrics.save(self.store)
         self.store.save_scale(model, scale)
@@ -217,6 +232,13 @@ class StoreScales(Callback):
         self.run.flush()
         self.run.log_artifact(f"samples/scale_{scale:02d}.png", grid)
         _maybe_inject_fault(self.store, scale)
+
+
+def scale_sifid(model: SinGAN, stem: InceptionStem, num: int) -> float:
+    """Mean SIFID of `num` samples at the finest finished scale against its real image."""
+    scale = len(model.scales) - 1
+    rng = torch.Generator(device=model.device).manual_seed(model.seed + 7919 * (scale + 1))
+    return sifid(model.reals[-1], sample(model, num, generator=rng), stem=stem)
 
 
 def sample_grid(model: SinGAN, num: int = 3, border: int = 2) -> torch.Tensor:

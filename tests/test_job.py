@@ -26,11 +26,12 @@ from singan.image import to_pil
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "tests" / "fixtures" / "sifid_random_weights.pth"  # the Inception stem's keys
 RAY = str(Path(sys.executable).parent / "ray")
 BUCKET = "singan-e2e"
 # Tiny trainings: 4 scales up to 28 px with narrow networks, a few seconds per image.
 TINY = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
-        "--set", "max_nfc=16", "--set", "niter=8", "--num-samples", "2"]
+        "--set", "max_nfc=16", "--set", "niter=8", "--num-samples", "2", "--sifid-samples", "0"]
 
 
 def png(seed: int) -> bytes:
@@ -63,6 +64,7 @@ def s3(s3_server, monkeypatch_module):
     for seed in range(3):
         fs.pipe_file(f"{BUCKET}/images/stones_{seed}.png", png(seed))
     fs.pipe_file(f"{BUCKET}/corrupt/broken.png", png(9)[:300])  # a truncated PNG
+    fs.pipe_file(f"{BUCKET}/weights/inception.pth", WEIGHTS.read_bytes())
     yield fs
     s3fs.S3FileSystem.clear_instance_cache()
 
@@ -87,8 +89,10 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     args = ["--manifest", f"s3://{BUCKET}/manifest.parquet", "--output", output,
             "--tracking-uri", mlflow_server.url, "--experiment", "e2e", *TINY]
 
-    # 1. First submit: three images trained.
-    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-first")
+    # 1. First submit: three images trained, with per-scale SIFID (weights from S3).
+    code, logs = submit(ray_cluster, s3_server.env, *args, "--sifid-samples", "2",
+                        "--inception-weights", f"s3://{BUCKET}/weights/inception.pth",
+                        submission_id="e2e-first")
     assert code == 0, logs
     assert "3 images" in logs and "3 trained" in logs
     for i in range(3):
@@ -104,6 +108,7 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     assert sorted(rows) == ["stones_0", "stones_1", "stones_2"]
     assert {r["status"] for r in rows.values()} == {"done"}
     assert all(r["num_scales"] == 4 and r["mlflow_run_id"] for r in rows.values())
+    assert all(r["sifid"] is not None and r["sifid"] >= 0 for r in rows.values())
     assert rows["stones_0"]["output_url"] == f"{output}/stones_0"
 
     # MLflow: one parent, three children with per-scale histories and pictures.
@@ -120,6 +125,10 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
         history = client.get_metric_history(run.info.run_id, "s03/g_loss")
         assert [m.step for m in history] == [8]
         assert len(client.get_metric_history(run.info.run_id, "noise_amp")) == 4
+        sifids = client.get_metric_history(run.info.run_id, "sifid")
+        assert sorted(m.step for m in sifids) == [0, 1, 2, 3]
+        final = next(m.value for m in sifids if m.step == 3)
+        assert final == pytest.approx(rows[run.info.run_name]["sifid"])
         assert len(client.list_artifacts(run.info.run_id, "samples")) == 4
     seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
     assert seed_param["stones_2"] == "42"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,40 @@ def test_results_table(tmp_path):
     assert [(r["image_id"], r["status"]) for r in rows] == [("wall", "done"), ("gone", "failed")]
     assert rows[0]["num_scales"] == 4 and rows[0]["output_url"].endswith("/out/wall")
     assert rows[1]["error"] and rows[1]["sifid"] is None
+
+
+def test_per_scale_sifid(tmp_path):
+    from pipeline.inception import stem_weights
+
+    weights = Path(__file__).parent / "fixtures" / "sifid_random_weights.pth"
+    inception = stem_weights(str(weights), required=True)
+    result = train_image(tiny_task(tmp_path), job(tmp_path, sifid_samples=2), inception)
+    root = tmp_path / "out" / "wall"
+    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    sifids = [p for p in points if p["key"] == "sifid"]
+    assert [p["step"] for p in sifids] == [0, 1, 2, 3]
+    assert all(p["value"] >= 0 for p in sifids)
+    assert result.sifid == sifids[-1]["value"]
+    assert json.loads((root / "_SUCCESS").read_text())["sifid"] == result.sifid
+    # Without weights (or with sifid_samples 0) there is no SIFID.
+    other = train_image(tiny_task(tmp_path, image_id="plain"), job(tmp_path, sifid_samples=0),
+                        inception)
+    assert other.sifid is None
+
+
+def test_inception_weights_resolution(tmp_path, monkeypatch, capsys):
+    from pipeline.inception import stem_weights
+    from singan.errors import InputError
+
+    with pytest.raises(InputError, match="nope.pth: no such file"):
+        stem_weights(str(tmp_path / "nope.pth"), required=True)
+    (tmp_path / "bad.pth").write_text("junk")
+    with pytest.raises(InputError, match="bad.pth: .*not a PyTorch checkpoint"):
+        stem_weights(str(tmp_path / "bad.pth"), required=True)
+    # Not asked for and not found: None, and one line saying SIFID is skipped.
+    monkeypatch.delenv("SINGAN_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert stem_weights(None, required=False) is None
+    assert "SIFID skipped for this job" in capsys.readouterr().out
