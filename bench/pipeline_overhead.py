@@ -65,7 +65,7 @@ def main() -> None:
     lines = done.stdout.splitlines()
     summary = next(line for line in lines if " images in " in line)
     in_job = float(summary.split(" images in ")[1].split(" s")[0])
-    ray_ready = next(line for line in lines if line.startswith("Ray: "))
+    ray_ready = next(line for line in lines if line.startswith("Ray ready in "))
     ray_start = float(ray_ready.split("ready in ")[1].split(" s")[0])
 
     print(json.dumps({

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jobs import fleet
 from pipeline import results as results_table
 from pipeline import tracking
 from pipeline.inception import stem_weights
@@ -186,114 +186,32 @@ def local_artifacts(tracking_uri: str) -> str | None:
 
 
 def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[ImageResult]:
-    """One Ray task per image; results stream back with ray.wait; a progress bar shows them."""
-    if not os.environ.get("RAY_ADDRESS"):
-        # The local Ray of a direct run listens on loopback only. Ray reads this when imported;
-        # without it, it binds to the machine's network address.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    """One Ray task per image; results stream back with ray.wait; a progress display shows them."""
     import ray
 
-    connect = time.perf_counter()
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(log_to_driver=args.verbose)
-        else:
-            # A local Ray for a direct run: loopback only, and the project importable by workers.
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
-                     log_to_driver=args.verbose,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    resources = ray.cluster_resources()
-    gpus = args.gpus_per_image
-    if gpus > 0 and resources.get("GPU", 0) == 0:
-        print("no GPU in the Ray cluster: training on CPU")
-        gpus = 0
-    per_gpu = resources.get("GPU", 0) / gpus if gpus else float("inf")
-    slots = max(1, int(min(resources.get("CPU", 1) / args.cpus_per_image, per_gpu)))
-    max_in_flight = args.max_in_flight or 2 * slots
-    print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs, {slots} "
-          f"trainings at a time (ready in {time.perf_counter() - connect:.1f} s)")
-
+    resources = fleet.connect(args.verbose)
+    gpus, slots = fleet.placement(resources, args.gpus_per_image, args.cpus_per_image)
     remote = ray.remote(train_image).options(
         num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,
         retry_exceptions=[TransientError], name="train_image")
-
     inception_ref = ray.put(inception)  # once, not once per task
-    results: list[ImageResult] = []
-    queue = iter(tasks)
-    in_flight: dict = {}
-    progress = Progress(len(tasks), slots)
-    while True:
-        for task in queue:  # top up to max_in_flight
-            in_flight[remote.remote(task, settings, inception_ref)] = task
-            if len(in_flight) >= max_in_flight:
-                break
-        if not in_flight:
-            break
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
-        for ref in ready:
-            task = in_flight.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - retries exhausted or the task crashed
-                result = crashed(task, settings, err)
-            results.append(result)
-            progress.finished(result, len(in_flight))
-        progress.show(len(in_flight))
-    progress.close()
-    return results
+
+    def crashed(task, err: Exception) -> ImageResult:
+        return ImageResult(task.image_id, "failed", fleet.crash_reason(err), None, 0.0, None,
+                           None, ImageStore(settings.output, task.image_id).url, True)
+
+    return fleet.stream(lambda task: remote.remote(task, settings, inception_ref), tasks,
+                        max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
+                        progress=fleet.Progress(len(tasks), slots, describe))
 
 
-class Progress:
-    """The driver's view: a bar (done, skipped, failed, running, ETA) on a terminal; in a log
-    (`ray job logs`, CI) one line per finished image instead of a redrawn bar."""
-
-    def __init__(self, total: int, slots: int):
-        from tqdm import tqdm
-
-        self.total, self.slots, self.start = total, slots, time.perf_counter()
-        self.counts = {"done": 0, "skipped": 0, "failed": 0}
-        self.tty = sys.stdout.isatty()
-        self.bar = tqdm(total=total, unit="img", desc="images", dynamic_ncols=True,
-                        disable=not self.tty)
-
-    def finished(self, result: ImageResult, in_flight: int) -> None:
-        self.counts[result.status] += 1
-        line = f"{result.status} {result.image_id}" + (
-            f": {result.error}" if result.error else
-            f" ({result.num_scales} scales, {result.seconds:.1f} s"
-            + (f", SIFID {result.sifid:.4f})" if result.sifid is not None else ")"))
-        if self.tty:
-            if result.status == "failed":
-                self.bar.write(line)
-            self.bar.update(1)
-        else:
-            count = sum(self.counts.values())
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / count * (self.total - count)
-            print(f"[{count}/{self.total}] {line} | {self.summary(in_flight)}, ETA {eta:.0f} s",
-                  flush=True)
-
-    def summary(self, in_flight: int) -> str:
-        running = min(in_flight, self.slots)
-        return ", ".join(f"{k} {v}" for k, v in {**self.counts, "running": running}.items())
-
-    def show(self, in_flight: int) -> None:
-        if self.tty:
-            self.bar.set_postfix_str(self.summary(in_flight), refresh=True)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def crashed(task, settings: JobSettings, err: Exception) -> ImageResult:
-    """The result row of a task that raised through Ray (after its retries)."""
-    cause = getattr(err, "cause", None) or err
-    if type(err).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError"):
-        reason = f"the worker died ({type(err).__name__}) on every attempt"
-    else:
-        reason = tracking.one_line(cause)
-    store = ImageStore(settings.output, task.image_id)
-    return ImageResult(task.image_id, "failed", reason, None, 0.0, None, None, store.url, True)
+def describe(result: ImageResult) -> tuple[str, str]:
+    """(status, one line) of a finished image, for the progress display."""
+    if result.error:
+        return result.status, f"{result.status} {result.image_id}: {result.error}"
+    sifid = f", SIFID {result.sifid:.4f}" if result.sifid is not None else ""
+    return result.status, (f"{result.status} {result.image_id} ({result.num_scales} scales, "
+                           f"{result.seconds:.1f} s{sifid})")
 
 
 def replay(results: list[ImageResult], output: str) -> None:

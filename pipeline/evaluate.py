@@ -1,0 +1,204 @@
+"""Evaluate one trained pyramid as in the paper's table: samples generated from the coarsest scale
+("N") and from finer ones ("N-1", ...), the SIFID of every sample against the real image, and the
+diversity of the samples. The evaluation job fans this function out, one Ray task per model.
+
+Per image, under the evaluation's output URL:
+
+    {out}/{image_id}/real.png
+    {out}/{image_id}/N/sample_00.png ...       the samples of each start scale
+    {out}/{image_id}/rows.parquet              one row per sample (image_id, start, sample, sifid)
+    {out}/{image_id}/_SUCCESS                  written last: the settings hash and the summary
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.storage import SUCCESS, ImageStore, TransientError, join
+from pipeline.tracking import client_for, now_ms, one_line
+from singan.errors import InputError
+from singan.sample import sample
+from singan.sifid import load_stem, sifid_each
+
+logger = logging.getLogger(__name__)
+
+ROWS = pa.schema([("image_id", pa.string()), ("start", pa.string()), ("start_scale", pa.int32()),
+                  ("sample", pa.int32()), ("sifid", pa.float64())])
+
+
+def parse_starts(text: str) -> list[tuple[str, int]]:
+    """"N,N-1" -> [("N", 0), ("N-1", 1)]: the paper's names of start scales (N the coarsest)
+    and their index in the pyramid (0 the coarsest)."""
+    starts = []
+    for token in (t.strip() for t in text.split(",")):
+        if token == "N":
+            starts.append((token, 0))
+        elif token.startswith("N-") and token[2:].isdigit() and int(token[2:]) > 0:
+            starts.append((token, int(token[2:])))
+        else:
+            raise InputError(f"start scale {token!r}: write N (the coarsest) or N-k")
+    if not starts or len({s for _, s in starts}) != len(starts):
+        raise InputError(f"start scales {text!r}: give distinct ones, e.g. N,N-1")
+    return starts
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What every model of an evaluation shares."""
+
+    out: str  # output URL of the evaluation
+    starts: tuple[tuple[str, int], ...] = (("N", 0), ("N-1", 1))
+    samples: int = 10
+    dims: int = 64
+    seed: int = 0
+    tracking_uri: str | None = None
+    experiment: str = "singan-fleet"
+    device: str | None = None
+
+    def digest(self) -> str:
+        keep = {k: v for k, v in asdict(self).items() if k not in ("out", "tracking_uri", "device")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    image_id: str
+    status: str  # done | skipped | failed
+    error: str | None
+    rows: list = field(default_factory=list)  # one dict per sample (ROWS)
+    summary: dict = field(default_factory=dict)  # per start: sifid_mean, sifid_std, diversity
+    seconds: float = 0.0
+    eval_run_id: str | None = None
+
+
+def diversity(samples: torch.Tensor, real: torch.Tensor) -> float:
+    """The paper's diversity: the std over samples of each pixel, averaged over pixels, divided
+    by the std of the real image's pixels."""
+    return float(samples.std(dim=0).mean() / real.std())
+
+
+def evaluate_image(image_id: str, models: str, settings: EvalSettings,
+                   inception: dict) -> EvalResult:
+    """Evaluate the model `{models}/{image_id}` (a training output); never raises for a bad model,
+    only for storage that keeps failing (TransientError, retried by Ray)."""
+    start = time.perf_counter()
+    try:
+        return _evaluate(image_id, models, settings, inception, start)
+    except TransientError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bad model fails its own row
+        if not isinstance(err, InputError):
+            logger.exception("evaluating %s failed", image_id)
+        return EvalResult(image_id, "failed", one_line(err) if not isinstance(err, InputError)
+                          else str(err).splitlines()[0], seconds=time.perf_counter() - start)
+
+
+def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dict,
+              start: float) -> EvalResult:
+    out = ImageStore(settings.out, image_id)
+    digest = settings.digest()
+    done = out.get_json(SUCCESS)
+    if done is not None and done.get("settings") == digest:
+        rows = pq.read_table(io.BytesIO(out.get("rows.parquet"))).to_pylist()
+        return EvalResult(image_id, "skipped", None, rows, done["summary"], 0.0,
+                          done.get("eval_run_id"))
+
+    trained = ImageStore(models, image_id)
+    training = trained.success()
+    if training is None:
+        raise InputError(f"{trained.url}: not a finished training (no _SUCCESS)")
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = trained.load_model(device)
+    stem = load_stem(inception, device=device)
+    real = model.reals[-1]
+    out.put_png("real.png", real)
+
+    rows, summary = [], {}
+    for name, index in settings.starts:
+        if index >= model.num_scales:
+            raise InputError(f"{image_id}: start scale {name} needs more than the model's "
+                             f"{model.num_scales} scales")
+        rng = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
+        fakes = sample(model, settings.samples, start_scale=index, generator=rng)
+        values = sifid_each(real, fakes, dims=settings.dims, stem=stem)
+        for k, (fake, value) in enumerate(zip(fakes, values)):
+            out.put_png(f"{name}/sample_{k:02d}.png", fake[None])
+            rows.append({"image_id": image_id, "start": name, "start_scale": index, "sample": k,
+                         "sifid": value})
+        summary[name] = {"sifid_mean": statistics.fmean(values),
+                         "sifid_std": statistics.pstdev(values),
+                         "diversity": diversity(fakes, real)}
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROWS), buffer)
+    out.put("rows.parquet", buffer.getvalue())
+    run_id = track(settings, image_id, training.get("run_id"), summary)
+    out.put_json(SUCCESS, {"settings": digest, "summary": summary, "eval_run_id": run_id,
+                           "model": trained.url_of("model")})
+    return EvalResult(image_id, "done", None, rows, summary, time.perf_counter() - start, run_id)
+
+
+def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
+          summary: dict) -> str | None:
+    """An evaluation run nested under the image's training run (eval/sifid_N, ...). Tracking
+    trouble is logged, never raised: the numbers are in the evaluation's files."""
+    if settings.tracking_uri is None:
+        return None
+    from mlflow.entities import Metric, Param
+
+    try:
+        client = client_for(settings.tracking_uri)
+        if training_run_id is not None:
+            experiment_id = client.get_run(training_run_id).info.experiment_id
+        else:
+            from pipeline.tracking import experiment_id_for
+
+            experiment_id = experiment_id_for(settings.tracking_uri, settings.experiment)
+        tags = {"kind": "eval", "image_id": image_id}
+        if training_run_id is not None:
+            tags.update({"mlflow.parentRunId": training_run_id, "training_run_id": training_run_id})
+        run_id = client.create_run(experiment_id, tags=tags, run_name=f"eval {image_id}").info.run_id
+        stamp = now_ms()
+        metrics = [Metric(f"eval/{key}_{name}", value, stamp, 0)
+                   for name, values in summary.items()
+                   for key, value in (("sifid", values["sifid_mean"]),
+                                      ("sifid_std", values["sifid_std"]),
+                                      ("diversity", values["diversity"]))]
+        params = [Param("samples", str(settings.samples)), Param("dims", str(settings.dims)),
+                  Param("starts", ",".join(n for n, _ in settings.starts))]
+        client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+    except Exception as err:  # noqa: BLE001
+        logger.warning("MLflow: no evaluation run for %s (%s)", image_id, one_line(err))
+        return None
+
+
+def trained_image_ids(models: str) -> list[tuple[str, str]]:
+    """(image_id, models root) of every finished training under an output root, or listed as
+    done/skipped in a results table (a .parquet URL)."""
+    from pipeline.storage import RESULTS, Storage
+
+    if models.endswith(".parquet"):
+        root = Storage(models.rsplit("/", 1)[0])
+        table = pq.read_table(io.BytesIO(root.get(models.rsplit("/", 1)[1]) or b""))
+        pairs = []
+        for row in table.to_pylist():
+            if row["status"] in ("done", "skipped"):
+                parent, _, image_id = row["output_url"].rstrip("/").rpartition("/")
+                pairs.append((image_id, parent))
+        return pairs
+    root = Storage(models)
+    found = root.fs.glob(join(root.root, f"*/{SUCCESS}"))
+    ids = sorted(path.rstrip("/").split("/")[-2] for path in found)
+    return [(i, root.url) for i in ids if i != RESULTS]

@@ -1,0 +1,120 @@
+"""The evaluation's tables and pictures: every sample's SIFID, the summary, an HTML report and a
+SIFID histogram (drawn with Pillow: no plotting library needed)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import statistics
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from pipeline.evaluate import ROWS, EvalResult
+from pipeline.storage import Storage
+
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+
+
+def summarise(results: list[EvalResult], starts: list[str]) -> dict:
+    """Per image and overall, per start scale: mean SIFID and diversity (overall: mean of the
+    per-image means, as the paper reports)."""
+    done = [r for r in results if r.status != "failed"]
+    overall = {}
+    for name in starts:
+        per_image = [r.summary[name] for r in done if name in r.summary]
+        if per_image:
+            overall[name] = {
+                "sifid_mean": statistics.fmean(p["sifid_mean"] for p in per_image),
+                "sifid_std_between_images": statistics.pstdev(p["sifid_mean"] for p in per_image),
+                "diversity": statistics.fmean(p["diversity"] for p in per_image),
+                "images": len(per_image)}
+    return {"overall": overall, "images": {r.image_id: r.summary for r in done},
+            "failed": {r.image_id: r.error for r in results if r.status == "failed"}}
+
+
+def histogram(rows: list[dict], starts: list[str], width: int = 640, height: int = 320) -> bytes:
+    """A PNG histogram of every sample's SIFID, one colour per start scale."""
+    values = [r["sifid"] for r in rows]
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    left, bottom, top = 50, height - 40, 30
+    if values:
+        low, high = min(values), max(values)
+        high = high if high > low else low + 1e-9
+        bins = 20
+        counts = {name: [0] * bins for name in starts}
+        for r in rows:
+            b = min(bins - 1, int((r["sifid"] - low) / (high - low) * bins))
+            counts[r["start"]][b] += 1
+        peak = max(max(c) for c in counts.values()) or 1
+        slot = (width - left - 20) / bins
+        bar = slot / max(1, len(starts))
+        for s, name in enumerate(starts):
+            for b, count in enumerate(counts[name]):
+                x0 = left + b * slot + s * bar
+                y0 = bottom - (bottom - top) * count / peak
+                draw.rectangle([x0, y0, x0 + bar - 1, bottom], fill=COLOURS[s % len(COLOURS)])
+        draw.text((left, bottom + 8), f"{low:.4g}", fill="black")
+        draw.text((width - 80, bottom + 8), f"{high:.4g}", fill="black")
+        draw.text((5, top), str(peak), fill="black")
+    draw.line([left, bottom, width - 20, bottom], fill="black")
+    draw.line([left, top, left, bottom], fill="black")
+    for s, name in enumerate(starts):
+        draw.rectangle([left + 10 + 90 * s, 8, left + 22 + 90 * s, 20], fill=COLOURS[s % 4])
+        draw.text((left + 26 + 90 * s, 8), f"start {name}", fill="black")
+    draw.text((width // 2 - 20, height - 18), "SIFID", fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def html_report(results: list[EvalResult], summary: dict, starts: list[str], dims: int) -> str:
+    """One page: the overall numbers, the histogram, and per image the real image beside its
+    samples with their SIFID. Pictures are linked by relative paths inside the output."""
+    esc = html.escape
+    parts = ["<!doctype html><meta charset='utf-8'><title>SIFID evaluation</title>",
+             "<style>body{font-family:sans-serif;margin:2em}img{image-rendering:pixelated;"
+             "height:96px;margin:2px}figure{display:inline-block;margin:4px;text-align:center}"
+             "figcaption{font-size:12px}table{border-collapse:collapse}td,th{border:1px solid "
+             "#ccc;padding:4px 8px}</style>",
+             f"<h1>SIFID evaluation (dims {dims})</h1><table><tr><th>start</th><th>images</th>"
+             "<th>mean SIFID</th><th>diversity</th></tr>"]
+    for name, values in summary["overall"].items():
+        parts.append(f"<tr><td>{esc(name)}</td><td>{values['images']}</td>"
+                     f"<td>{values['sifid_mean']:.4f}</td><td>{values['diversity']:.3f}</td></tr>")
+    parts.append("</table><p><img src='sifid_histogram.png' style='height:320px'></p>")
+    for r in sorted(results, key=lambda r: r.image_id):
+        parts.append(f"<h2>{esc(r.image_id)}</h2>")
+        if r.status == "failed":
+            parts.append(f"<p>failed: {esc(r.error or '')}</p>")
+            continue
+        for name in starts:
+            values = r.summary.get(name)
+            if values is None:
+                continue
+            parts.append(f"<p>start {esc(name)}: SIFID {values['sifid_mean']:.4f} ± "
+                         f"{values['sifid_std']:.4f}, diversity {values['diversity']:.3f}</p><div>"
+                         f"<figure><img src='{esc(r.image_id)}/real.png'><figcaption>real"
+                         "</figcaption></figure>")
+            for row in (x for x in r.rows if x["start"] == name):
+                parts.append(f"<figure><img src='{esc(r.image_id)}/{esc(name)}/sample_"
+                             f"{row['sample']:02d}.png'><figcaption>{row['sifid']:.4f}"
+                             "</figcaption></figure>")
+            parts.append("</div>")
+    return "\n".join(parts)
+
+
+def write_all(results: list[EvalResult], out: Storage, starts: list[str], dims: int) -> dict:
+    """sifid.parquet (one row per sample), summary.json, sifid_histogram.png, report.html."""
+    rows = [row for r in results for row in r.rows]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=ROWS), buffer)
+    out.put("sifid.parquet", buffer.getvalue())
+    summary = summarise(results, starts)
+    out.put("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
+    out.put("sifid_histogram.png", histogram(rows, starts))
+    out.put("report.html", html_report(results, summary, starts, dims).encode())
+    return summary
