@@ -1,0 +1,117 @@
+"""The SIFID evaluation job end to end: two tiny trained models (and a broken one) evaluated by
+`ray job submit` of jobs/evaluate_sifid.py on a local Ray, with the random-weights Inception
+fixture and a real mlflow server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from pipeline import results as results_table
+from pipeline.evaluate import parse_starts, trained_image_ids
+from pipeline.manifest import ImageTask
+from pipeline.storage import Storage
+from pipeline.tracking import start_job_run
+from pipeline.train_image import JobSettings, train_image
+from singan.errors import InputError
+from singan.examples import pebbles
+from singan.image import save_image
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "tests" / "fixtures" / "sifid_random_weights.pth"
+
+
+def test_start_scales_use_the_papers_names():
+    assert parse_starts("N,N-1") == [("N", 0), ("N-1", 1)]
+    assert parse_starts("N-2") == [("N-2", 2)]
+    for bad in ("N+1", "1", "N,N", ""):
+        with pytest.raises(InputError):
+            parse_starts(bad)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mlflow_server):
+    """Two tiny models trained with tracking, and their results table."""
+    root = tmp_path_factory.mktemp("trained")
+    experiment_id, parent = start_job_run(mlflow_server.url, "eval-e2e", None, {})
+    job = JobSettings(output=str(root / "out"), tracking_uri=mlflow_server.url,
+                      experiment_id=experiment_id, parent_run_id=parent, num_samples=1,
+                      device="cpu")
+    results = []
+    for i in range(2):
+        save_image(pebbles(28, 36, seed=i), root / f"img{i}.png")
+        task = ImageTask(f"img{i}", (root / f"img{i}.png").as_uri(), tiny_config(niter=6), i)
+        results.append(train_image(task, job))
+    results_table.write(results, Storage(str(root / "out")))
+    return root
+
+
+@pytest.mark.slow
+def test_evaluation_job(trained, ray_cluster, mlflow_server):
+    out = trained / "eval"
+    assert [i for i, _ in trained_image_ids(str(trained / "out"))] == ["img0", "img1"]
+    assert [i for i, _ in trained_image_ids(str(trained / "out" / "_results.parquet"))] == [
+        "img0", "img1"]
+    # A third model whose files are broken fails its own row.
+    shutil.copytree(trained / "out" / "img1", trained / "out" / "broken")
+    (trained / "out" / "broken" / "model" / "scale_01.pt").write_bytes(b"torn")
+
+    def submit(submission_id: str) -> tuple[int, str]:
+        command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                   ray_cluster.dashboard_url, "--submission-id", submission_id, "--working-dir",
+                   str(ROOT), "--", "python", "jobs/evaluate_sifid.py", "--models",
+                   str(trained / "out"), "--out", str(out), "--samples", "3",
+                   "--inception-weights", str(WEIGHTS), "--tracking-uri", mlflow_server.url]
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600,
+                              cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+        return done.returncode, done.stdout + done.stderr
+
+    code, logs = submit("eval-first")
+    assert code != 0, logs  # the broken model
+    assert "failed broken: " in logs and "scale_01.pt cannot be loaded" in logs
+
+    rows = pq.read_table(out / "sifid.parquet").to_pylist()
+    assert len(rows) == 2 * 2 * 3  # images x start scales x samples
+    assert {(r["image_id"], r["start"]) for r in rows} == {
+        (i, s) for i in ("img0", "img1") for s in ("N", "N-1")}
+    assert all(r["sifid"] >= 0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["overall"]) == {"N", "N-1"} and summary["overall"]["N"]["images"] == 2
+    assert set(summary["failed"]) == {"broken"}
+    img0 = summary["images"]["img0"]
+    mean_n = sum(r["sifid"] for r in rows if r["image_id"] == "img0" and r["start"] == "N") / 3
+    assert img0["N"]["sifid_mean"] == pytest.approx(mean_n)
+    assert 0 < img0["N"]["diversity"] and 0 < img0["N-1"]["diversity"]
+
+    page = (out / "report.html").read_text()
+    for name in ("img0/real.png", "img0/N/sample_02.png", "img1/N-1/sample_00.png"):
+        assert name in page and (out / name).is_file()
+    assert "sifid_histogram.png" in page and "failed: " in page
+    assert Image.open(out / "sifid_histogram.png").size == (640, 320)
+
+    # MLflow: an evaluation run nested under each image's training run.
+    client = MlflowClient(mlflow_server.url)
+    for image_id in ("img0", "img1"):
+        training = json.loads((trained / "out" / image_id / "_SUCCESS").read_text())["run_id"]
+        [run] = client.search_runs(
+            [client.get_run(training).info.experiment_id],
+            filter_string=f"tags.kind = 'eval' and tags.image_id = '{image_id}'")
+        assert run.data.tags["mlflow.parentRunId"] == training
+        assert run.data.metrics["eval/sifid_N"] == pytest.approx(
+            summary["images"][image_id]["N"]["sifid_mean"])
+        assert {"eval/sifid_N-1", "eval/diversity_N", "eval/diversity_N-1"} <= set(run.data.metrics)
+
+    # Again: the two good models are skipped, with the same numbers.
+    code, logs = submit("eval-again")
+    assert "skipped img0" in logs and "skipped img1" in logs
+    assert json.loads((out / "summary.json").read_text())["images"] == summary["images"]
