@@ -10,6 +10,7 @@ The stable public API:
     x = singan.sample(model, 4, scale_h=1.5)         # 4 x 3 x H x W in [-1, 1]
     singan.save_image(x[0], "sample.png")
     singan.sifid(image, x[:1])                       # SIFID (Inception-v3 weights needed)
+    singan.patch_swd(image, x[:1])                   # patch distribution distance (no weights)
 """
 
 from singan.config import PRESETS, Config, config
@@ -17,6 +18,7 @@ from singan.errors import InputError
 from singan.image import load_image, save_image
 from singan.models import SinGAN, load
 from singan.pyramid import plan_pyramid, pyramid_shapes
+from singan.quality import nn_patch_distance, patch_swd
 from singan.resize import imresize
 from singan.sample import reconstruct, sample
 from singan.sifid import sifid
@@ -24,6 +26,6 @@ from singan.train import Callback, IterationLog, train
 
 __all__ = [
     "PRESETS", "Callback", "Config", "InputError", "IterationLog", "SinGAN", "config", "imresize",
-    "load", "load_image", "plan_pyramid", "pyramid_shapes", "reconstruct", "sample", "save_image",
-    "sifid", "train",
+    "load", "load_image", "nn_patch_distance", "patch_swd", "plan_pyramid", "pyramid_shapes",
+    "reconstruct", "sample", "save_image", "sifid", "train",
 ]
