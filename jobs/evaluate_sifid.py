@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} models in {time.perf_counter() - started:.1f} s")
     for name, values in summary["overall"].items():
         print(f"  start {name}: SIFID {values['sifid_mean']:.4f}, diversity "
-              f"{values['diversity']:.3f} over {values['images']} images")
+              f"{values['diversity']:.3f}, patch SWD {values['patch_swd_mean']:.4f}, "
+              f"nearest-patch {values['nn_patch_distance_mean']:.4f} over {values['images']} "
+              "images")
     for image_id, error in summary["failed"].items():
         print(f"  failed {image_id}: {error}")
     print(f"report: {Storage(out).url_of('report.html')}")

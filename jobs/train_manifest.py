@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sifid-samples", type=int, default=4, metavar="K",
                    help="after each scale, SIFID of K samples against the real image at that "
                         "scale; 0 = no SIFID (default: %(default)s)")
+    p.add_argument("--quality-samples", type=int, default=2, metavar="K",
+                   help="after each scale, patch SWD and nearest-patch distance of K samples "
+                        "(no weights needed); 0 = none (default: %(default)s)")
     p.add_argument("--inception-weights", metavar="URL",
                    help="torchvision's inception_v3_google-0cc3c7bd.pth at any fsspec URL (for "
                         "clusters without internet). Default: $SINGAN_INCEPTION_WEIGHTS, the "
@@ -136,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Fan out and collect.
     settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment=args.experiment,
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
-                           num_samples=args.num_samples, sifid_samples=args.sifid_samples)
+                           num_samples=args.num_samples, sifid_samples=args.sifid_samples,
+                           quality_samples=args.quality_samples)
     results = fan_out(tasks, settings, inception, args)
 
     # 4. Replay tracking that did not make it during training, then the table and the summary.

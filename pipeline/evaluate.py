@@ -27,13 +27,15 @@ import torch
 from pipeline.storage import SUCCESS, ImageStore, TransientError, join
 from pipeline.tracking import client_for, now_ms, one_line
 from singan.errors import InputError
+from singan.quality import nn_patch_distance, patch_swd
 from singan.sample import sample
 from singan.sifid import load_stem, sifid_each
 
 logger = logging.getLogger(__name__)
 
 ROWS = pa.schema([("image_id", pa.string()), ("start", pa.string()), ("start_scale", pa.int32()),
-                  ("sample", pa.int32()), ("sifid", pa.float64())])
+                  ("sample", pa.int32()), ("sifid", pa.float64()), ("patch_swd", pa.float64()),
+                  ("nn_patch_distance", pa.float64())])
 
 
 def parse_starts(text: str) -> list[tuple[str, int]]:
@@ -131,13 +133,19 @@ def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dic
         rng = torch.Generator(device=device).manual_seed(settings.seed * 1000 + index)
         fakes = sample(model, settings.samples, start_scale=index, generator=rng)
         values = sifid_each(real, fakes, dims=settings.dims, stem=stem)
+        new = []
         for k, (fake, value) in enumerate(zip(fakes, values)):
             out.put_png(f"{name}/sample_{k:02d}.png", fake[None])
-            rows.append({"image_id": image_id, "start": name, "start_scale": index, "sample": k,
-                         "sifid": value})
+            new.append({"image_id": image_id, "start": name, "start_scale": index, "sample": k,
+                        "sifid": value, "patch_swd": patch_swd(real, fake, seed=k),
+                        "nn_patch_distance": nn_patch_distance(real, fake, seed=k)})
+        rows += new
         summary[name] = {"sifid_mean": statistics.fmean(values),
                          "sifid_std": statistics.pstdev(values),
-                         "diversity": diversity(fakes, real)}
+                         "diversity": diversity(fakes, real),
+                         "patch_swd_mean": statistics.fmean(r["patch_swd"] for r in new),
+                         "nn_patch_distance_mean": statistics.fmean(r["nn_patch_distance"]
+                                                                    for r in new)}
 
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=ROWS), buffer)
@@ -173,7 +181,9 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
                    for name, values in summary.items()
                    for key, value in (("sifid", values["sifid_mean"]),
                                       ("sifid_std", values["sifid_std"]),
-                                      ("diversity", values["diversity"]))]
+                                      ("diversity", values["diversity"]),
+                                      ("patch_swd", values["patch_swd_mean"]),
+                                      ("nn_patch_distance", values["nn_patch_distance_mean"]))]
         params = [Param("samples", str(settings.samples)), Param("dims", str(settings.dims)),
                   Param("starts", ",".join(n for n, _ in settings.starts))]
         client.log_batch(run_id, metrics=metrics, params=params, synchronous=True)

@@ -30,6 +30,9 @@ def summarise(results: list[EvalResult], starts: list[str]) -> dict:
                 "sifid_mean": statistics.fmean(p["sifid_mean"] for p in per_image),
                 "sifid_std_between_images": statistics.pstdev(p["sifid_mean"] for p in per_image),
                 "diversity": statistics.fmean(p["diversity"] for p in per_image),
+                "patch_swd_mean": statistics.fmean(p["patch_swd_mean"] for p in per_image),
+                "nn_patch_distance_mean": statistics.fmean(p["nn_patch_distance_mean"]
+                                                           for p in per_image),
                 "images": len(per_image)}
     return {"overall": overall, "images": {r.image_id: r.summary for r in done},
             "failed": {r.image_id: r.error for r in results if r.status == "failed"}}
@@ -81,11 +84,15 @@ def html_report(results: list[EvalResult], summary: dict, starts: list[str], dim
              "figcaption{font-size:12px}table{border-collapse:collapse}td,th{border:1px solid "
              "#ccc;padding:4px 8px}</style>",
              f"<h1>SIFID evaluation (dims {dims})</h1><table><tr><th>start</th><th>images</th>"
-             "<th>mean SIFID</th><th>diversity</th></tr>"]
+             "<th>mean SIFID</th><th>diversity</th><th>patch SWD</th>"
+             "<th>nearest-patch distance</th></tr>"]
     for name, values in summary["overall"].items():
         parts.append(f"<tr><td>{esc(name)}</td><td>{values['images']}</td>"
-                     f"<td>{values['sifid_mean']:.4f}</td><td>{values['diversity']:.3f}</td></tr>")
-    parts.append("</table><p><img src='sifid_histogram.png' style='height:320px'></p>")
+                     f"<td>{values['sifid_mean']:.4f}</td><td>{values['diversity']:.3f}</td>"
+                     f"<td>{values['patch_swd_mean']:.4f}</td>"
+                     f"<td>{values['nn_patch_distance_mean']:.4f}</td></tr>")
+    parts.append("</table><p>Under each sample: SIFID / patch SWD.</p>"
+                 "<p><img src='sifid_histogram.png' style='height:320px'></p>")
     for r in sorted(results, key=lambda r: r.image_id):
         parts.append(f"<h2>{esc(r.image_id)}</h2>")
         if r.status == "failed":
@@ -96,13 +103,15 @@ def html_report(results: list[EvalResult], summary: dict, starts: list[str], dim
             if values is None:
                 continue
             parts.append(f"<p>start {esc(name)}: SIFID {values['sifid_mean']:.4f} ± "
-                         f"{values['sifid_std']:.4f}, diversity {values['diversity']:.3f}</p><div>"
+                         f"{values['sifid_std']:.4f}, diversity {values['diversity']:.3f}, "
+                         f"patch SWD {values['patch_swd_mean']:.4f}, nearest-patch distance "
+                         f"{values['nn_patch_distance_mean']:.4f}</p><div>"
                          f"<figure><img src='{esc(r.image_id)}/real.png'><figcaption>real"
                          "</figcaption></figure>")
             for row in (x for x in r.rows if x["start"] == name):
                 parts.append(f"<figure><img src='{esc(r.image_id)}/{esc(name)}/sample_"
-                             f"{row['sample']:02d}.png'><figcaption>{row['sifid']:.4f}"
-                             "</figcaption></figure>")
+                             f"{row['sample']:02d}.png'><figcaption>{row['sifid']:.4f} / "
+                             f"{row['patch_swd']:.4f}</figcaption></figure>")
             parts.append("</div>")
     return "\n".join(parts)
 

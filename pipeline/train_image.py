@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -33,6 +34,7 @@ from pipeline.tracking import TRACKING, ImageRun, MetricsLog, one_line, point
 from singan.errors import InputError
 from singan.image import load_image
 from singan.models import SinGAN, package_version
+from singan.quality import nn_patch_distance, patch_swd
 from singan.sample import reconstruct, sample
 from singan.sifid import InceptionStem, load_stem, sifid
 from singan.train import Callback, IterationLog, train
@@ -58,6 +60,7 @@ class JobSettings:
     parent_run_id: str | None = None
     num_samples: int = 8  # final random samples written per image
     sifid_samples: int = 4  # samples per scale for its SIFID (when Inception weights are given)
+    quality_samples: int = 2  # samples per scale for the weight-free patch metrics; 0 = none
     device: str | None = None  # default: CUDA when the task got a GPU, else CPU
 
 
@@ -206,6 +209,25 @@ class StoreScales(Callback):
         self.scale_start = time.perf_counter()
         self.noise_amp = noise_amp
 
+    def scale_metrics(self, model: SinGAN) -> dict[str, float]:
+        """SIFID (with Inception weights) and the patch metrics of samples at the finest finished
+        scale against its real image, each the mean over the samples."""
+        num = max(self.job.sifid_samples if self.stem else 0, self.job.quality_samples)
+        if num == 0:
+            return {}
+        scale = len(model.scales) - 1
+        rng = torch.Generator(device=model.device).manual_seed(model.seed + 7919 * (scale + 1))
+        fakes, real = sample(model, num, generator=rng), model.reals[-1]
+        values = {}
+        if self.stem is not None and self.job.sifid_samples:
+            self.sifid = sifid(real, fakes[:self.job.sifid_samples], stem=self.stem)
+            values["sifid"] = self.sifid
+        if self.job.quality_samples:
+            chosen = fakes[:self.job.quality_samples].split(1)
+            values["patch_swd"] = statistics.fmean(patch_swd(real, f) for f in chosen)
+            values["nn_patch_distance"] = statistics.fmean(nn_patch_distance(real, f) for f in chosen)
+        return values
+
     def on_iteration(self, log: IterationLog) -> None:
         values = {name: getattr(log, name) for name in LOSSES}
         values["d_loss"] = log.d_real + log.d_fake + log.gradient_penalty
@@ -220,9 +242,8 @@ class StoreScales(Callback):
         # points of an unfinished scale, which the retry drops and logs again.
         points = [point("noise_amp", self.noise_amp, scale, scale),
                   point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
-        if self.stem is not None:
-            self.sifid = scale_sifid(model, self.stem, self.job.sifid_samples)
-            points.append(point("sifid", self.sifid, scale, scale))
+        points += [point(key, value, scale, scale)
+                   for key, value in self.scale_metrics(model).items()]
         self.metrics.add(points)
         self.metrics.save(self.store)
         self.store.save_scale(model, scale)
@@ -232,13 +253,6 @@ class StoreScales(Callback):
         self.run.flush()
         self.run.log_artifact(f"samples/scale_{scale:02d}.png", grid)
         _maybe_inject_fault(self.store, scale)
-
-
-def scale_sifid(model: SinGAN, stem: InceptionStem, num: int) -> float:
-    """Mean SIFID of `num` samples at the finest finished scale against its real image."""
-    scale = len(model.scales) - 1
-    rng = torch.Generator(device=model.device).manual_seed(model.seed + 7919 * (scale + 1))
-    return sifid(model.reals[-1], sample(model, num, generator=rng), stem=stem)
 
 
 def sample_grid(model: SinGAN, num: int = 3, border: int = 2) -> torch.Tensor:

@@ -119,6 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_sifid)
 
+    p = commands.add_parser("quality", help="weight-free patch metrics of generated images",
+                            description="Patch SWD (how far the fake's k x k patch distribution "
+                            "is from the real one's) and nearest-patch distance (near 0: the "
+                            "fake copies the real image), in [0, 1] pixel units; no weights "
+                            "needed. Files and folders are paired as for `singan sifid`.")
+    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
+    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
+    p.add_argument("--patch", type=int, default=7, metavar="K", help="patch size (default: 7)")
+    p.add_argument("--projections", type=int, default=256, metavar="P",
+                   help="random directions of the SWD (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of projections and subsampling")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(run=run_quality)
+
     p = commands.add_parser("examples", help="write procedural example images to train on",
                             description="Write procedural example images (stone walls of "
                             "several stone sizes): data for a first batch job.")
@@ -191,6 +205,23 @@ def run_sifid(args: argparse.Namespace) -> int:
         values.append(value)
         print(f"{value:.6f}  {fake}" + ("" if len({r for r, _ in pairs}) == 1 else f"  (real: {real})"))
     print(f"{sum(values) / len(values):.6f}  mean of {len(values)} (dims {args.dims})")
+    return 0
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from singan.quality import nn_patch_distance, patch_swd
+
+    pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
+    device = resolve_device(args.device)
+    print(f"{'patch_swd':>10} {'nn_patch':>10}  fake")
+    swd, nn = [], []
+    for real_path, fake_path in pairs:
+        real, fake = load_image(real_path, device=device), load_image(fake_path, device=device)
+        swd.append(patch_swd(real, fake, patch=args.patch, projections=args.projections,
+                             seed=args.seed))
+        nn.append(nn_patch_distance(real, fake, patch=args.patch, seed=args.seed))
+        print(f"{swd[-1]:>10.5f} {nn[-1]:>10.5f}  {fake_path}")
+    print(f"{sum(swd) / len(swd):>10.5f} {sum(nn) / len(nn):>10.5f}  mean of {len(swd)}")
     return 0
 
 

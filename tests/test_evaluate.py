@@ -84,9 +84,11 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
     assert len(rows) == 2 * 2 * 3  # images x start scales x samples
     assert {(r["image_id"], r["start"]) for r in rows} == {
         (i, s) for i in ("img0", "img1") for s in ("N", "N-1")}
-    assert all(r["sifid"] >= 0 for r in rows)
+    assert all(r["sifid"] >= 0 and r["patch_swd"] > 0 and r["nn_patch_distance"] >= 0
+               for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["overall"]) == {"N", "N-1"} and summary["overall"]["N"]["images"] == 2
+    assert summary["overall"]["N"]["patch_swd_mean"] > 0
     assert set(summary["failed"]) == {"broken"}
     img0 = summary["images"]["img0"]
     mean_n = sum(r["sifid"] for r in rows if r["image_id"] == "img0" and r["start"] == "N") / 3
@@ -109,7 +111,8 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
         assert run.data.tags["mlflow.parentRunId"] == training
         assert run.data.metrics["eval/sifid_N"] == pytest.approx(
             summary["images"][image_id]["N"]["sifid_mean"])
-        assert {"eval/sifid_N-1", "eval/diversity_N", "eval/diversity_N-1"} <= set(run.data.metrics)
+        assert {"eval/sifid_N-1", "eval/diversity_N", "eval/diversity_N-1", "eval/patch_swd_N",
+                "eval/nn_patch_distance_N-1"} <= set(run.data.metrics)
 
     # Again: the two good models are skipped, with the same numbers.
     code, logs = submit("eval-again")

@@ -186,12 +186,18 @@ def test_per_scale_sifid(tmp_path):
     sifids = [p for p in points if p["key"] == "sifid"]
     assert [p["step"] for p in sifids] == [0, 1, 2, 3]
     assert all(p["value"] >= 0 for p in sifids)
+    for key in ("patch_swd", "nn_patch_distance"):  # weight-free, always there
+        values = [p for p in points if p["key"] == key]
+        assert [p["step"] for p in values] == [0, 1, 2, 3] and all(p["value"] > 0 for p in values)
     assert result.sifid == sifids[-1]["value"]
     assert json.loads((root / "_SUCCESS").read_text())["sifid"] == result.sifid
     # Without weights (or with sifid_samples 0) there is no SIFID.
-    other = train_image(tiny_task(tmp_path, image_id="plain"), job(tmp_path, sifid_samples=0),
-                        inception)
+    other = train_image(tiny_task(tmp_path, image_id="plain"),
+                        job(tmp_path, sifid_samples=0, quality_samples=0), inception)
     assert other.sifid is None
+    keys = {json.loads(line)["key"] for line in
+            (tmp_path / "out" / "plain" / "metrics.jsonl").read_text().splitlines()}
+    assert not keys & {"sifid", "patch_swd", "nn_patch_distance"}
 
 
 def test_inception_weights_resolution(tmp_path, monkeypatch, capsys):

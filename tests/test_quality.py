@@ -81,3 +81,18 @@ def test_bad_input(real, call, message):
 def test_cuda_matches_cpu(real):
     fake = blur(real)
     assert patch_swd(real.cuda(), fake.cuda()) == pytest.approx(patch_swd(real, fake), rel=1e-4)
+
+
+def test_quality_command(real, tmp_path, capsys):
+    from singan.cli import main
+    from singan.image import save_image
+
+    save_image(real, tmp_path / "real.png")
+    save_image(real.flip(-1), tmp_path / "fakes" / "a.png")
+    save_image(stripes(64, 96), tmp_path / "fakes" / "b.png")
+    assert main(["quality", str(tmp_path / "real.png"), str(tmp_path / "fakes"),
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["patch_swd", "nn_patch", "fake"]
+    mirror, other = (float(line.split()[0]) for line in lines[1:3])
+    assert mirror < other and "mean of 2" in lines[3]
