@@ -1,3 +1,13 @@
-"""Everything around one image (manifest, storage through fsspec, MLflow tracking, the per-image
-train and evaluate functions that the jobs fan out). Depends on `singan`, never the reverse.
-Built with the batch-pipeline work."""
+"""Everything around one image, as the jobs fan it out (DESIGN.md: jobs -> pipeline -> singan).
+
+manifest     the Parquet manifest: read, check every row, build one from a folder or bucket
+storage      one image's folder at any fsspec URL: whole-or-absent writes, retries, model files
+tracking     MLflow runs that never fail a training; metrics.jsonl replay without duplicates
+train_image  the per-image training task: resume, skip, failure isolation, per-scale metrics
+results      the job's results table
+inception    the Inception weights for SIFID, resolved once per job
+evaluate     the per-model SIFID / diversity / patch-metric evaluation task
+report       the evaluation's table, summary, histogram and HTML report
+
+No Ray here: each function runs in one process, and the jobs declare the Ray tasks.
+"""
