@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.storage import SUCCESS, ImageStore, TransientError, join
-from pipeline.tracking import client_for, now_ms, one_line
+from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, join
+from pipeline.tracking import client_for, experiment_id_for, now_ms, one_line
 from singan.errors import InputError
 from singan.quality import nn_patch_distance, patch_swd
 from singan.sample import sample
@@ -169,8 +169,6 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
         if training_run_id is not None:
             experiment_id = client.get_run(training_run_id).info.experiment_id
         else:
-            from pipeline.tracking import experiment_id_for
-
             experiment_id = experiment_id_for(settings.tracking_uri, settings.experiment)
         tags = {"kind": "eval", "image_id": image_id}
         if training_run_id is not None:
@@ -197,8 +195,6 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
 def trained_image_ids(models: str) -> list[tuple[str, str]]:
     """(image_id, models root) of every finished training under an output root, or listed as
     done/skipped in a results table (a .parquet URL)."""
-    from pipeline.storage import RESULTS, Storage
-
     if models.endswith(".parquet"):
         root = Storage(models.rsplit("/", 1)[0])
         table = pq.read_table(io.BytesIO(root.get(models.rsplit("/", 1)[1]) or b""))
@@ -210,5 +206,4 @@ def trained_image_ids(models: str) -> list[tuple[str, str]]:
         return pairs
     root = Storage(models)
     found = root.fs.glob(join(root.root, f"*/{SUCCESS}"))
-    ids = sorted(path.rstrip("/").split("/")[-2] for path in found)
-    return [(i, root.url) for i in ids if i != RESULTS]
+    return [(i, root.url) for i in sorted(path.rstrip("/").split("/")[-2] for path in found)]
