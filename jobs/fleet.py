@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pipeline.tracking import one_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -84,8 +86,7 @@ def crash_reason(err: Exception) -> str:
     cause = getattr(err, "cause", None) or err
     if type(err).__name__ in ("WorkerCrashedError", "NodeDiedError", "OutOfMemoryError"):
         return f"the worker died ({type(err).__name__}) on every attempt"
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
+    return one_line(cause)
 
 
 class Progress:

@@ -196,8 +196,11 @@ def trained_image_ids(models: str) -> list[tuple[str, str]]:
     """(image_id, models root) of every finished training under an output root, or listed as
     done/skipped in a results table (a .parquet URL)."""
     if models.endswith(".parquet"):
-        root = Storage(models.rsplit("/", 1)[0])
-        table = pq.read_table(io.BytesIO(root.get(models.rsplit("/", 1)[1]) or b""))
+        folder, _, name = models.rpartition("/")
+        data = Storage(folder or ".").get(name)
+        if data is None:
+            raise InputError(f"{models}: no such results table")
+        table = pq.read_table(io.BytesIO(data))
         pairs = []
         for row in table.to_pylist():
             if row["status"] in ("done", "skipped"):

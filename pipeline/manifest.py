@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from singan.config import Config, config
 from singan.errors import InputError
+from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ MAX_LISTED_PROBLEMS = 50
 # Existence checks are network round trips on object stores: overlap them.
 CHECK_THREADS = 16
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # what `singan` reads from a folder too
 
 
 @dataclass(frozen=True)

@@ -150,13 +150,10 @@ class ImageRun:
             self.client.update_run(self.run_id, status="RUNNING")
             self.needs_sync = True
             return
-        tags = {"image_id": self.store.image_id}
-        if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id
         if self.experiment_id is None:
             self.experiment_id = experiment_id_for(self.tracking_uri, self.experiment)
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.store.image_id)
-        self.run_id = run.info.run_id
+        self.run_id = create_image_run(self.client, self.experiment_id, self.store.image_id,
+                                       self.parent_run_id)
         self.store.put_json(TRACKING, self.link())
 
     def link(self, params: dict | None = None) -> dict:
@@ -210,6 +207,14 @@ class ImageRun:
         if tags:
             self._call("set tags", _set_tags, self.client, self.run_id, tags)
         self._call("end the run", self.client.set_terminated, self.run_id, status)
+
+
+def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: str | None) -> str:
+    """An image's child run (named and tagged by its id, under the job's run); its id."""
+    tags = {"image_id": image_id}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return client.create_run(experiment_id, tags=tags, run_name=image_id).info.run_id
 
 
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
@@ -266,12 +271,9 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     client = client_for(uri)
     run_id, created = link.get("run_id"), False
     if run_id is None or uri != link["tracking_uri"]:
-        tags = {"image_id": store.image_id}
-        if link.get("parent_run_id"):
-            tags["mlflow.parentRunId"] = link["parent_run_id"]
         experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
         experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", "singan-fleet"))
-        run_id = client.create_run(experiment_id, tags=tags, run_name=store.image_id).info.run_id
+        run_id = create_image_run(client, experiment_id, store.image_id, link.get("parent_run_id"))
         created = True
         store.put_json(TRACKING, {**link, "tracking_uri": uri, "experiment_id": experiment_id,
                                   "run_id": run_id})

@@ -13,7 +13,7 @@ import torch
 from singan.config import PRESETS, config
 from singan.errors import InputError
 from singan.examples import pebbles
-from singan.image import load_image, save_image
+from singan.image import IMAGE_SUFFIXES, load_image, save_image
 from singan.models import SinGAN, load
 from singan.sample import reconstruct, sample
 from singan.train import Callback, IterationLog, train
@@ -48,9 +48,6 @@ Examples:
   singan sifid photo.png runs/photo/samples           # each sample against the photo
   singan sifid reals/ fakes/ --dims 192               # reals/a.png vs fakes/a.png, ...
 """
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

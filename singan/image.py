@@ -44,6 +44,9 @@ _TO_STRAIGHT_ALPHA = {"PA": "RGBA", "RGBa": "RGBA", "La": "LA"}
 # Loading
 
 
+# File suffixes taken as images when a folder is listed (`singan sifid`, manifests).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+
 def load_image(
     src: PathOrFile,
     *,

@@ -118,3 +118,8 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
     code, logs = submit("eval-again")
     assert "skipped img0" in logs and "skipped img1" in logs
     assert json.loads((out / "summary.json").read_text())["images"] == summary["images"]
+
+
+def test_missing_results_table_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match="_results.parquet: no such results table"):
+        trained_image_ids(str(tmp_path / "_results.parquet"))
