@@ -230,10 +230,11 @@ class StoreScales(Callback):
 
     def on_iteration(self, log: IterationLog) -> None:
         values = {name: getattr(log, name) for name in LOSSES}
-        values["d_loss"] = log.d_real + log.d_fake + log.gradient_penalty
+        values["d_loss"] = log.d_loss
         values["g_loss"] = log.g_adv + log.reconstruction
+        # Without a critic (a patch loss in its place) the D terms are None: nothing to log.
         points = [point(f"s{log.scale:02d}/{name}", value, log.iteration, log.scale)
-                  for name, value in values.items()]
+                  for name, value in values.items() if value is not None]
         self.metrics.add(points)
         self.run.log_points(points)
 

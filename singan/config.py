@@ -14,6 +14,11 @@ from typing import Any
 
 from singan.errors import InputError
 
+# Boundary conditions of the generator's inputs (and of the critic's input, see models.pad).
+PADDINGS = ("zero", "circular", "reflect")
+# wgan_gp trains a critic; the others replace it by a loss between real and fake patches.
+LOSSES = ("wgan_gp", "frechet", "nnpl", "annpl")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -47,13 +52,19 @@ class Config:
     alpha: float = 10.0  # reconstruction-loss weight
     noise_amp: float = 0.1  # noise amplitude = noise_amp * RMSE(real, upsampled reconstruction)
 
+    # Variants (the seed study and the applications); the defaults are the reference's.
+    padding: str = "zero"  # border of G's inputs and D's input: zero | circular | reflect
+    noise_padding: bool = False  # animation: noise drawn at the padded size, no border around it
+    loss: str = "wgan_gp"  # wgan_gp: the paper's critic; frechet | nnpl | annpl: no D network
+    patch_size: int = 7  # patch side of the frechet / nnpl / annpl losses
+
     # Bookkeeping that does not change the result.
     log_every: int = 10  # iterations between loss callbacks (one host sync each)
 
     def __post_init__(self) -> None:
         problems = []
         for name in ("min_size", "max_size", "nfc", "max_nfc", "nfc_double_every", "num_layer",
-                     "kernel_size", "niter", "d_steps", "g_steps", "log_every"):
+                     "kernel_size", "niter", "d_steps", "g_steps", "log_every", "patch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.num_layer < 3:
@@ -66,6 +77,12 @@ class Config:
             problems.append(f"num_scales must be None or an integer >= 2, got {self.num_scales!r}")
         if self.max_size < self.min_size:
             problems.append(f"max_size ({self.max_size}) is below min_size ({self.min_size})")
+        if self.padding not in PADDINGS:
+            problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
+        if not isinstance(self.noise_padding, bool):
+            problems.append(f"noise_padding must be true or false, got {self.noise_padding!r}")
+        if self.loss not in LOSSES:
+            problems.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if problems:
             raise InputError("invalid config: " + "; ".join(problems))
 
@@ -77,6 +94,11 @@ class Config:
     def pad(self) -> int:
         """Zero border that keeps the generator's output the size of its input (5 by default)."""
         return (self.kernel_size - 1) * self.num_layer // 2
+
+    @property
+    def has_discriminator(self) -> bool:
+        """False when a patch loss (frechet, nnpl, annpl) stands in for the critic."""
+        return self.loss == "wgan_gp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from singan.config import Config
@@ -53,7 +54,8 @@ class _FiveLayerNet(nn.Module):
 class Generator(_FiveLayerNet):
     """G_n(z, prev) = tanh(net(z)) + centre-crop(prev); z already holds noise_amp * noise + prev.
 
-    Both inputs carry a zero border of `config.pad` pixels; the output has the unpadded size.
+    Both inputs carry a border of `config.pad` pixels (see `pad`); the output has the unpadded
+    size.
     """
 
     def __init__(self, channels: int, config: Config):
@@ -66,13 +68,52 @@ class Generator(_FiveLayerNet):
 
 
 class Discriminator(_FiveLayerNet):
-    """A patch critic: one score per 11x11 receptive field, no activation (WGAN-GP)."""
+    """A patch critic: one score per 11x11 receptive field, no activation (WGAN-GP).
+
+    With zero padding (the reference) it sees the bare image and scores (H-10) x (W-10) patches.
+    With circular or reflect padding its input gets the same border as the generator's, so that
+    patches across the border are judged under the boundary condition the generator works with.
+    """
 
     def __init__(self, channels: int, config: Config):
         super().__init__(channels, 1, config)
+        self.padding = config.padding
+        self.pad = config.pad
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.padding != "zero":
+            x = F.pad(x, (self.pad,) * 4, mode=self.padding)
         return self.features(x)
+
+
+def pad(x: Tensor, config: Config) -> Tensor:
+    """The border of `config.pad` pixels around a generator input, in `config.padding`'s mode."""
+    mode = "constant" if config.padding == "zero" else config.padding
+    return F.pad(x, (config.pad,) * 4, mode=mode)
+
+
+def noise_shape(shape: tuple[int, int], config: Config) -> tuple[int, int]:
+    """The size a noise map is drawn at for an image of `shape`.
+
+    With noise padding (animation) the noise covers the border too, instead of being padded
+    around, so the generator never sees a blank frame at the image edges.
+    """
+    if config.noise_padding:
+        return shape[0] + 2 * config.pad, shape[1] + 2 * config.pad
+    return shape
+
+
+def image_shape(noise: Tensor, config: Config) -> tuple[int, int]:
+    """The image size a noise map belongs to (the inverse of `noise_shape`)."""
+    h, w = noise.shape[-2:]
+    border = 2 * config.pad if config.noise_padding else 0
+    return h - border, w - border
+
+
+def padded_noise(z: Tensor, config: Config) -> Tensor:
+    """A noise map as the generator takes it: three channels, with the border added."""
+    z = z.expand(-1, 3, -1, -1)
+    return z if config.noise_padding else pad(z, config)
 
 
 def init_weights(module: nn.Module, std: float, generator: torch.Generator) -> None:
@@ -96,9 +137,10 @@ class Scale(nn.Module):
 
     `z_rec` is the reconstruction noise at this scale (z* at the coarsest, zeros elsewhere), and
     `noise_amp` the standard deviation of the noise added to the upsampled previous output.
+    `discriminator` is None when a patch loss replaced the critic (`Config.loss`).
     """
 
-    def __init__(self, generator: Generator, discriminator: Discriminator, real: Tensor,
+    def __init__(self, generator: Generator, discriminator: Discriminator | None, real: Tensor,
                  z_rec: Tensor, noise_amp: Tensor | float):
         super().__init__()
         self.generator = generator
@@ -113,8 +155,9 @@ class Scale(nn.Module):
         """A scale with the right parameter and buffer shapes, to load a state dict into."""
         channels = config.channels(index)
         z_channels = 1 if index == 0 else 3
-        return cls(Generator(channels, config), Discriminator(channels, config),
-                   torch.zeros(1, 3, *shape), torch.zeros(1, z_channels, *shape), 0.0)
+        critic = Discriminator(channels, config) if config.has_discriminator else None
+        return cls(Generator(channels, config), critic, torch.zeros(1, 3, *shape),
+                   torch.zeros(1, z_channels, *noise_shape(shape, config)), 0.0)
 
 
 class SinGAN(nn.Module):

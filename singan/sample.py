@@ -8,11 +8,10 @@ same chain (`generate`) to make the `prev` inputs of the scale it trains.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from singan.errors import InputError
-from singan.models import SinGAN
+from singan.models import SinGAN, image_shape, noise_shape, pad, padded_noise
 from singan.resize import imresize
 
 
@@ -30,27 +29,43 @@ def upsample(x: Tensor, shape: tuple[int, int], scale_factor: float) -> Tensor:
 
 def draw_noise(scale: int, num: int, shape: tuple[int, int], *, generator: torch.Generator | None,
                device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-    """N(0, 1) noise for `scale`: one channel shared by R, G and B at the coarsest scale."""
+    """N(0, 1) noise for `scale`: one channel shared by R, G and B at the coarsest scale.
+
+    `shape` is the noise map's own size: `models.noise_shape` of the image size.
+    """
     channels = 1 if scale == 0 else 3
     return torch.randn(num, channels, *shape, generator=generator, device=device, dtype=dtype)
 
 
-def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor) -> Tensor:
-    """One step of the chain at `scale`: both inputs zero-padded, the output unpadded."""
-    level, pad = model.scales[scale], model.config.pad
-    prev = F.pad(prev, (pad, pad, pad, pad))
-    z = F.pad(z.expand(-1, 3, -1, -1), (pad, pad, pad, pad))
-    return level.generator(level.noise_amp * z + prev, prev)
+def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor,
+              noise_amp: Tensor | float | None = None) -> Tensor:
+    """One step of the chain at `scale`: both inputs get their border, the output has none.
+
+    noise_amp: the scale's own amplitude unless given (super-resolution reuses the finest).
+    """
+    level, config = model.scales[scale], model.config
+    amp = level.noise_amp if noise_amp is None else noise_amp
+    prev = pad(prev, config)
+    return level.generator(amp * padded_noise(z, config) + prev, prev)
 
 
-def generate(model: SinGAN, noises: list[Tensor]) -> Tensor:
-    """The output of scales 0 .. len(noises) - 1 fed the given (unpadded) noise maps."""
-    x = torch.zeros(noises[0].shape[0], 3, *noises[0].shape[-2:], device=noises[0].device,
-                    dtype=noises[0].dtype)
-    for scale, z in enumerate(noises):
-        if scale > 0:
-            x = upsample(x, tuple(z.shape[-2:]), model.scale_factor)
-        x = run_scale(model, scale, z, x)
+def generate(model: SinGAN, noises: list[Tensor], *, start: int = 0,
+             prev: Tensor | None = None) -> Tensor:
+    """The output of scales start .. start + len(noises) - 1 fed the given noise maps.
+
+    prev: the image given to scale `start` in place of the upsampled output of the scales below
+      it (paint-to-image, harmonization and editing inject an image there); zeros by default,
+      which is what the coarsest scale gets.
+    """
+    config = model.config
+    x = prev
+    if x is None:
+        z = noises[0]
+        x = torch.zeros(z.shape[0], 3, *image_shape(z, config), device=z.device, dtype=z.dtype)
+    for index, z in enumerate(noises):
+        if index > 0:
+            x = upsample(x, image_shape(z, config), model.scale_factor)
+        x = run_scale(model, start + index, z, x)
     return x
 
 
@@ -87,8 +102,8 @@ def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float 
             continue
         h, w = level.real.shape[-2:]
         shape = (max(1, round(h * scale_v)), max(1, round(w * scale_h)))
-        noises.append(draw_noise(scale, num, shape, generator=generator, device=device,
-                                 dtype=level.real.dtype))
+        noises.append(draw_noise(scale, num, noise_shape(shape, model.config),
+                                 generator=generator, device=device, dtype=level.real.dtype))
     return generate(model, noises).clamp(-1, 1)
 
 

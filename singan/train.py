@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -27,7 +27,17 @@ from torch import Tensor
 from singan.config import Config
 from singan.errors import InputError
 from singan.image import load_image
-from singan.models import Discriminator, Generator, Scale, SinGAN, init_weights
+from singan.models import (
+    Discriminator,
+    Generator,
+    Scale,
+    SinGAN,
+    init_weights,
+    noise_shape,
+    pad,
+    padded_noise,
+)
+from singan.patch_losses import aligned_nn_patch_loss, frechet_patch_loss, nn_patch_loss
 from singan.pyramid import build_pyramid, plan_pyramid
 from singan.sample import draw_noise, generate, upsample
 
@@ -39,17 +49,25 @@ class IterationLog:
     """The loss terms at one logged iteration (last discriminator and generator step).
 
     d_real + d_fake + gradient_penalty is the discriminator loss; g_adv + reconstruction the
-    generator loss. `iteration` counts from 1 to `niter`.
+    generator loss. `iteration` counts from 1 to `niter`. Without a critic (a patch loss in
+    its place) the three D terms are None and g_adv is the patch loss.
     """
 
     scale: int
     iteration: int
     niter: int
-    d_real: float  # -mean D(real)
-    d_fake: float  # mean D(fake)
-    gradient_penalty: float  # lambda_grad * mean (|grad D(x_hat)| - 1)^2
-    g_adv: float  # -mean D(fake)
+    d_real: float | None  # -mean D(real)
+    d_fake: float | None  # mean D(fake)
+    gradient_penalty: float | None  # lambda_grad * mean (|grad D(x_hat)| - 1)^2
+    g_adv: float  # -mean D(fake), or the patch loss that replaces D
     reconstruction: float  # alpha * MSE(G(z_rec), real)
+
+    @property
+    def d_loss(self) -> float | None:
+        """The critic's loss, None without a critic."""
+        if self.d_real is None:
+            return None
+        return self.d_real + self.d_fake + self.gradient_penalty
 
 
 class Callback:
@@ -119,31 +137,41 @@ def scale_generator(seed: int, scale: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + scale) % 2**63)
 
 
-def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Callback] = ()) -> None:
-    """Train scale `scale` against `real` with scales 0 .. scale - 1 frozen; append it to model."""
+def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Callback] = (), *,
+                prev_map: Callable[[Tensor], Tensor] | None = None) -> None:
+    """Train scale `scale` against `real` with scales 0 .. scale - 1 frozen; append it to model.
+
+    prev_map: applied to every random `prev` (paint-to-image retrains a scale on images
+      quantised to a few colours); the reconstruction path is left as it is.
+    """
     config, device = model.config, real.device
     rng = scale_generator(model.seed, scale, device)
     shape = tuple(real.shape[-2:])
 
     # 1. Networks: copy the previous scale's G and D when the width is unchanged (warm start).
+    #    A patch loss (config.loss) stands in for the critic: then there is no D to train.
     channels = config.channels(scale)
     if scale > 0 and config.channels(scale - 1) == channels:
         generator = copy.deepcopy(model.scales[scale - 1].generator).train().requires_grad_(True)
-        critic = copy.deepcopy(model.scales[scale - 1].discriminator).train().requires_grad_(True)
+        critic = copy.deepcopy(model.scales[scale - 1].discriminator)
     else:
-        generator, critic = Generator(channels, config), Discriminator(channels, config)
+        generator = Generator(channels, config).to(device)
         init_weights(generator, config.init_std, rng)
-        init_weights(critic, config.init_std, rng)
-        generator.to(device), critic.to(device)
+        critic = Discriminator(channels, config).to(device) if config.has_discriminator else None
+        if critic is not None:
+            init_weights(critic, config.init_std, rng)
+    if critic is not None:
+        critic.train().requires_grad_(True)
 
     # 2. Reconstruction path: z* at the coarsest scale, zeros above it; the upsampled
     #    reconstruction of the frozen scales (prev_rec) is fixed for the whole scale.
+    z_shape = noise_shape(shape, config)
     if scale == 0:
-        z_rec = draw_noise(0, 1, shape, generator=rng, device=device)
+        z_rec = draw_noise(0, 1, z_shape, generator=rng, device=device)
         prev_rec = torch.zeros_like(real)
         noise_amp = torch.ones((), device=device)
     else:
-        z_rec = torch.zeros_like(real)
+        z_rec = torch.zeros(1, 3, *z_shape, device=device)
         with torch.no_grad():
             prev_rec = upsample(generate(model, [s.z_rec for s in model.scales]), shape,
                                 model.scale_factor)
@@ -158,47 +186,60 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     # 3. Optimisers: Adam with one learning-rate drop at lr_milestone. foreach: one kernel per
     #    operation over all parameters instead of one per parameter (same arithmetic).
     betas = (config.beta1, config.beta2)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
     opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas, foreach=True)
-    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, [config.lr_milestone], config.gamma)
-    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [config.lr_milestone], config.gamma)
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt_g, [config.lr_milestone], config.gamma)]
+    if critic is not None:
+        opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
+        schedulers.append(torch.optim.lr_scheduler.MultiStepLR(opt_d, [config.lr_milestone],
+                                                               config.gamma))
+    patch_loss = None if critic is not None else PATCH_LOSSES[config.loss]
 
-    pad = config.pad
-    padded = lambda x: F.pad(x, (pad, pad, pad, pad))  # noqa: E731
-    prev_rec = padded(prev_rec)
-    rec_input = noise_amp * padded(z_rec.expand(-1, 3, -1, -1)) + prev_rec
+    prev_rec = pad(prev_rec, config)
+    rec_input = noise_amp * padded_noise(z_rec, config) + prev_rec
+    d_real = d_fake = penalty = None
 
     for iteration in range(1, config.niter + 1):
-        z = padded(draw_noise(scale, 1, shape, generator=rng, device=device).expand(-1, 3, -1, -1))
+        z = padded_noise(draw_noise(scale, 1, z_shape, generator=rng, device=device), config)
 
-        # 4. Critic steps: WGAN-GP on a fresh random `prev` each step.
-        for _ in range(config.d_steps):
-            prev = padded(random_prev(model, scale, shape, rng))
-            with torch.no_grad():
-                fake = generator(noise_amp * z + prev, prev)
-            d_real = -critic(real).mean()
-            d_fake = critic(fake).mean()
-            penalty = config.lambda_grad * gradient_penalty(critic, real, fake, rng)
-            opt_d.zero_grad(set_to_none=True)
-            (d_real + d_fake + penalty).backward()
-            opt_d.step()
+        # 4. Critic steps: WGAN-GP on a fresh random `prev` each step (one `prev` for the
+        #    generator steps when a patch loss replaces the critic).
+        if critic is None:
+            prev = pad(random_prev(model, scale, shape, rng, prev_map), config)
+        else:
+            for _ in range(config.d_steps):
+                prev = pad(random_prev(model, scale, shape, rng, prev_map), config)
+                with torch.no_grad():
+                    fake = generator(noise_amp * z + prev, prev)
+                d_real = -critic(real).mean()
+                d_fake = critic(fake).mean()
+                penalty = config.lambda_grad * gradient_penalty(critic, real, fake, rng)
+                opt_d.zero_grad(set_to_none=True)
+                (d_real + d_fake + penalty).backward()
+                opt_d.step()
 
-        # 5. Generator steps: adversarial loss on the last `prev`, reconstruction of the real.
-        critic.requires_grad_(False)
+        # 5. Generator steps: adversarial (or patch) loss on the last `prev`, reconstruction of
+        #    the real image.
+        if critic is not None:
+            critic.requires_grad_(False)
         for _ in range(config.g_steps):
             fake = generator(noise_amp * z + prev, prev)
-            g_adv = -critic(fake).mean()
+            g_adv = -critic(fake).mean() if critic is not None else patch_loss(
+                fake, real, config.patch_size)
             reconstruction = config.alpha * F.mse_loss(generator(rec_input, prev_rec), real)
             opt_g.zero_grad(set_to_none=True)
             (g_adv + reconstruction).backward()
             opt_g.step()
-        critic.requires_grad_(True)
-        sched_d.step()
-        sched_g.step()
+        if critic is not None:
+            critic.requires_grad_(True)
+        for scheduler in schedulers:
+            scheduler.step()
 
         # 6. Report: the only host sync of the loop, every log_every iterations.
         if callbacks and (iteration % config.log_every == 0 or iteration == config.niter):
-            values = torch.stack([d_real, d_fake, penalty, g_adv, reconstruction]).tolist()
+            losses = [d_real, d_fake, penalty, g_adv, reconstruction]
+            values = torch.stack([v for v in losses if v is not None]).tolist()
+            if critic is None:
+                values = [None, None, None, *values]
             entry = IterationLog(scale, iteration, config.niter, *values)
             for callback in callbacks:
                 callback.on_iteration(entry)
@@ -209,14 +250,21 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
         callback.on_scale_end(model, scale)
 
 
-def random_prev(model: SinGAN, scale: int, shape: tuple[int, int], rng: torch.Generator) -> Tensor:
+# The losses that can stand in for the critic (Config.loss); each takes (fake, real, patch size).
+PATCH_LOSSES = {"frechet": frechet_patch_loss, "nnpl": nn_patch_loss,
+                "annpl": aligned_nn_patch_loss}
+
+
+def random_prev(model: SinGAN, scale: int, shape: tuple[int, int], rng: torch.Generator,
+                prev_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """The frozen scales run on fresh noise, upsampled to `shape`: the input `prev` of `scale`."""
     if scale == 0:
         return torch.zeros(1, 3, *shape, device=rng.device)
     with torch.no_grad():
-        noises = [draw_noise(n, 1, tuple(level.real.shape[-2:]), generator=rng, device=rng.device)
-                  for n, level in enumerate(model.scales)]
-        return upsample(generate(model, noises), shape, model.scale_factor)
+        noises = [draw_noise(n, 1, tuple(level.z_rec.shape[-2:]), generator=rng,
+                             device=rng.device) for n, level in enumerate(model.scales)]
+        prev = upsample(generate(model, noises), shape, model.scale_factor)
+        return prev if prev_map is None else prev_map(prev)
 
 
 def gradient_penalty(critic: Discriminator, real: Tensor, fake: Tensor, rng: torch.Generator) -> Tensor:
