@@ -68,6 +68,47 @@ def load_image(
     not an image, truncated or corrupt, of an unsupported mode, of zero size, or has more
     than `max_pixels` pixels (checked from the header, before decoding).
     """
+    img, name = _read(src, max_pixels, caller="load_image")
+    x = from_pil(img, name=name)
+    return x if device is None else x.to(device)
+
+
+def load_mask(
+    src: PathOrFile,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Load a mask image as a float32 tensor of shape 1 x 1 x H x W holding 0s and 1s.
+
+    A pixel is inside (1) when its brightness, the mean of R, G and B in [0, 1], is above
+    one half, and, when the image has an alpha channel or palette transparency, its alpha is
+    at least one half. Thresholding at half the range makes any mode work (1-bit, 8/16/32-bit
+    greyscale, float, palette, CMYK, ...) and ignores JPEG's compression noise around black
+    and white. Modes are converted as in `from_pil`, except that alpha is used as the mask's
+    second condition instead of being composited over white (which would turn a transparent
+    "outside" white).
+
+    `src` is read as by `load_image`, with the same checks and the same `InputError`s; a mask
+    with no pixel inside is an error too, since it would select nothing.
+    """
+    img, name = _read(src, max_pixels, caller="load_mask")
+    rgb, alpha = _unit_rgb_alpha(img, name)
+    inside = rgb.mean(axis=-1) > 0.5
+    if alpha is not None:
+        inside &= alpha[..., 0] >= 0.5
+    if not inside.any():
+        raise InputError(f"{name}: the mask is empty (no pixel brighter than half)")
+    mask = torch.from_numpy(inside.astype(np.float32))[None, None]
+    return mask if device is None else mask.to(device)
+
+
+def _read(src: PathOrFile, max_pixels: int, caller: str) -> tuple[Image.Image, str]:
+    """The decoded first frame of a path or file object, and the name to use in messages.
+
+    Raises `InputError` as `load_image` describes; `caller` names the public function in the
+    `TypeError` for a `src` that is neither a path nor a file object.
+    """
     if isinstance(src, (str, bytes, os.PathLike)):
         name = os.fsdecode(src)
         # Checked up front because opening a folder fails differently per OS (EISDIR, EACCES).
@@ -90,10 +131,8 @@ def load_image(
             raise InputError(f"{name}: empty file")
         img = _decode(fp, name, max_pixels)
     else:
-        raise TypeError(f"load_image expects a path or a file object, not {type(src).__name__}")
-
-    x = from_pil(img, name=name)
-    return x if device is None else x.to(device)
+        raise TypeError(f"{caller} expects a path or a file object, not {type(src).__name__}")
+    return img, name
 
 
 def _file_object_name(fp: IO[bytes]) -> str:
@@ -219,7 +258,21 @@ def from_pil(img: Image.Image, *, name: str = "<image>") -> torch.Tensor:
 
     `name` is used in the `InputError` raised for unsupported modes.
     """
+    rgb, alpha = _unit_rgb_alpha(img, name)
+    if alpha is not None:
+        rgb = rgb * alpha + (np.float32(1) - alpha)  # over white
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
+    return (x * 2 - 1).contiguous()
+
+
+def _unit_rgb_alpha(img: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A PIL image as float32 H x W x 3 RGB in [0, 1] and straight alpha (H x W x 1) or None.
+
+    The per-mode conversion behind `from_pil` (which composites over white) and `load_mask`
+    (which thresholds RGB and alpha separately); raises `InputError` for unsupported modes.
+    """
     mode = img.mode
+    alpha: np.ndarray | None = None
     if mode in _TO_STRAIGHT_ALPHA:
         img, mode = img.convert(_TO_STRAIGHT_ALPHA[mode]), _TO_STRAIGHT_ALPHA[mode]
     if mode == "P" and _has_transparency(img):
@@ -228,7 +281,6 @@ def from_pil(img: Image.Image, *, name: str = "<image>") -> torch.Tensor:
     if mode in ("RGBA", "LA"):
         rgb = _unit_rgb(np.asarray(img)[..., :-1], 255)
         alpha = np.asarray(img)[..., -1:].astype(np.float32) / np.float32(255)
-        rgb = rgb * alpha + (np.float32(1) - alpha)  # over white
     elif mode in _CONVERT_TO_RGB:
         rgb = _unit_rgb(np.asarray(img if mode == "RGB" else img.convert("RGB")), 255)
     elif mode in _SIXTEEN_BIT:
@@ -245,8 +297,7 @@ def from_pil(img: Image.Image, *, name: str = "<image>") -> torch.Tensor:
     else:
         raise InputError(f"{name}: unsupported image mode {mode!r}")
 
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
-    return (x * 2 - 1).contiguous()
+    return rgb, alpha
 
 
 def _has_transparency(img: Image.Image) -> bool:
