@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from singan.config import PRESETS, config
+from singan.config import LOSSES, PADDINGS, PRESETS, Config, config
 from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import IMAGE_SUFFIXES, load_image, save_image
@@ -76,16 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
                             epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image", metavar="IMAGE", help="the training image (any format Pillow reads)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (see below)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: every reference default; quick: a small CPU smoke run "
-                        "(default: %(default)s)")
-    p.add_argument("--max-size", type=int, metavar="N",
-                   help="longest side of the finest scale (paper: 250, quick: 96)")
-    p.add_argument("--niter", type=int, metavar="N",
-                   help="iterations per scale (paper: 2000); the learning-rate drop stays at "
-                        "80%% of them")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
+    add_training_options(p)
+    p.add_argument("--padding", choices=PADDINGS, default="zero",
+                   help="border of the generator's (and critic's) input; zero is the "
+                        "reference's (default: %(default)s)")
+    p.add_argument("--loss", choices=LOSSES, default="wgan_gp",
+                   help="wgan_gp: the paper's critic; frechet, nnpl, annpl: a patch loss in "
+                        "place of the critic (default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, metavar="N",
                    help="random samples written at the end (default: %(default)s)")
     p.set_defaults(run=run_train)
@@ -138,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many images (default: %(default)s)")
     p.set_defaults(run=run_examples)
 
+    # The applications' commands live with them; imported here because they reuse this
+    # module's training helpers.
+    from singan.apps.cli import add_commands
+
+    add_commands(commands)
+
     p = commands.add_parser("sample", help="draw samples from a trained model",
                             description="Draw random samples from a trained SinGAN.",
                             epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -157,6 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """--preset, --max-size, --niter, --device, --seed: shared by every command that trains."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
+                   help="paper: every reference default; quick: a small CPU smoke run "
+                        "(default: %(default)s)")
+    p.add_argument("--max-size", type=int, metavar="N",
+                   help="longest side of the finest scale (paper: 250, quick: 96)")
+    p.add_argument("--niter", type=int, metavar="N",
+                   help="iterations per scale (paper: 2000); the learning-rate drop stays at "
+                        "80%% of them")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
+
+
+def training_config(args: argparse.Namespace, **fields) -> Config:
+    """The config the training options ask for, with `fields` on top."""
+    if args.max_size is not None:
+        fields.setdefault("max_size", args.max_size)
+    if args.niter is not None:
+        fields["niter"] = args.niter  # config() keeps the learning-rate drop at 80%
+    return config(args.preset, **fields)
+
+
 def resolve_device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -170,15 +196,10 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    overrides = {}
-    if args.max_size is not None:
-        overrides["max_size"] = args.max_size
-    if args.niter is not None:
-        overrides["niter"] = args.niter  # config() keeps the learning-rate drop at 80%
-    cfg = config(args.preset, **overrides)
-    device = resolve_device(args.device)
-    return train_into(load_image(args.image), cfg, Path(args.out), device, args.seed,
-                      args.num_samples)
+    cfg = training_config(args, padding=args.padding, loss=args.loss)
+    train_into(load_image(args.image), cfg, Path(args.out), resolve_device(args.device),
+               args.seed, args.num_samples)
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -186,7 +207,8 @@ def run_demo(args: argparse.Namespace) -> int:
     image = pebbles(128, 192)
     save_image(image, out / "example.png")
     print(f"training the built-in example image {out / 'example.png'} with the quick preset")
-    return train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
+    train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
+    return 0
 
 
 def run_sifid(args: argparse.Namespace) -> int:
@@ -256,7 +278,7 @@ def run_examples(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> int:
+def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> SinGAN:
     """Train (or resume) into the output folder layout, then write pictures and a summary."""
     resume = previous_model(out / "model", cfg, seed)
     progress = Progress(out)
@@ -272,11 +294,11 @@ def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int
     for index, real in enumerate(model.reals):
         save_image(real, out / "reals" / f"scale_{index:02d}.png")
     rng = torch.Generator(device=model.device).manual_seed(model.seed)
-    for index, x in enumerate(sample(model, num_samples, generator=rng)):
+    for index, x in enumerate(sample(model, num_samples, generator=rng) if num_samples else []):
         save_image(x, out / "samples" / f"sample_{index:02d}.png")
     save_image(reconstruct(model), out / "samples" / "reconstruction.png")
     progress.summary(model, time.perf_counter() - start)
-    return 0
+    return model
 
 
 def previous_model(directory: Path, cfg, seed: int | None) -> SinGAN | None:
@@ -313,8 +335,9 @@ class Progress(Callback):
     def on_iteration(self, log: IterationLog):
         self.bar.update(log.iteration - self.bar.n)
         self.last = log
-        self.bar.set_postfix(D=f"{log.d_real + log.d_fake + log.gradient_penalty:.3f}",
-                             G=f"{log.g_adv:.3f}", rec=f"{log.reconstruction:.4f}", refresh=False)
+        losses = {} if log.d_loss is None else {"D": f"{log.d_loss:.3f}"}
+        self.bar.set_postfix(**losses, G=f"{log.g_adv:.3f}", rec=f"{log.reconstruction:.4f}",
+                             refresh=False)
 
     def on_scale_end(self, model, scale):
         self.bar.close()
