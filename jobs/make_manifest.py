@@ -2,9 +2,12 @@
 
     python jobs/make_manifest.py photos/ --out manifests/photos.parquet
     python jobs/make_manifest.py 's3://bucket/photos/**/*.jpg' --out s3://bucket/photos.parquet
+    python jobs/make_manifest.py photos/ --out sr.parquet --task sr --sr-factor 4
+    python jobs/make_manifest.py photos/ --out gifs.parquet --task animate --frames 50
 
 Each image becomes a row of `image_id` (its file stem, made path-safe and unique) and `uri` (its
-full URL). Add override columns (max_size, niter, seed, ...) afterwards with any Parquet tool.
+full URL); with --task, every row also gets that task and its parameters. Add override columns
+(max_size, niter, seed, ...) afterwards with any Parquet tool.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import fsspec
 
-from pipeline.manifest import manifest_rows_from, write_manifest
+from pipeline.manifest import TASKS, manifest_rows_from, row_task, write_manifest
 from singan.errors import InputError
 
 
@@ -30,9 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recursive", action="store_true",
                         help="also list images in subfolders of a folder SOURCE")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--task", choices=TASKS, default="train",
+                        help="what every row does after training: nothing more (train), "
+                             "super-resolution (sr, needs --sr-factor) or GIFs (animate); "
+                             "default: %(default)s")
+    parser.add_argument("--sr-factor", type=float, metavar="F",
+                        help="sr: the upscaling factor, above 1 (such as 2, 4 or 8)")
+    parser.add_argument("--frames", type=int, metavar="N",
+                        help="animate: frames per GIF (default: the job's, 100)")
+    parser.add_argument("--fps", type=float, metavar="FPS",
+                        help="animate: GIF frame rate (default: the job's, 10)")
     args = parser.parse_args(argv)
 
     try:
+        params = task_params(args)
         fs, out_path = fsspec.core.url_to_fs(args.out)
         if not args.overwrite and fs.exists(out_path):
             raise InputError(f"{args.out} already exists; pass --overwrite to replace it")
@@ -41,12 +55,22 @@ def main(argv: list[str] | None = None) -> int:
             hint = "" if args.recursive or "*" in args.source else "; --recursive also looks in subfolders"
             raise InputError(f"no images found at {args.source} (extensions: png, jpg, jpeg, "
                              f"bmp, gif, tif, tiff, webp){hint}")
-        write_manifest(rows, args.out)
+        write_manifest([{**row, **params} for row in rows], args.out)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{len(rows)} images -> {args.out}")
+    print(f"{len(rows)} images -> {args.out}" + (f" (task {args.task})" if params else ""))
     return 0
+
+
+def task_params(args: argparse.Namespace) -> dict:
+    """The task columns every row gets (none for train), checked as the job will check them;
+    an InputError names the options at fault."""
+    row = {"task": args.task, "sr_factor": args.sr_factor, "frames": args.frames, "fps": args.fps}
+    _, params, problems = row_task(row)
+    if problems:  # in the manifest's words: the option --sr-factor fills the column sr_factor
+        raise InputError(f"--task {args.task}: " + "; ".join(problems))
+    return {} if args.task == "train" else {"task": args.task, **params}
 
 
 if __name__ == "__main__":

@@ -12,15 +12,21 @@ get the image's URL, never its pixels; results stream back as they finish. Image
 with the same settings are skipped; interrupted ones resume at their last finished scale. At the
 end the results table goes to {output}/_results.parquet, a summary is printed, and the exit
 status is 1 if any image failed (2 for a bad manifest or bad arguments).
+
+A manifest's optional `task` column makes rows super-resolve (`sr`, by the row's `sr_factor`) or
+animate (`animate`, optional `frames`, `fps`) their image after training; the results go to sr/
+and animate/ in the image's folder and to its MLflow run (pipeline/apps.py). To super-resolve a
+folder: `python jobs/make_manifest.py photos/ --out m.parquet --task sr --sr-factor 4`, then this
+job with `--manifest m.parquet`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,10 +39,16 @@ from jobs import fleet
 from pipeline import results as results_table
 from pipeline import tracking
 from pipeline.inception import stem_weights
-from pipeline.manifest import read_manifest
+from pipeline.manifest import (
+    CONFIG_FIELD_KINDS,
+    NULLABLE_FIELDS,
+    TASKS,
+    parse_bool,
+    read_manifest,
+)
 from pipeline.storage import ImageStore, Storage, TransientError
 from pipeline.train_image import ImageResult, JobSettings, train_image
-from singan.config import PRESETS, Config, config
+from singan.config import PRESETS, config
 from singan.errors import InputError
 
 logger = logging.getLogger("train_manifest")
@@ -62,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a config field for every image (repeatable), e.g. --set "
-                        "max_size=200 --set niter=1000; manifest columns still win per row")
+                        "max_size=200 --set niter=1000 --set padding=reflect --set "
+                        "noise_padding=true; manifest columns still win per row")
     p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
                    help="GPUs per training; fractions pack several trainings on one GPU; 0 = "
                         "CPU. On a cluster without GPUs trainings run on CPU (default: 1)")
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(tasks)} images from {args.manifest} -> {output}")
+    print(f"{len(tasks)} images from {args.manifest} -> {output}"
+          + (f" ({task_counts(tasks)})" if any(t.task != "train" for t in tasks) else ""))
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
     tracking_uri, ui_hint = tracking_target(args)
@@ -124,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             experiment_id, parent_run_id = tracking.start_job_run(
                 tracking_uri, args.experiment, local_artifacts(tracking_uri),
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
-                        "images": len(tasks), "gpus_per_image": args.gpus_per_image,
+                        "images": len(tasks), "tasks": task_counts(tasks),
+                        "gpus_per_image": args.gpus_per_image,
                         "force": args.force,
                         **{f"config.{k}": v
                            for k, v in config(args.preset, **overrides).to_dict().items()}})
@@ -155,19 +170,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parse_sets(items: list[str]) -> dict:
-    """--set FIELD=VALUE options -> config overrides, typed like the Config field."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
+    """--set FIELD=VALUE options -> config overrides, typed like the Config field: numbers,
+    text (padding=circular), true/false (noise_padding=true), `none` where the field takes it.
+    Whether the value is allowed (a padding of that name) is the config's check."""
     overrides = {}
     for item in items:
         name, sep, text = item.partition("=")
-        if not sep or name not in fields:
+        kind = CONFIG_FIELD_KINDS.get(name)
+        if not sep or kind is None:
             raise InputError(f"--set {item}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(fields)}")
-        try:
-            overrides[name] = None if text == "none" else (
-                float(text) if "float" in str(fields[name].type) else int(text))
-        except ValueError as err:
-            raise InputError(f"--set {item}: {text!r} is not a number") from err
+                             f"{', '.join(CONFIG_FIELD_KINDS)}")
+        if text == "none" and name in NULLABLE_FIELDS:
+            overrides[name] = None
+        elif kind == "str":
+            overrides[name] = text
+        elif kind == "bool":
+            overrides[name] = parse_bool(text)
+            if overrides[name] is None:
+                raise InputError(f"--set {item}: {text!r} is not true or false")
+        else:
+            try:
+                overrides[name] = float(text) if kind == "float" else int(text)
+            except ValueError as err:
+                raise InputError(f"--set {item}: {text!r} is not "
+                                 f"{'a number' if kind == 'float' else 'an integer'}") from err
     return overrides
 
 
@@ -202,7 +228,8 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[
 
     def crashed(task, err: Exception) -> ImageResult:
         return ImageResult(task.image_id, "failed", fleet.crash_reason(err), None, 0.0, None,
-                           None, ImageStore(settings.output, task.image_id).url, True)
+                           None, ImageStore(settings.output, task.image_id).url, True,
+                           task=task.task)
 
     return fleet.stream(lambda task: remote.remote(task, settings, inception_ref), tasks,
                         max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
@@ -211,11 +238,23 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[
 
 def describe(result: ImageResult) -> tuple[str, str]:
     """(status, one line) of a finished image, for the progress display."""
+    name = f"{result.image_id}{task_note(result)}"
     if result.error:
-        return result.status, f"{result.status} {result.image_id}: {result.error}"
+        return result.status, f"{result.status} {name}: {result.error}"
     sifid = f", SIFID {result.sifid:.4f}" if result.sifid is not None else ""
-    return result.status, (f"{result.status} {result.image_id} ({result.num_scales} scales, "
+    return result.status, (f"{result.status} {name} ({result.num_scales} scales, "
                            f"{result.seconds:.1f} s{sifid})")
+
+
+def task_note(result: ImageResult) -> str:
+    """' [sr]' after an image of another task than train; nothing for a plain training."""
+    return "" if result.task == "train" else f" [{result.task}]"
+
+
+def task_counts(items) -> str:
+    """'2 train, 1 sr' for tasks or results (anything with a .task), in TASKS order."""
+    counts = Counter(item.task for item in items)
+    return ", ".join(f"{counts[name]} {name}" for name in TASKS if counts[name])
 
 
 def replay(results: list[ImageResult], output: str) -> None:
@@ -235,9 +274,11 @@ def print_summary(results: list[ImageResult], seconds: float, table_url: str,
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"{len(results)} images in {seconds:.1f} s: {counts['done']} trained, "
           f"{counts['skipped']} already done, {counts['failed']} failed")
+    if any(r.task != "train" for r in results):
+        print(f"tasks: {task_counts(results)}")
     for r in results:
         if r.status == "failed":
-            print(f"  failed {r.image_id}: {r.error}")
+            print(f"  failed {r.image_id}{task_note(r)}: {r.error}")
     print(f"results: {table_url}")
     if ui_hint:
         print(ui_hint)

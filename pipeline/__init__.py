@@ -4,6 +4,7 @@ manifest     the Parquet manifest: read, check every row, build one from a folde
 storage      one image's folder at any fsspec URL: whole-or-absent writes, retries, model files
 tracking     MLflow runs that never fail a training; metrics.jsonl replay without duplicates
 train_image  the per-image training task: resume, skip, failure isolation, per-scale metrics
+apps         the sr and animate tasks of a row: their training config and their outputs
 results      the job's results table
 inception    the Inception weights for SIFID, resolved once per job
 evaluate     the per-model SIFID / diversity / patch-metric evaluation task

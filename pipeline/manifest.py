@@ -3,8 +3,14 @@
 A manifest has one row per image. Required columns: `image_id` (a safe path component, it names
 the image's output folder) and `uri` (any fsspec URL of the image). Optional columns, one per
 `Config` field except `log_every`, plus `seed`, override the job's config for that row; a null
-keeps the job's value. `read_manifest` checks everything before a job starts and reports every
-problem at once, so that a 10,000-row manifest is fixed in one round, not one error at a time.
+keeps the job's value. Number fields take number columns, text fields (`padding`, `loss`) string
+columns, true/false fields (`noise_padding`) boolean columns or the strings "true" / "false".
+
+The optional `task` column says what a row does with its trained model: `train` (null or no
+column: nothing more), `sr` (super-resolution by the row's `sr_factor`, required, above 1) or
+`animate` (GIFs; optional `frames` and `fps`). A task's parameter columns are null on the rows
+of other tasks. `read_manifest` checks everything before a job starts and reports every problem
+at once, so that a 10,000-row manifest is fixed in one round, not one error at a time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import math
 import os
 import re
+import types
 import typing
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,27 +32,57 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from singan.apps.animate import FPS, FRAMES
+from singan.apps.sr import sr_steps
 from singan.config import Config, config
 from singan.errors import InputError
 from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
+# The kind of value of a column (and of a Config field): "int", "float", "str" or "bool".
+_KINDS = {int: "int", float: "float", str: "str", bool: "bool"}
+
+
+def _config_field_kinds() -> tuple[dict[str, str], frozenset[str]]:
+    """Every Config field's kind, and the fields that also take None (`int | None`)."""
+    kinds, nullable = {}, set()
+    for name, hint in typing.get_type_hints(Config).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        if type(None) in options:
+            nullable.add(name)
+        options = [option for option in options if option is not type(None)]
+        if len(options) != 1 or options[0] not in _KINDS:
+            # A new kind of field needs a column kind here and in the checks below.
+            raise TypeError(f"Config.{name}: a manifest column cannot hold {hint}")
+        kinds[name] = _KINDS[options[0]]
+    return kinds, frozenset(nullable)
+
+
+# FIELD -> kind for every Config field, and those that take None (`--set num_scales=none`).
+CONFIG_FIELD_KINDS, NULLABLE_FIELDS = _config_field_kinds()
 # Config fields a row may override. `log_every` only changes logging, which is the job's business.
-_CONFIG_COLUMNS = {
-    # Config has only int, float and `int | None` fields.
-    name: "float" if hint is float else "int"
-    for name, hint in typing.get_type_hints(Config).items()
-    if name != "log_every"
-}
-_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int"}
-OVERRIDE_COLUMNS: tuple[str, ...] = tuple(_COLUMN_KINDS)
+_CONFIG_COLUMNS = {name: kind for name, kind in CONFIG_FIELD_KINDS.items() if name != "log_every"}
+OVERRIDE_COLUMNS: tuple[str, ...] = (*_CONFIG_COLUMNS, "seed")
+
+# What a row does with its trained model, and each task's parameter columns (null elsewhere).
+TASKS = ("train", "sr", "animate")
+TASK_PARAMS: dict[str, tuple[str, ...]] = {"train": (), "sr": ("sr_factor",),
+                                           "animate": ("frames", "fps")}
+_PARAM_TASK = {name: task for task, names in TASK_PARAMS.items() for name in names}
+_PARAM_KINDS = {"sr_factor": "float", "frames": "int", "fps": "float"}
+TASK_COLUMNS: tuple[str, ...] = ("task", *_PARAM_KINDS)
+
+_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **_PARAM_KINDS}
+OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS)
 REQUIRED_COLUMNS = ("image_id", "uri")
 
 MAX_ID_LENGTH = 128
 # A row's seed must suit every generator it may reach (numpy's legacy seeding stops at 2**32).
 MAX_SEED = 2**32
 MAX_LISTED_PROBLEMS = 50
+NOMINAL_SIZE = 250  # px: the image size a task's config is checked with before images are read
 # Existence checks are network round trips on object stores: overlap them.
 CHECK_THREADS = 16
 
@@ -60,6 +97,22 @@ class ImageTask:
     uri: str  # any fsspec URL, with its protocol (e.g. file:///abs/path.png or s3://b/k.png)
     config: Config  # the job's preset with this row's overrides applied
     seed: int  # the row's `seed`, else derived from image_id (seed_for)
+    task: str = "train"  # one of TASKS: what to make of the trained model
+    sr_factor: float | None = None  # sr: the upscaling factor, above 1
+    frames: int | None = None  # animate: frames per GIF (None: singan.apps.animate.FRAMES)
+    fps: float | None = None  # animate: GIF frame rate (None: singan.apps.animate.FPS)
+
+    @property
+    def params(self) -> dict[str, int | float]:
+        """The task's parameters, defaults filled in and typed (part of the training's identity:
+        an sr_factor of 4 and of 4.0 are the same row)."""
+        defaults = {"frames": FRAMES, "fps": FPS}
+        values = {}
+        for name in TASK_PARAMS[self.task]:
+            value = getattr(self, name)
+            value = defaults.get(name) if value is None else value
+            values[name] = float(value) if _PARAM_KINDS[name] == "float" else int(value)
+        return values
 
 
 class ManifestError(InputError):
@@ -133,7 +186,8 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
     """Read and check the manifest at `url` (any fsspec URL of one Parquet file).
 
     Each row becomes an `ImageTask` whose config is `config(preset, **overrides)` with the row's
-    non-null override columns applied on top. `limit` keeps the first N rows: the schema of the
+    non-null override columns applied on top, and whose task and parameters are the row's task
+    columns (see `row_task`). `limit` keeps the first N rows: the schema of the
     whole file is checked, the rows only for those kept. With `check_files`, every kept row's
     image must exist (and be a file), checked concurrently.
 
@@ -181,14 +235,21 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
         else:
             uris[number] = _absolute_uri(uri)
 
-        row_config, seed, config_problem = _row_config(row, preset, overrides)
-        if config_problem:
-            row_problems.append(config_problem)
+        row_config, seed, config_problems = _row_config(row, preset, overrides)
+        row_problems += config_problems
+        task, params, task_problems = row_task(row)
+        row_problems += task_problems
 
-        found += [(number, 0, _in_row(number, image_id, problem)) for problem in row_problems]
         if not row_problems:
-            tasks.append(ImageTask(image_id, uris[number], row_config,
-                                   seed if seed is not None else seed_for(image_id)))
+            image_task = ImageTask(image_id, uris[number], row_config,
+                                   seed if seed is not None else seed_for(image_id),
+                                   task=task, **params)
+            task_config_problem = _task_config_problem(image_task)
+            if task_config_problem:
+                row_problems.append(task_config_problem)
+            else:
+                tasks.append(image_task)
+        found += [(number, 0, _in_row(number, image_id, problem)) for problem in row_problems]
 
     for image_id, numbers in rows_of_id.items():
         if len(numbers) > 1:
@@ -207,17 +268,19 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
 
 
 def write_manifest(rows: list[dict], url: str) -> None:
-    """Write rows (dicts of `image_id`, `uri` and optional OVERRIDE_COLUMNS) as a Parquet manifest
-    at `url` (any fsspec URL). A missing or None override is written as null (the job's value).
-    Integer columns are int64, float columns float64, so `read_manifest` accepts what this writes.
+    """Write rows (dicts of `image_id`, `uri` and optional OPTIONAL_COLUMNS) as a Parquet manifest
+    at `url` (any fsspec URL). A missing or None value is written as null (the job's value).
+    Integer columns are int64, float columns float64, text columns string, true/false columns
+    bool, so `read_manifest` accepts what this writes.
     """
-    allowed = REQUIRED_COLUMNS + OVERRIDE_COLUMNS
+    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
     unknown = sorted({key for row in rows for key in row} - set(allowed))
     if unknown:
         raise InputError(f"unknown manifest columns: {', '.join(unknown)}; "
                          f"allowed: {', '.join(allowed)}")
-    columns = [*REQUIRED_COLUMNS, *(c for c in OVERRIDE_COLUMNS if any(c in row for row in rows))]
-    arrow_types = {"int": pa.int64(), "float": pa.float64()}
+    columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if any(c in row for row in rows))]
+    arrow_types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
+                   "bool": pa.bool_()}
     arrays = {}
     for column in columns:
         kind = _COLUMN_KINDS.get(column)
@@ -334,38 +397,54 @@ def _schema_problems(table: pa.Table) -> list[str]:
             problems.append(f"missing required column {name!r}")
     for field in table.schema:
         if field.name in REQUIRED_COLUMNS:
-            if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)
-                    or pa.types.is_string_view(field.type)):
+            if not _is_string(field.type):
                 problems.append(f"column {field.name!r} must be a string column, "
                                 f"got {field.type}")
         elif field.name in _COLUMN_KINDS:
             problem = _type_problem(field.name, field.type)
             if problem:
                 problems.append(problem)
-    unknown = [name for name in names if name not in REQUIRED_COLUMNS + OVERRIDE_COLUMNS]
+    unknown = [name for name in names if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
     if unknown:
         problems.append(f"unknown columns: {', '.join(map(repr, unknown))}; allowed besides "
-                        f"image_id and uri: {', '.join(OVERRIDE_COLUMNS)}")
+                        f"image_id and uri: {', '.join(OPTIONAL_COLUMNS)}")
     if table.num_rows == 0:
         problems.append("the manifest has no rows")
     return problems
 
 
+def _is_string(arrow_type: pa.DataType) -> bool:
+    return (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+            or pa.types.is_string_view(arrow_type))
+
+
 def _type_problem(name: str, arrow_type: pa.DataType) -> str | None:
-    """Why an override column of this Arrow type cannot hold its field, or None."""
-    if pa.types.is_null(arrow_type) or pa.types.is_integer(arrow_type):
+    """Why an optional column of this Arrow type cannot hold its values, or None."""
+    if pa.types.is_null(arrow_type):
         return None  # an all-null column keeps the job's values
-    if _COLUMN_KINDS[name] == "float":
-        if pa.types.is_floating(arrow_type):
-            return None
-        return f"column {name!r} must be a number column, got {arrow_type}"
-    return f"column {name!r} must be an integer column, got {arrow_type}"
+    kind = _COLUMN_KINDS[name]
+    if kind == "int":
+        ok, wanted = pa.types.is_integer(arrow_type), "an integer column"
+    elif kind == "float":
+        ok = pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type)
+        wanted = "a number column"
+    elif kind == "str":
+        ok, wanted = _is_string(arrow_type), "a string column"
+    else:
+        ok = pa.types.is_boolean(arrow_type) or _is_string(arrow_type)
+        wanted = "a boolean column (or strings 'true' / 'false')"
+    return None if ok else f"column {name!r} must be {wanted}, got {arrow_type}"
+
+
+def parse_bool(text: str) -> bool | None:
+    """True for "true", False for "false" (any case, spaces around allowed), else None."""
+    return {"true": True, "false": False}.get(text.strip().lower())
 
 
 def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None, int | None,
-                                                                   str | None]:
-    """The row's config and seed, or a problem text."""
-    row_overrides = {}
+                                                                   list[str]]:
+    """The row's config and seed, or the problems of its override columns."""
+    row_overrides, problems = {}, []
     for name, kind in _CONFIG_COLUMNS.items():
         value = row.get(name)
         if value is None:
@@ -373,16 +452,76 @@ def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None,
         if kind == "float":
             value = float(value)
             if not math.isfinite(value):
-                return None, None, f"{name} must be a finite number, got {value}"
+                problems.append(f"{name} must be a finite number, got {value}")
+        elif kind == "bool" and isinstance(value, str):
+            parsed = parse_bool(value)
+            if parsed is None:
+                problems.append(f"{name} must be true or false, got {value!r}")
+            value = parsed
         row_overrides[name] = value
     seed = row.get("seed")
     if seed is not None and not 0 <= seed < MAX_SEED:
-        return None, None, f"seed must be in [0, 2**32), got {seed}"
+        problems.append(f"seed must be in [0, 2**32), got {seed}")
+    if problems:
+        return None, None, problems
     try:
         # Only the keys actually set, so that config() can derive lr_milestone from niter.
-        return config(preset, **{**overrides, **row_overrides}), seed, None
+        return config(preset, **{**overrides, **row_overrides}), seed, []
     except InputError as error:
-        return None, None, str(error)
+        return None, None, [str(error)]
+
+
+def row_task(row: dict) -> tuple[str, dict, list[str]]:
+    """The task of a manifest row (a dict of its columns) and its parameters (ImageTask fields),
+    and the problems with them (unknown task, a parameter of another task, missing or bad
+    values); the problems are empty when the row is good."""
+    task = row.get("task")
+    task = "train" if task is None else task
+    if task not in TASKS:
+        return task, {}, [f"task must be one of {', '.join(TASKS)}, got {task!r}"]
+    params, problems = {}, []
+    for name, kind in _PARAM_KINDS.items():
+        value = row.get(name)
+        if value is None:
+            continue
+        if _PARAM_TASK[name] != task:
+            problems.append(f"{name} is a parameter of task {_PARAM_TASK[name]!r}, but the row's "
+                            f"task is {task!r}")
+            continue
+        params[name] = float(value) if kind == "float" else value
+    if task == "sr":
+        factor = params.get("sr_factor")
+        if factor is None:
+            problems.append("task 'sr' needs an sr_factor (such as 2, 4 or 8)")
+        elif not math.isfinite(factor) or factor <= 1:
+            problems.append(f"sr_factor must be a number above 1, got {factor:g}")
+        else:
+            try:
+                sr_steps(factor)
+            except InputError as error:
+                problems.append(f"sr_factor: {error}")
+    if task == "animate":
+        if params.get("frames") is not None and params["frames"] < 1:
+            problems.append(f"frames must be at least 1, got {params['frames']}")
+        fps = params.get("fps")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            problems.append(f"fps must be a number above 0, got {fps:g}")
+    return task, params, problems
+
+
+def _task_config_problem(task: ImageTask) -> str | None:
+    """Why the row's task cannot train with the row's config (animation's noise padding with a
+    recipe that has none, say), or None. Checked for a nominal image size: what depends on the
+    image's own size is checked when a worker reads it."""
+    from pipeline.apps import training_config  # it imports this module for ImageTask
+
+    if task.task == "train":
+        return None
+    try:
+        training_config(task, NOMINAL_SIZE, NOMINAL_SIZE)
+    except InputError as error:
+        return f"task {task.task!r}: {error}"
+    return None
 
 
 def _absolute_uri(uri: str) -> str:

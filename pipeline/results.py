@@ -11,6 +11,7 @@ from pipeline.storage import RESULTS, Storage
 
 SCHEMA = pa.schema([
     ("image_id", pa.string()),
+    ("task", pa.string()),  # train | sr | animate
     ("status", pa.string()),  # done | skipped | failed
     ("error", pa.string()),
     ("num_scales", pa.int32()),

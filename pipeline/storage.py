@@ -6,6 +6,8 @@ Layout (DESIGN.md):
     {output}/{image_id}/model/scale_00.pt ...  one file per finished scale (the resume point)
     {output}/{image_id}/reals/scale_00.png ...
     {output}/{image_id}/samples/...            scale_XX.png per scale, final samples
+    {output}/{image_id}/sr/...                 task sr: sr_xF.png and bicubic_xF.png (F: factor)
+    {output}/{image_id}/animate/...            task animate: start_scale_S/beta_B.gif
     {output}/{image_id}/metrics.jsonl          every metric point, the source of truth
     {output}/{image_id}/tracking.json          the image's MLflow run, so a retry reuses it
     {output}/{image_id}/_SUCCESS               written last: the image is done

@@ -3,7 +3,8 @@
 Layout (DESIGN.md): one experiment; a parent run per job; a child run per image tagged
 `mlflow.parentRunId`, with the image's params, per-scale losses (key `sNN/<loss>`, step = the
 iteration), per-scale values (`noise_amp`, `scale_seconds`, later SIFID; step = the scale), the
-sample picture of every scale as an artifact, and the pyramid URL as a tag.
+sample picture of every scale and the task's outputs (sr/, animate/) as artifacts, and the pyramid
+URL as a tag.
 
 Every point is first appended to the image's `metrics.jsonl` (the source of truth) and then sent
 in batches. Whatever MLflow does not accept stays pending; `sync_image` (run by the job at its end
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 TRACKING = "tracking.json"
 METRICS = "metrics.jsonl"
+# The files of an image's folder that its run holds as artifacts (same names), for the replay.
+ARTIFACTS = ("samples/scale_*.png", "sr/*.png", "animate/*/*.gif")
 
 # MLflow's HTTP client retries up to 7 times with exponential back-off by default: minutes per
 # call while a server is down. A training must not wait for its tracking, and what is not sent
@@ -291,13 +294,17 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     for first in range(0, len(missing), BATCH):
         _log_points(client, run_id, missing[first:first + BATCH])
 
-    uploaded = {f.path for f in client.list_artifacts(run_id, "samples")}
+    uploaded: dict[str, set[str]] = {}  # by folder
     artifacts = 0
-    for path in sorted(store.fs.glob(store.path("samples/*.png"))):
-        name = "samples/" + path.rsplit("/", 1)[-1]
-        if name not in uploaded and name.startswith("samples/scale_"):
-            _log_bytes(client, run_id, name, store.get(name))
-            artifacts += 1
+    for pattern in ARTIFACTS:
+        for path in sorted(store.fs.glob(store.path(pattern))):
+            name = path[len(store.root) + 1:]
+            folder = name.rpartition("/")[0]
+            if folder not in uploaded:
+                uploaded[folder] = {f.path for f in client.list_artifacts(run_id, folder)}
+            if name not in uploaded[folder]:
+                _log_bytes(client, run_id, name, store.get(name))
+                artifacts += 1
 
     done = store.success()
     if done is not None:

@@ -1,8 +1,9 @@
 """Train one manifest row: the function the training job fans out, one Ray task per image.
 
 It reads the image through fsspec, trains (resuming at the last finished scale), writes the
-storage layout of DESIGN.md as it goes, tracks to MLflow, and returns an `ImageResult`. Runs in
-any process: the tests call it directly, the job calls it as a Ray task.
+storage layout of DESIGN.md as it goes, makes the row's task outputs (super-resolution,
+animations: pipeline.apps), tracks to MLflow, and returns an `ImageResult`. Runs in any process:
+the tests call it directly, the job calls it as a Ray task.
 
 What can go wrong, and what happens:
 - a bad image or bad settings (InputError), or a bug: the row fails with a one-line reason in its
@@ -28,9 +29,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pipeline.apps import training_config, write_outputs
 from pipeline.manifest import ImageTask
 from pipeline.storage import ImageStore, TransientError, read_url
 from pipeline.tracking import TRACKING, ImageRun, MetricsLog, one_line, point
+from singan.config import Config
 from singan.errors import InputError
 from singan.image import load_image
 from singan.models import SinGAN, package_version
@@ -77,14 +80,32 @@ class ImageResult:
     mlflow_run_id: str | None
     output_url: str
     tracking_complete: bool = True  # False: some points or pictures still wait for a sync
+    task: str = "train"  # the row's task (pipeline.manifest.TASKS)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# The Config fields of the first stored trainings. A field added since is left out of the
+# identity while it keeps its default, so that a package that gains fields does not retrain the
+# images it already finished (their hash is unchanged); away from its default it counts.
+FIRST_CONFIG_FIELDS = frozenset((
+    "min_size", "max_size", "scale_factor", "num_scales", "nfc", "max_nfc", "nfc_double_every",
+    "num_layer", "kernel_size", "leaky_slope", "init_std", "niter", "lr_g", "lr_d", "beta1",
+    "beta2", "gamma", "lr_milestone", "d_steps", "g_steps", "lambda_grad", "alpha", "noise_amp",
+    "log_every"))
+
+
 def config_hash(task: ImageTask) -> str:
-    """Identifies a training: the settings, the seed and the source image's URL."""
-    identity = {"config": task.config.to_dict(), "seed": task.seed, "uri": task.uri}
+    """Identifies a training: the settings, the seed, the source image's URL, and for a task
+    other than `train` the task and its parameters (a plain training keeps the hash it had
+    before tasks existed)."""
+    defaults = Config().to_dict()
+    settings = {name: value for name, value in task.config.to_dict().items()
+                if name in FIRST_CONFIG_FIELDS or value != defaults[name]}
+    identity = {"config": settings, "seed": task.seed, "uri": task.uri}
+    if task.task != "train":
+        identity.update(task=task.task, params=task.params)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,7 +121,7 @@ def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None
     def failed(reason: str) -> ImageResult:
         link = store.get_json(TRACKING) or {}
         return ImageResult(task.image_id, "failed", reason, None, time.perf_counter() - start,
-                           None, link.get("run_id"), store.url)
+                           None, link.get("run_id"), store.url, task=task.task)
 
     try:
         return _train_image(task, job, store, start, inception)
@@ -120,67 +141,95 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     done = store.success()
     if done is not None and done.get("config_hash") == digest:
         return ImageResult(task.image_id, "skipped", None, done.get("num_scales"), 0.0,
-                           done.get("sifid"), done.get("run_id"), store.url)
+                           done.get("sifid"), done.get("run_id"), store.url, task=task.task)
 
-    # 1. Resume what a previous attempt stored with the same settings; otherwise start clean,
-    #    so that no file of another training is mixed into this one.
+    # 1. The image, through fsspec, and the config it trains with (super-resolution derives it
+    #    from the image's size). A bad image fails the row in step 3, once its MLflow run
+    #    exists, so that it shows there too.
     device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    resume = _resumable(store, task, device)
-    if resume is None and (done is not None or store.exists("model/config.json")):
+    image = train_config = bad_input = None
+    try:
+        image = _read_image(task)
+        train_config = training_config(task, *image.shape[-2:])
+    except InputError as err:
+        bad_input = err
+
+    # 2. Resume what a previous attempt stored with the same settings; otherwise start clean,
+    #    so that no file of another training is mixed into this one. (With a bad image only a
+    #    finished training of other settings is cleared: a partial one may resume later.)
+    resume = None if bad_input else _resumable(store, task, train_config, device)
+    if done is not None or (resume is None and bad_input is None
+                            and store.exists("model/config.json")):
         logger.info("%s: settings changed; retraining from scratch", task.image_id)
         store.remove_all()
     finished = len(resume.scales) if resume is not None else 0
     metrics = MetricsLog.load(store, keep_scales=finished)
 
-    # 2. The MLflow run (reused when a previous attempt created one); a failure below ends it
+    # 3. The MLflow run (reused when a previous attempt created one); a failure below ends it
     #    as FAILED with the reason, so that bad images show in MLflow too.
     run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id, job.experiment)
-    stem = load_stem(inception, device=device) if inception and job.sifid_samples else None
-    recorder = StoreScales(store, run, metrics, job, stem)
     try:
-        model = _train_into(store, run, recorder, task, job, device, resume)
+        if bad_input is not None:
+            raise bad_input
+        stem = load_stem(inception, device=device) if inception and job.sifid_samples else None
+        recorder = StoreScales(store, run, metrics, job, stem)
+        model = _train_into(store, run, recorder, task, job, image, train_config, device, resume)
     except BaseException as err:
         run.finish("FAILED", tags={"error": one_line(err)})
         raise
 
-    # 5. _SUCCESS last: only now is the image done.
+    # 6. _SUCCESS last: only now is the image done.
     run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
     seconds = time.perf_counter() - start
     store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
                         "seconds": round(seconds, 3), "uri": task.uri, "sifid": recorder.sifid,
                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "package_version": package_version()})
+                        "package_version": package_version(), **_task_fields(task)})
     return ImageResult(task.image_id, "done", None, model.num_scales, seconds, recorder.sifid,
-                       run.run_id, store.url, run.complete)
+                       run.run_id, store.url, run.complete, task=task.task)
 
 
-def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: ImageTask,
-                job: JobSettings, device: torch.device, resume: SinGAN | None) -> SinGAN:
-    # 3. The image, through fsspec. The name makes load_image's errors name the URL.
+def _task_fields(task: ImageTask) -> dict:
+    """The task and its parameters, for _SUCCESS and the run's params; nothing for a plain
+    training, whose records stay as they were before tasks existed."""
+    return {"task": task.task, **task.params} if task.task != "train" else {}
+
+
+def _read_image(task: ImageTask) -> torch.Tensor:
+    """The row's image, through fsspec. The name makes load_image's errors name the URL."""
     try:
         source = io.BytesIO(read_url(task.uri))
     except FileNotFoundError as err:
         raise InputError(f"{task.uri}: no such file") from err
     source.name = task.uri
-    image = load_image(source)
+    return load_image(source)
+
+
+def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: ImageTask,
+                job: JobSettings, image: torch.Tensor, train_config: Config,
+                device: torch.device, resume: SinGAN | None) -> SinGAN:
     height, width = image.shape[-2:]
     run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height, "width": width,
-                    "seed": task.seed, "config_hash": config_hash(task),
-                    **{f"config.{k}": v for k, v in task.config.to_dict().items()}})
+                    "seed": task.seed, "config_hash": config_hash(task), **_task_fields(task),
+                    **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
 
     # 4. Train, storing each scale as it finishes; then the final pictures.
     if resume is not None:
         logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
-    model = train(image, task.config, device=device, seed=task.seed, callbacks=[recorder],
+    model = train(image, train_config, device=device, seed=task.seed, callbacks=[recorder],
                   resume=resume)
     rng = torch.Generator(device=model.device).manual_seed(model.seed)
     for index, x in enumerate(sample(model, job.num_samples, generator=rng)):
         store.put_png(f"samples/sample_{index:02d}.png", x)
     store.put_png("samples/reconstruction.png", reconstruct(model))
+
+    # 5. The task's own outputs (super-resolution, animations), each also an MLflow artifact.
+    write_outputs(task, model, store, run)
     return model
 
 
-def _resumable(store: ImageStore, task: ImageTask, device: torch.device) -> SinGAN | None:
+def _resumable(store: ImageStore, task: ImageTask, train_config: Config,
+               device: torch.device) -> SinGAN | None:
     """The partial model stored for this image, when it was trained with these settings."""
     if store.success() is not None:
         return None  # a finished training with other settings: retrain
@@ -189,7 +238,7 @@ def _resumable(store: ImageStore, task: ImageTask, device: torch.device) -> SinG
     except InputError as err:
         logger.warning("%s: stored model unreadable (%s); retraining", task.image_id, err)
         return None
-    if model is None or model.config != task.config or model.seed != task.seed:
+    if model is None or model.config != train_config or model.seed != task.seed:
         return None
     return model if len(model.scales) else None
 

@@ -58,7 +58,8 @@ def test_sr_config_trains_the_full_image_with_alpha_100():
     assert cfg.scale_factor == pytest.approx(2 ** (-1 / 3))
     assert singan.plan_pyramid(600, 900, cfg).real_shape == (600, 900)  # no silent cap
     assert sr_config(600, 900, 4, max_size=300).max_size == 300  # only on request
-    assert sr_config(60, 90, 2, base=singan.config("quick")).num_scales == 4
+    quick = sr_config(60, 90, 2, base=singan.config("quick"))
+    assert quick.num_scales is None and quick.niter == 100  # the levels follow the step factor
 
 
 @pytest.mark.parametrize("factor", [0.5, 1, 1.05])

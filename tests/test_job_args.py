@@ -19,10 +19,21 @@ spec.loader.exec_module(job)
 def test_set_overrides_are_typed_like_the_config():
     assert job.parse_sets(["max_size=200", "scale_factor=0.8", "num_scales=none"]) == {
         "max_size": 200, "scale_factor": 0.8, "num_scales": None}
+    assert job.parse_sets(["padding=circular", "noise_padding=true", "loss=nnpl",
+                           "patch_size=5", "log_every=3"]) == {
+        "padding": "circular", "noise_padding": True, "loss": "nnpl", "patch_size": 5,
+        "log_every": 3}
+    assert job.parse_sets(["noise_padding=False"]) == {"noise_padding": False}
     with pytest.raises(InputError, match="max_szie=3: expected FIELD=VALUE"):
         job.parse_sets(["max_szie=3"])
-    with pytest.raises(InputError, match="'big' is not a number"):
+    with pytest.raises(InputError, match="'big' is not an integer"):
         job.parse_sets(["max_size=big"])
+    with pytest.raises(InputError, match="'fast' is not a number"):
+        job.parse_sets(["lr_g=fast"])
+    with pytest.raises(InputError, match="noise_padding=1: '1' is not true or false"):
+        job.parse_sets(["noise_padding=1"])
+    with pytest.raises(InputError, match="'none' is not an integer"):  # only num_scales takes it
+        job.parse_sets(["max_size=none"])
 
 
 def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
@@ -39,9 +50,29 @@ def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--limit", "0"], "--limit must be at least 1"),
     (["--set", "niter=-1"], "niter must be a positive integer"),
+    (["--set", "padding=mirror"], "padding must be one of zero, circular, reflect, got 'mirror'"),
+    (["--set", "loss=none"], "loss must be one of wgan_gp, frechet, nnpl, annpl, got 'none'"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     manifest = tmp_path / "m.parquet"
     write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
     assert job.main(["--manifest", str(manifest), "--no-tracking", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_summary_names_the_tasks(capsys):
+    from pipeline.train_image import ImageResult
+
+    results = [ImageResult("a", "done", None, 4, 1.0, None, None, "out/a"),
+               ImageResult("b", "failed", "InputError: bad", None, 0.5, None, None, "out/b",
+                           task="sr"),
+               ImageResult("c", "skipped", None, 4, 0.0, None, None, "out/c", task="animate")]
+    job.print_summary(results, 2.0, "out/_results.parquet", None)
+    assert capsys.readouterr().out.splitlines() == [
+        "3 images in 2.0 s: 1 trained, 1 already done, 1 failed",
+        "tasks: 1 train, 1 sr, 1 animate",
+        "  failed b [sr]: InputError: bad",
+        "results: out/_results.parquet",
+    ]
+    assert job.describe(results[0]) == ("done", "done a (4 scales, 1.0 s)")
+    assert job.describe(results[2]) == ("skipped", "skipped c [animate] (4 scales, 0.0 s)")

@@ -102,7 +102,10 @@ def test_unknown_columns_are_refused_with_the_allowed_ones(tmp_path):
     [problem] = problems(url).problems
     assert problem.startswith("unknown columns: 'max_szie', 'log_every'; allowed besides "
                               "image_id and uri: min_size, max_size, scale_factor, ")
-    assert problem.endswith(", noise_amp, seed")
+    assert problem.endswith(", seed, task, sr_factor, frames, fps")
+    allowed = problem.split("image_id and uri: ")[1].split(", ")
+    assert set(allowed) == set(config().to_dict()) - {"log_every"} | {
+        "seed", "task", "sr_factor", "frames", "fps"}
 
 
 def test_an_empty_manifest(tmp_path):
@@ -174,6 +177,35 @@ def test_bad_override_values_become_row_problems(tmp_path):
         "row 2 (image_id 'c'): invalid config: scale_factor must be in (0, 1), got 1.5",
         "row 3 (image_id 'd'): scale_factor must be a finite number, got nan",
         "row 4 (image_id 'e'): seed must be in [0, 2**32), got -1",
+    ]
+
+
+def test_text_and_true_false_columns_have_types(tmp_path):
+    url = write_table(tmp_path, {"image_id": ["a"], "uri": ["a.png"], "padding": [1],
+                                 "noise_padding": [1], "loss": [True], "patch_size": ["7"]})
+    assert problems(url, check_files=False).problems == [
+        "column 'padding' must be a string column, got int64",
+        "column 'noise_padding' must be a boolean column (or strings 'true' / 'false'), got int64",
+        "column 'loss' must be a string column, got bool",
+        "column 'patch_size' must be an integer column, got string",
+    ]
+
+
+def test_bad_text_and_true_false_values_become_row_problems(tmp_path):
+    url = write_table(tmp_path, {
+        "image_id": ["a", "b", "c", "d"], "uri": ["x.png"] * 4,
+        "padding": [None, "mirror", None, "Zero"],
+        "noise_padding": [None, None, "maybe", "yes"],
+        "loss": ["l1", None, None, None],
+        "niter": pa.array([0, None, None, None], pa.int64()),
+    })
+    assert problems(url, check_files=False).problems == [
+        ("row 0 (image_id 'a'): invalid config: niter must be a positive integer, got 0; loss "
+         "must be one of wgan_gp, frechet, nnpl, annpl, got 'l1'"),
+        ("row 1 (image_id 'b'): invalid config: padding must be one of zero, circular, reflect, "
+         "got 'mirror'"),
+        "row 2 (image_id 'c'): noise_padding must be true or false, got 'maybe'",
+        "row 3 (image_id 'd'): noise_padding must be true or false, got 'yes'",
     ]
 
 
@@ -251,6 +283,24 @@ def test_override_columns_apply_per_row_and_nulls_keep_the_job_values(tmp_path):
         ImageTask("c", uris[2], quick, seed_for("c")),
     ]
     assert tasks[2].config.num_scales == 4  # the preset's, kept through the all-null column
+
+
+def test_text_and_true_false_columns_apply_per_row(tmp_path):
+    uris = images(tmp_path, "a.png", "b.png", "c.png")
+    url = write_table(tmp_path, {
+        "image_id": ["a", "b", "c"], "uri": uris,
+        "padding": [None, "circular", "reflect"], "loss": ["nnpl", None, None],
+        "patch_size": pa.array([5, None, None], pa.int64()),
+        "noise_padding": pa.array([None, True, False]),
+    })
+    configs = [task.config for task in read_manifest(url, overrides={"padding": "reflect"})]
+    assert configs == [config(padding="reflect", loss="nnpl", patch_size=5),
+                       config(padding="circular", noise_padding=True),
+                       config(padding="reflect", noise_padding=False)]
+    # The strings "true" / "false" (any case) do for a boolean column.
+    url = write_table(tmp_path, {"image_id": ["a", "b", "c"], "uri": uris,
+                                 "noise_padding": ["TRUE", " false", None]})
+    assert [task.config.noise_padding for task in read_manifest(url)] == [True, False, False]
 
 
 def test_integer_values_in_a_float_field_become_floats(tmp_path):
@@ -397,14 +447,18 @@ def test_written_manifests_read_back(tmp_path):
     png(tmp_path / "photos" / "a b.png")
     png(tmp_path / "photos" / "c.jpg")
     rows = manifest_rows_from(str(tmp_path / "photos"))
-    rows[1].update(max_size=64, seed=3)
+    rows[1].update(max_size=64, seed=3, padding="circular", noise_padding=True)
     url = str(tmp_path / "out" / "manifest.parquet")
     write_manifest(rows, url)
     assert os.listdir(tmp_path / "out") == ["manifest.parquet"]  # no temporary file left
-    assert pq.read_schema(url).names == ["image_id", "uri", "max_size", "seed"]
+    schema = pq.read_schema(url)
+    assert schema.names == ["image_id", "uri", "max_size", "padding", "noise_padding", "seed"]
+    assert schema.field("padding").type == pa.string()
+    assert schema.field("noise_padding").type == pa.bool_()
     assert read_manifest(url) == [
         ImageTask("a_b", f"file://{tmp_path}/photos/a b.png", config(), seed_for("a_b")),
-        ImageTask("c", f"file://{tmp_path}/photos/c.jpg", config(max_size=64), 3),
+        ImageTask("c", f"file://{tmp_path}/photos/c.jpg",
+                  config(max_size=64, padding="circular", noise_padding=True), 3),
     ]
 
 

@@ -173,6 +173,7 @@ def test_results_table(tmp_path):
     assert [(r["image_id"], r["status"]) for r in rows] == [("wall", "done"), ("gone", "failed")]
     assert rows[0]["num_scales"] == 4 and rows[0]["output_url"].endswith("/out/wall")
     assert rows[1]["error"] and rows[1]["sifid"] is None
+    assert [r["task"] for r in rows] == ["train", "train"]
 
 
 def test_per_scale_sifid(tmp_path):

@@ -42,11 +42,12 @@ def sr_config(height: int, width: int, factor: float, base: Config | None = None
     """The training config for super-resolving a `height` x `width` image by `factor`.
 
     `base` supplies everything the reference does not change for super-resolution (networks,
-    iterations, ...). The image trains at full size unless `max_size` asks for a smaller copy.
+    iterations, ...); its num_scales is dropped, since the per-step factor sets the levels. The image trains at full size unless `max_size` asks for a smaller copy.
     """
     step, _ = sr_steps(factor)
     base = base or Config()
-    overrides = dict(alpha=SR_ALPHA, min_size=SR_MIN_SIZE, scale_factor=1 / step,
+    # num_scales cleared: the levels follow from the per-step factor, as the reference's do.
+    overrides = dict(alpha=SR_ALPHA, min_size=SR_MIN_SIZE, scale_factor=1 / step, num_scales=None,
                      max_size=max_size or max(height, width))
     return Config.from_dict({**base.to_dict(), **overrides})
 
