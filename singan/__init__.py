@@ -6,6 +6,7 @@ The stable public API:
     image = singan.load_image("photo.jpg")           # 1 x 3 x H x W in [-1, 1]
     singan.pyramid_shapes(375, 500, cfg)             # [(h, w), ...] coarsest first
     model = singan.train(image, cfg, seed=0)         # -> SinGAN
+    cfg = singan.config("paper", recipe="consingan")  # ConSinGAN: train -> ConSinGAN
     model.save("out/model"); model = singan.load("out/model")
     x = singan.sample(model, 4, scale_h=1.5)         # 4 x 3 x H x W in [-1, 1]
     singan.save_image(x[0], "sample.png")
@@ -13,7 +14,8 @@ The stable public API:
     singan.patch_swd(image, x[:1])                   # patch distribution distance (no weights)
 """
 
-from singan.config import PRESETS, Config, config
+from singan.config import PRESETS, RECIPES, Config, config
+from singan.consingan import ConSinGAN, plan_consingan
 from singan.errors import InputError
 from singan.image import load_image, save_image
 from singan.models import SinGAN, load
@@ -25,7 +27,8 @@ from singan.sifid import sifid
 from singan.train import Callback, IterationLog, train
 
 __all__ = [
-    "PRESETS", "Callback", "Config", "InputError", "IterationLog", "SinGAN", "config", "imresize",
-    "load", "load_image", "nn_patch_distance", "patch_swd", "plan_pyramid", "pyramid_shapes",
-    "reconstruct", "sample", "save_image", "sifid", "train",
+    "PRESETS", "RECIPES", "Callback", "ConSinGAN", "Config", "InputError", "IterationLog",
+    "SinGAN", "config", "imresize", "load", "load_image", "nn_patch_distance", "patch_swd",
+    "plan_consingan", "plan_pyramid", "pyramid_shapes", "reconstruct", "sample", "save_image",
+    "sifid", "train",
 ]

@@ -13,7 +13,7 @@ import math
 import os
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from singan.config import Config
 from singan.errors import InputError
 from singan.files import atomic_write
 from singan.pyramid import PyramidPlan
+
+if TYPE_CHECKING:
+    from singan.consingan import ConSinGAN
 
 FORMAT_VERSION = 1
 
@@ -234,18 +237,17 @@ class SinGAN(nn.Module):
 
     @classmethod
     def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
-                   device: str | torch.device | None = None, name: str = "model") -> SinGAN:
-        """Rebuild a model from config.json and the first len(scale_files) scale files."""
-        try:
-            meta = json.loads(metadata_file.read())
-            config = Config.from_dict(meta["config"])
-            plan = PyramidPlan.from_dict(meta["plan"])
-            seed = int(meta["seed"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"{name}: config.json is not a SinGAN model description ({err})") from err
-        if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise InputError(f"{name}: written by a newer singan-fleet (format "
-                             f"{meta['format_version']}); upgrade to load it")
+                   device: str | torch.device | None = None,
+                   name: str = "model") -> SinGAN | ConSinGAN:
+        """Rebuild a model from config.json and the first len(scale_files) scale files.
+
+        config.json's recipe picks the class: a ConSinGAN model loads as a `ConSinGAN`.
+        """
+        config, plan, seed = read_metadata(metadata_file, name)
+        if config.recipe == "consingan":
+            from singan.consingan import ConSinGAN  # local: singan.consingan imports this module
+
+            return ConSinGAN.from_parts(config, plan, seed, scale_files, device=device, name=name)
         model = cls(config, plan, seed)
         for index, f in enumerate(scale_files):
             scale = Scale.empty(index, config, plan.shapes[index])
@@ -258,12 +260,28 @@ class SinGAN(nn.Module):
         return model.to(device or "cpu")
 
 
+def read_metadata(metadata_file: IO[bytes], name: str = "model") -> tuple[Config, PyramidPlan, int]:
+    """The config, pyramid plan and seed that a model's config.json holds (any recipe)."""
+    try:
+        meta = json.loads(metadata_file.read())
+        config = Config.from_dict(meta["config"])
+        plan = PyramidPlan.from_dict(meta["plan"])
+        seed = int(meta["seed"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{name}: config.json is not a SinGAN model description ({err})") from err
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{name}: written by a newer singan-fleet (format "
+                         f"{meta['format_version']}); upgrade to load it")
+    return config, plan, seed
+
+
 def scale_file_name(index: int) -> str:
     return f"scale_{index:02d}.pt"
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SinGAN:
-    """Load a model saved with `SinGAN.save` (or a training output folder holding `model/`).
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> SinGAN | ConSinGAN:
+    """Load a model saved with `SinGAN.save` or `ConSinGAN.save` (or a training output folder
+    holding `model/`); config.json's recipe picks the class.
 
     Loads every consecutive scale file present, so a partly trained model loads too.
     """

@@ -7,12 +7,17 @@ same chain (`generate`) to make the `prev` inputs of the scale it trains.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from singan.errors import InputError
 from singan.models import SinGAN, image_shape, noise_shape, pad, padded_noise
 from singan.resize import imresize
+
+if TYPE_CHECKING:
+    from singan.consingan import ConSinGAN
 
 
 def upsample(x: Tensor, shape: tuple[int, int], scale_factor: float) -> Tensor:
@@ -70,7 +75,7 @@ def generate(model: SinGAN, noises: list[Tensor], *, start: int = 0,
 
 
 @torch.no_grad()
-def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float = 1.0,
+def sample(model: SinGAN | ConSinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float = 1.0,
            scale_v: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
     """Random samples, num x 3 x H x W in [-1, 1] (clamped), from the finished scales.
 
@@ -95,6 +100,11 @@ def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float 
     if generator is not None and generator.device.type != device.type:
         raise InputError(f"the generator is on {generator.device.type} but the model on "
                          f"{device.type}: use torch.Generator(device=model.device)")
+    if model.config.recipe == "consingan":
+        from singan import consingan  # local: singan.consingan imports this module
+
+        return consingan.sample(model, num, start_scale=start_scale, scale_h=scale_h,
+                                scale_v=scale_v, generator=generator)
     noises = []
     for scale, level in enumerate(model.scales):
         if scale < start_scale:
@@ -108,8 +118,12 @@ def sample(model: SinGAN, num: int = 1, *, start_scale: int = 0, scale_h: float 
 
 
 @torch.no_grad()
-def reconstruct(model: SinGAN) -> Tensor:
+def reconstruct(model: SinGAN | ConSinGAN) -> Tensor:
     """The reconstruction of the real image (1 x 3 x H x W): the chain fed z_rec at every scale."""
     if not len(model.scales):
         raise InputError("the model has no trained scale to reconstruct from")
+    if model.config.recipe == "consingan":
+        from singan import consingan  # local: singan.consingan imports this module
+
+        return consingan.reconstruct(model)
     return generate(model, [level.z_rec for level in model.scales]).clamp(-1, 1)

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from singan.models import (
 from singan.patch_losses import aligned_nn_patch_loss, frechet_patch_loss, nn_patch_loss
 from singan.pyramid import build_pyramid, plan_pyramid
 from singan.sample import draw_noise, generate, upsample
+
+if TYPE_CHECKING:
+    from singan.consingan import ConSinGAN
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +88,10 @@ class Callback:
 
 def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None = None, *,
           device: str | torch.device | None = None, seed: int | None = None,
-          callbacks: Sequence[Callback] = (), resume: SinGAN | None = None) -> SinGAN:
-    """Learn a SinGAN from one image and return it.
+          callbacks: Sequence[Callback] = (),
+          resume: SinGAN | ConSinGAN | None = None) -> SinGAN | ConSinGAN:
+    """Learn a SinGAN from one image and return it; config.recipe "consingan" trains a
+    ConSinGAN instead (singan.consingan).
 
     image: a 1 x 3 x H x W (or 3 x H x W) tensor in [-1, 1], or a path / binary file object.
     config: defaults to `resume.config` or the paper preset.
@@ -95,6 +100,7 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
       stored in the model, and a resumed training keeps it.
     resume: a model with k finished scales trained on the same image and config; only scales
       k .. N are trained.
+    Callbacks get the model being trained, a SinGAN or a ConSinGAN (its stages are its scales).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if not isinstance(image, Tensor):
@@ -114,6 +120,11 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
     config = config or Config()
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    if config.recipe == "consingan":
+        from singan import consingan  # local: singan.consingan imports this module
+
+        return consingan.train(image, config, device=device, seed=seed, callbacks=callbacks,
+                               resume=resume)
 
     plan = plan_pyramid(image.shape[-2], image.shape[-1], config)
     reals = build_pyramid(image.to(device=device, dtype=torch.float32), plan)

@@ -1,0 +1,537 @@
+"""ConSinGAN (Hinz, Fisher, Wang, Wermter, WACV 2021): one growing generator whose newest stages
+train concurrently (reference/SINGAN.md section 7). `Config.recipe = "consingan"` selects it;
+`singan.train`, `singan.sample`, `singan.reconstruct` and `singan.load` dispatch here.
+
+How it differs from SinGAN (singan.models, singan.train):
+- One generator for the whole pyramid: a head, one body per stage, a tail. Stage k starts as a copy
+  of stage k - 1's body. Features (not RGB images) pass from stage to stage, upsampled bicubically,
+  and each stage adds its output to the upsampled features it got (a residual).
+- The newest `train_depth` stages train together, the lower ones at learning rates scaled by
+  `lr_scale` per stage below the newest; everything further down is frozen.
+- Its own pyramid (`plan_consingan`): a fixed number of stages, more of them at low resolution.
+- Per iteration one generator backward pass, then `g_steps` optimizer steps on that gradient.
+
+Storage follows SinGAN's (config.json and one file per finished stage), but training stage k also
+changes the stages below it: every stage file holds the whole generator as it was when the stage
+finished, and the last file's generator is the one that loads.
+
+As in singan.train, random numbers come from one torch.Generator per stage seeded from
+(seed, stage), so resuming after k finished stages gives the same model as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from singan.config import Config
+from singan.errors import InputError
+from singan.files import atomic_write
+from singan.models import (
+    FORMAT_VERSION,
+    init_weights,
+    package_version,
+    read_metadata,
+    scale_file_name,
+)
+from singan.pyramid import PyramidPlan
+from singan.resize import imresize
+from singan.train import Callback, IterationLog, gradient_penalty, scale_generator
+
+logger = logging.getLogger(__name__)
+
+
+# --- pyramid ---------------------------------------------------------------------------------
+def plan_consingan(height: int, width: int, config: Config) -> PyramidPlan:
+    """The pyramid of ConSinGAN's `config.num_scales` stages for a `height` x `width` image.
+
+    The finest level is the image shrunk to fit max_size, as in SinGAN. With stop = num_scales - 1
+    and the base factor r = (min_size / its short side) ** (1 / stop), level i < stop is the finest
+    resized by r ** (((stop - 1) / ln stop) * ln(stop - i) + 1): level 0 has min_size on its short
+    side, and the levels crowd at low resolution, where the global layout is learnt.
+    `PyramidPlan.scale_factor` holds r. Raises InputError where the levels would not shrink.
+    """
+    if isinstance(height, bool) or isinstance(width, bool) or not (
+        isinstance(height, int) and isinstance(width, int)
+    ):
+        raise InputError(f"image size must be two integers, got {height!r} x {width!r}")
+    if height < 1 or width < 1:
+        raise InputError(f"image {height}x{width} is empty")
+    if config.num_scales is None:
+        raise InputError("ConSinGAN needs num_scales: use singan.config(recipe='consingan')")
+    size = f"image {height}x{width}"
+    if min(height, width) < config.min_size:
+        raise InputError(f"{size} is smaller than min_size={config.min_size}; use a larger image "
+                         f"or lower min_size")
+
+    # The same shrink to max_size as SinGAN's pyramid, with its guard against max_size + 1.
+    scale1 = min(config.max_size / max(height, width), 1.0)
+    real_shape = (min(math.ceil(height * scale1), config.max_size),
+                  min(math.ceil(width * scale1), config.max_size))
+    if min(real_shape) < config.min_size:
+        raise InputError(f"{size} shrinks to {real_shape[0]}x{real_shape[1]} to fit "
+                         f"max_size={config.max_size}, below min_size={config.min_size} on its "
+                         f"short side (the image is too elongated); raise max_size or lower min_size")
+
+    stop = config.num_scales - 1
+    scale_factor = math.pow(config.min_size / min(real_shape), 1.0 / stop)
+    shapes = tuple(
+        (math.ceil(real_shape[0] * level_factor(scale_factor, stop, i)),
+         math.ceil(real_shape[1] * level_factor(scale_factor, stop, i)))
+        for i in range(stop)
+    ) + (real_shape,)
+    for i in range(stop):
+        coarse, fine = shapes[i], shapes[i + 1]
+        if coarse == fine or coarse[0] > fine[0] or coarse[1] > fine[1]:
+            raise InputError(
+                f"{size} gives ConSinGAN stages that do not shrink: stages {i} and {i + 1} are "
+                f"{coarse[0]}x{coarse[1]} and {fine[0]}x{fine[1]} ({stop + 1} stages between "
+                f"min_size={config.min_size} and {real_shape[0]}x{real_shape[1]}); lower "
+                f"num_scales or min_size, or use a larger image")
+    return PyramidPlan(real_shape=real_shape, scale1=scale1, scale_factor=scale_factor,
+                       shapes=shapes)
+
+
+def level_factor(scale_factor: float, stop: int, level: int) -> float:
+    """The factor from the finest level to `level` (0 = coarsest, stop = the finest itself)."""
+    if level == stop:
+        return 1.0
+    # (stop - 1) / ln(stop) tends to 1 as stop -> 1: the limit keeps two stages defined.
+    slope = (stop - 1) / math.log(stop) if stop > 1 else 1.0
+    return math.pow(scale_factor, slope * math.log(stop - level) + 1)
+
+
+def build_consingan_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
+    """Resize `image` (N x C x H x W) to every level of a `plan_consingan` plan, coarsest first.
+
+    Each level is resized straight from the finest one, with the MATLAB-style bicubic imresize.
+    """
+    height, width = image.shape[-2:]
+    limit = max(plan.real_shape)
+    if tuple(min(math.ceil(side * plan.scale1), limit) for side in (height, width)) != plan.real_shape:
+        raise InputError(f"image {height}x{width} does not match the plan (made for an image that "
+                         f"resizes to {plan.real_shape[0]}x{plan.real_shape[1]})")
+    real = image if plan.scale1 == 1 else imresize(image, scale=plan.scale1, shape=plan.real_shape)
+    stop = plan.stop_scale
+    levels = [imresize(real, scale=level_factor(plan.scale_factor, stop, i), shape=plan.shapes[i])
+              for i in range(stop)]
+    return [*levels, real]
+
+
+# --- networks --------------------------------------------------------------------------------
+class ConvBlock(nn.Sequential):
+    """Conv (no padding) -> BatchNorm when config.batch_norm -> LeakyReLU(config.leaky_slope)."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: Config):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size)
+        if config.batch_norm:
+            self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.LeakyReLU(config.leaky_slope)
+
+
+def width(config: Config) -> int:
+    """ConSinGAN's channels: the same at every stage, the coarsest SinGAN scale's (nfc, capped)."""
+    return config.channels(0)
+
+
+def upsample(x: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Bicubic resize of features between stages (torch's, not MATLAB's: no antialiasing needed)."""
+    return F.interpolate(x, size=shape, mode="bicubic", align_corners=True)
+
+
+class Generator(nn.Module):
+    """The growing generator: head, one body of num_layer conv blocks per stage, tail.
+
+    For stages 0 .. K (noise z_k, size (h_k, w_k), amplitude a_k):
+        x_0 = body_0(pad(up(head(pad(z_0)))))                  z_0: RGB noise (or the real image)
+        x_k = body_k(up(x_{k-1}, padded size) + a_k * z_k) + up(x_{k-1}, (h_k, w_k))
+        out = tanh(tail(pad(x_K)))
+    z_k for k > 0 is a feature map of `width` channels with a border of `config.pad` pixels, the
+    border one body takes off. Before the first body the head's output is enlarged by one
+    conv's border and the rest zero-padded: the official code does this in generation mode, for
+    more diverse image edges.
+    """
+
+    def __init__(self, config: Config, num_stages: int = 0):
+        super().__init__()
+        self.config = config
+        channels = width(config)
+        self.edge = config.kernel_size // 2  # the border one conv takes off each side
+        self.head = ConvBlock(3, channels, config)
+        self.body = nn.ModuleList()
+        self.tail = nn.Conv2d(channels, 3, config.kernel_size)
+        for _ in range(num_stages):
+            self.add_stage()
+
+    def add_stage(self) -> None:
+        """Grow by one stage: a copy of the last stage's body (a fresh body for the first)."""
+        if len(self.body):
+            stage = copy.deepcopy(self.body[-1])
+        else:
+            channels = width(self.config)
+            stage = nn.Sequential(*[ConvBlock(channels, channels, self.config)
+                                    for _ in range(self.config.num_layer)])
+            stage.to(self.tail.weight.device)
+        self.body.append(stage)
+
+    def forward(self, noises: Sequence[Tensor], shapes: Sequence[tuple[int, int]],
+                noise_amps: Sequence[Tensor | float]) -> Tensor:
+        """Run stages 0 .. len(noises) - 1; shapes[k] is stage k's output size (shapes[0] unused)."""
+        if not 0 < len(noises) <= len(self.body):
+            raise ValueError(f"{len(noises)} noise maps for a generator of {len(self.body)} stages")
+        border = self.config.pad
+        x = self.head(F.pad(noises[0], (self.edge,) * 4))
+        x = upsample(x, (x.shape[-2] + 2 * self.edge, x.shape[-1] + 2 * self.edge))
+        x = self.body[0](F.pad(x, (border - self.edge,) * 4))
+        for k in range(1, len(noises)):
+            h, w = shapes[k]
+            skip = upsample(x, (h, w))
+            x = self.body[k](upsample(x, (h + 2 * border, w + 2 * border))
+                             + noises[k] * noise_amps[k]) + skip
+        return torch.tanh(self.tail(F.pad(x, (self.edge,) * 4)))
+
+
+class Discriminator(nn.Module):
+    """A patch critic like SinGAN's: head, num_layer conv blocks, tail conv to one channel."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        channels = width(config)
+        self.head = ConvBlock(3, channels, config)
+        self.body = nn.Sequential(*[ConvBlock(channels, channels, config)
+                                    for _ in range(config.num_layer)])
+        self.tail = nn.Conv2d(channels, 1, config.kernel_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.body(self.head(x)))
+
+
+def noise_size(config: Config, stage: int, shape: tuple[int, int]) -> tuple[int, int, int]:
+    """(channels, h, w) of stage `stage`'s noise for an output of `shape`: RGB at stage 0,
+    features with the body's border above it."""
+    if stage == 0:
+        return 3, *shape
+    return width(config), shape[0] + 2 * config.pad, shape[1] + 2 * config.pad
+
+
+# --- the model -------------------------------------------------------------------------------
+class Stage(nn.Module):
+    """What belongs to one finished stage besides its generator body.
+
+    z_rec: the fixed input of the reconstruction: stage 0's real image itself, then a fixed
+    N(0, 1) feature map (with its border). noise_amp: the amplitude of the noise added to the
+    stage's input. discriminator: the critic trained at this stage (the next one starts from it).
+    """
+
+    def __init__(self, discriminator: Discriminator, real: Tensor, z_rec: Tensor,
+                 noise_amp: Tensor | float):
+        super().__init__()
+        self.discriminator = discriminator
+        self.register_buffer("real", real)
+        self.register_buffer("z_rec", z_rec)
+        self.register_buffer("noise_amp", torch.as_tensor(noise_amp, dtype=real.dtype,
+                                                          device=real.device).reshape(()))
+
+    @classmethod
+    def empty(cls, index: int, config: Config, shape: tuple[int, int]) -> Stage:
+        """A stage with the right parameter and buffer shapes, to load a state dict into."""
+        return cls(Discriminator(config), torch.zeros(1, 3, *shape),
+                   torch.zeros(1, *noise_size(config, index, shape)), 0.0)
+
+
+class ConSinGAN(nn.Module):
+    """A ConSinGAN learnt from one image: the growing `generator` and the finished `scales`.
+
+    The surface matches `singan.models.SinGAN` where the rest of the package uses it (scales[i]
+    .real, num_scales, is_complete, reals, noise_amps, device, metadata, save, save_scale,
+    from_files), so the pipeline trains, checkpoints and samples either recipe.
+    """
+
+    def __init__(self, config: Config, plan: PyramidPlan, seed: int):
+        super().__init__()
+        self.config = config
+        self.plan = plan
+        self.seed = seed
+        self.generator = Generator(config)
+        self.scales = nn.ModuleList()
+
+    # --- convenient views ------------------------------------------------------------------
+    @property
+    def num_scales(self) -> int:
+        """The number of planned stages."""
+        return self.plan.num_scales
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.scales) == self.plan.num_scales
+
+    @property
+    def scale_factor(self) -> float:
+        """The pyramid's base factor r (see plan_consingan); levels are not evenly spaced."""
+        return self.plan.scale_factor
+
+    @property
+    def reals(self) -> list[Tensor]:
+        return [s.real for s in self.scales]
+
+    @property
+    def noise_amps(self) -> list[float]:
+        return [float(s.noise_amp) for s in self.scales]
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.tail.weight.device
+
+    # --- storage: config.json + one file per stage -----------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        """What config.json holds: the config (with its recipe), the plan, the seed, versions."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "package_version": package_version(),
+            "config": self.config.to_dict(),
+            "plan": self.plan.to_dict(),
+            "seed": self.seed,
+            "finished_scales": len(self.scales),
+        }
+
+    def save_metadata(self, f: IO[bytes]) -> None:
+        f.write(json.dumps(self.metadata(), indent=2, sort_keys=True).encode())
+
+    def save_scale(self, index: int, f: IO[bytes]) -> None:
+        """Write stage `index` (tensors only, on the CPU): its real, z_rec, noise_amp and critic,
+        and under "generator." the generator's head, bodies 0 .. index and tail.
+
+        The generator part is the generator as it is now: written when stage `index` ends (as
+        the training callbacks do), it is the generator at the end of that stage, a resume
+        point. Written later, the lower stages carry their later weights.
+        """
+        state = dict(self.scales[index].state_dict())
+        for key, value in self.generator.state_dict().items():
+            parts = key.split(".")
+            if parts[0] != "body" or int(parts[1]) <= index:
+                state[f"generator.{key}"] = value
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, f)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write config.json and scale_XX.pt for every finished stage; each file whole or absent."""
+        directory = Path(directory)
+        for index in range(len(self.scales)):
+            atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
+        atomic_write(directory / "config.json", self.save_metadata)
+
+    @classmethod
+    def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
+                   device: str | torch.device | None = None, name: str = "model") -> ConSinGAN:
+        """Rebuild a model from config.json and the first len(scale_files) stage files."""
+        config, plan, seed = read_metadata(metadata_file, name)
+        if config.recipe != "consingan":
+            raise InputError(f"{name}: a {config.recipe} model, not a ConSinGAN; use singan.load")
+        return cls.from_parts(config, plan, seed, scale_files, device=device, name=name)
+
+    @classmethod
+    def from_parts(cls, config: Config, plan: PyramidPlan, seed: int,
+                   scale_files: list[IO[bytes]], *, device: str | torch.device | None = None,
+                   name: str = "model") -> ConSinGAN:
+        """Rebuild a model from config.json's contents and stage files; the generator comes
+        from the last file (training a stage changes the ones below it)."""
+        model = cls(config, plan, seed)
+        generator_state: dict[str, Tensor] = {}
+        for index, f in enumerate(scale_files):
+            stage = Stage.empty(index, config, plan.shapes[index])
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+                generator_state = {key.removeprefix("generator."): state.pop(key)
+                                   for key in list(state) if key.startswith("generator.")}
+                stage.load_state_dict(state)
+            except Exception as err:  # a torn or foreign file: say which one
+                raise InputError(f"{name}: {scale_file_name(index)} cannot be loaded ({err})") from err
+            model.scales.append(stage.eval().requires_grad_(False))
+        if scale_files:
+            model.generator = Generator(config, num_stages=len(scale_files))
+            try:
+                model.generator.load_state_dict(generator_state)
+            except Exception as err:
+                last = scale_file_name(len(scale_files) - 1)
+                raise InputError(f"{name}: {last} holds no matching generator ({err})") from err
+        model.generator.eval().requires_grad_(False)
+        return model.to(device or "cpu")
+
+
+# --- training --------------------------------------------------------------------------------
+def train(image: Tensor, config: Config, *, device: torch.device, seed: int,
+          callbacks: Sequence[Callback] = (), resume: ConSinGAN | None = None) -> ConSinGAN:
+    """Learn a ConSinGAN from a 1 x 3 x H x W image; `singan.train` checks the arguments (and
+    that `resume` has this config and seed) and calls this for recipe "consingan"."""
+    plan = plan_consingan(image.shape[-2], image.shape[-1], config)
+    reals = build_consingan_pyramid(image.to(device=device, dtype=torch.float32), plan)
+    if resume is not None:
+        if resume.plan != plan:
+            raise InputError("resume: the model was trained on an image of another size")
+        if len(resume.generator.body) != len(resume.scales):
+            raise InputError("resume: the model stopped in the middle of a stage; load it from "
+                             "its saved files")
+        model = resume.to(device)
+        for level, real in zip(model.scales, reals):
+            if not torch.allclose(level.real, real, atol=1e-3):
+                raise InputError("resume: the model was trained on another image")
+    else:
+        model = ConSinGAN(config, plan, seed).to(device)
+
+    for stage in range(len(model.scales), plan.num_scales):
+        train_stage(model, stage, reals[stage], callbacks)
+    return model
+
+
+def generator_param_groups(generator: Generator, stage: int, config: Config) -> list[dict]:
+    """The generator's parameters that stage `stage` trains, as Adam parameter groups; freezes
+    the rest.
+
+    The newest min(train_depth, stage + 1) bodies train, at lr_g * lr_scale ** (stages below the
+    newest); the head only while stage < train_depth, at the rate of body 0; the tail always,
+    at lr_g.
+    """
+    generator.requires_grad_(False)
+    groups = [{"params": list(generator.body[k].parameters()),
+               "lr": config.lr_g * config.lr_scale ** (stage - k)}
+              for k in range(max(0, stage - config.train_depth + 1), stage + 1)]
+    if stage < config.train_depth:
+        groups.append({"params": list(generator.head.parameters()),
+                       "lr": config.lr_g * config.lr_scale ** stage})
+    groups.append({"params": list(generator.tail.parameters()), "lr": config.lr_g})
+    for group in groups:
+        for parameter in group["params"]:
+            parameter.requires_grad_(True)
+    return groups
+
+
+def train_stage(model: ConSinGAN, stage: int, real: Tensor,
+                callbacks: Sequence[Callback] = ()) -> None:
+    """Add stage `stage` to the generator and train it against `real`, together with the
+    train_depth - 1 stages below it; append the finished stage to `model.scales`."""
+    config, device, generator = model.config, real.device, model.generator
+    rng = scale_generator(model.seed, stage, device)
+    shapes = list(model.plan.shapes[: stage + 1])
+
+    # 1. Networks: the generator grows by a copy of its last body; the critic starts from the
+    #    previous stage's trained one. Stage 0 initialises both.
+    generator.add_stage()
+    if stage == 0:
+        init_weights(generator, config.init_std, rng)
+        critic = Discriminator(config).to(device)
+        init_weights(critic, config.init_std, rng)
+    else:
+        critic = copy.deepcopy(model.scales[stage - 1].discriminator)
+    generator.train()
+    critic.train().requires_grad_(True)
+
+    # 2. Reconstruction: fixed inputs for every stage (the coarsest real at stage 0, fixed noise
+    #    above). The noise amplitude is noise_amp * RMSE of the reconstruction through the grown
+    #    generator, the new stage adding no noise yet.
+    z_recs = [level.z_rec for level in model.scales]
+    amps = [level.noise_amp for level in model.scales]
+    if stage == 0:
+        z_rec = real.clone()
+        noise_amp = torch.ones((), device=device)
+    else:
+        z_rec = torch.randn(1, *noise_size(config, stage, shapes[stage]), generator=rng,
+                            device=device)
+        with torch.no_grad():
+            rec = generator([*z_recs, z_rec], shapes, [*amps, torch.zeros((), device=device)])
+        noise_amp = config.noise_amp * torch.sqrt(F.mse_loss(rec, real))
+    z_recs.append(z_rec)
+    amps.append(noise_amp)
+    amp = float(noise_amp)  # one host sync per stage, for the log and the callbacks
+    logger.info("stage %d/%d: %dx%d, noise amplitude %.4f", stage + 1, model.num_scales,
+                *shapes[stage], amp)
+    for callback in callbacks:
+        callback.on_scale_start(model, stage, amp)
+
+    # 3. Optimisers: the concurrently trained stages at decaying rates (generator_param_groups);
+    #    one learning-rate drop at lr_milestone.
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.Adam(generator_param_groups(generator, stage, config), lr=config.lr_g,
+                             betas=betas, foreach=True)
+    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
+    schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, [config.lr_milestone], config.gamma)
+                  for opt in (opt_g, opt_d)]
+
+    for iteration in range(1, config.niter + 1):
+        noises = [torch.randn(1, *noise_size(config, k, shape), generator=rng, device=device)
+                  for k, shape in enumerate(shapes)]
+
+        # 4. Critic steps (WGAN-GP), all on the same noise. Only the last step's fake keeps its
+        #    graph: the generator loss reuses it.
+        for step in range(config.d_steps):
+            with torch.set_grad_enabled(step == config.d_steps - 1):
+                fake = generator(noises, shapes, amps)
+            d_real = -critic(real).mean()
+            d_fake = critic(fake.detach()).mean()
+            penalty = config.lambda_grad * gradient_penalty(critic, real, fake.detach(), rng)
+            opt_d.zero_grad(set_to_none=True)
+            (d_real + d_fake + penalty).backward()
+            opt_d.step()
+
+        # 5. Generator: one backward of the adversarial loss (on the last critic step's fake,
+        #    judged by the updated critic) plus the reconstruction loss, then g_steps optimizer
+        #    steps on that one gradient. ConSinGAN's quirk, kept: its defaults were tuned with it
+        #    (Adam's moments make the repeated steps differ, not simply a larger step).
+        critic.requires_grad_(False)
+        g_adv = -critic(fake).mean()
+        reconstruction = config.alpha * F.mse_loss(generator(z_recs, shapes, amps), real)
+        opt_g.zero_grad(set_to_none=True)
+        (g_adv + reconstruction).backward()
+        for _ in range(config.g_steps):
+            opt_g.step()
+        critic.requires_grad_(True)
+        for scheduler in schedulers:
+            scheduler.step()
+
+        # 6. Report: the only host sync of the loop, every log_every iterations.
+        if callbacks and (iteration % config.log_every == 0 or iteration == config.niter):
+            values = torch.stack([d_real, d_fake, penalty, g_adv, reconstruction]).tolist()
+            entry = IterationLog(stage, iteration, config.niter, *values)
+            for callback in callbacks:
+                callback.on_iteration(entry)
+
+    # 7. Freeze (eval mode: BatchNorm, when on, uses its running statistics from now on).
+    generator.eval().requires_grad_(False)
+    model.scales.append(Stage(critic.eval().requires_grad_(False), real, z_rec, noise_amp))
+    for callback in callbacks:
+        callback.on_scale_end(model, stage)
+
+
+# --- sampling (singan.sample and singan.reconstruct check the arguments and call these) -------
+@torch.no_grad()
+def sample(model: ConSinGAN, num: int, *, start_scale: int, scale_h: float, scale_v: float,
+           generator: torch.Generator | None) -> Tensor:
+    """Random samples from the finished stages: fresh noise from `start_scale` on, the fixed
+    reconstruction inputs below it. Every stage's size is round(scale * its size), so the
+    generator retargets to the new size (scale_h=1.5: 1.5 times as wide)."""
+    shapes = [(max(1, round(h * scale_v)), max(1, round(w * scale_h)))
+              for h, w in model.plan.shapes[: len(model.scales)]]
+    dtype = model.scales[0].real.dtype
+    noises = [level.z_rec.expand(num, -1, -1, -1) if k < start_scale else
+              torch.randn(num, *noise_size(model.config, k, shapes[k]), generator=generator,
+                          device=model.device, dtype=dtype)
+              for k, level in enumerate(model.scales)]
+    amps = [level.noise_amp for level in model.scales]
+    return model.generator(noises, shapes, amps).clamp(-1, 1)
+
+
+@torch.no_grad()
+def reconstruct(model: ConSinGAN) -> Tensor:
+    """The reconstruction of the real image: the generator fed the fixed inputs."""
+    shapes = list(model.plan.shapes[: len(model.scales)])
+    return model.generator([level.z_rec for level in model.scales], shapes,
+                           [level.noise_amp for level in model.scales]).clamp(-1, 1)
