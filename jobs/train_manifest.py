@@ -48,7 +48,7 @@ from pipeline.manifest import (
 )
 from pipeline.storage import ImageStore, Storage, TransientError
 from pipeline.train_image import ImageResult, JobSettings, train_image
-from singan.config import PRESETS, config
+from singan.config import PRESETS, RECIPES, config
 from singan.errors import InputError
 
 logger = logging.getLogger("train_manifest")
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="singan (the default) or consingan, with its own defaults; a manifest "
+                        "`recipe` column still wins per row")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a config field for every image (repeatable), e.g. --set "
                         "max_size=200 --set niter=1000 --set padding=reflect --set "
@@ -117,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be at least 1")
         overrides = parse_sets(args.set)
+        if args.recipe is not None:
+            overrides["recipe"] = args.recipe
         tasks = read_manifest(args.manifest, preset=args.preset, overrides=overrides,
                               limit=args.limit)
         # SIFID weights: an error only when the user named them; otherwise one warning.

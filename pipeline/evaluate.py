@@ -33,9 +33,10 @@ from singan.sifid import load_stem, sifid_each
 
 logger = logging.getLogger(__name__)
 
+# `recipe` (singan | consingan, read from each model) lets one evaluation compare the recipes.
 ROWS = pa.schema([("image_id", pa.string()), ("start", pa.string()), ("start_scale", pa.int32()),
                   ("sample", pa.int32()), ("sifid", pa.float64()), ("patch_swd", pa.float64()),
-                  ("nn_patch_distance", pa.float64())])
+                  ("nn_patch_distance", pa.float64()), ("recipe", pa.string())])
 
 
 def parse_starts(text: str) -> list[tuple[str, int]]:
@@ -138,7 +139,8 @@ def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dic
             out.put_png(f"{name}/sample_{k:02d}.png", fake[None])
             new.append({"image_id": image_id, "start": name, "start_scale": index, "sample": k,
                         "sifid": value, "patch_swd": patch_swd(real, fake, seed=k),
-                        "nn_patch_distance": nn_patch_distance(real, fake, seed=k)})
+                        "nn_patch_distance": nn_patch_distance(real, fake, seed=k),
+                        "recipe": model.config.recipe})
         rows += new
         summary[name] = {"sifid_mean": statistics.fmean(values),
                          "sifid_std": statistics.pstdev(values),

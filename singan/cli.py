@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from singan.config import LOSSES, PADDINGS, PRESETS, Config, config
+from singan.config import LOSSES, PADDINGS, PRESETS, RECIPES, Config, config
 from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import IMAGE_SUFFIXES, load_image, save_image
@@ -32,6 +32,7 @@ resumes at the first unfinished scale.
 Examples:
   singan train photo.jpg --out runs/photo --preset quick
   singan train photo.jpg --out runs/photo --device cuda --seed 1
+  singan train photo.jpg --out runs/photo_con --recipe consingan   # ConSinGAN, 6 stages
 """
 
 SAMPLE_EPILOG = """\
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="the training image (any format Pillow reads)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (see below)")
     add_training_options(p)
+    p.add_argument("--recipe", choices=RECIPES, default="singan",
+                   help="singan: one GAN per scale (the paper); consingan: one growing generator "
+                        "whose last 3 stages train together, with ConSinGAN's defaults "
+                        "(default: %(default)s)")
     p.add_argument("--padding", choices=PADDINGS, default="zero",
                    help="border of the generator's (and critic's) input; zero is the "
                         "reference's (default: %(default)s)")
@@ -196,7 +201,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = training_config(args, padding=args.padding, loss=args.loss)
+    cfg = training_config(args, recipe=args.recipe, padding=args.padding, loss=args.loss)
     train_into(load_image(args.image), cfg, Path(args.out), resolve_device(args.device),
                args.seed, args.num_samples)
     return 0

@@ -52,6 +52,8 @@ def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
     (["--set", "niter=-1"], "niter must be a positive integer"),
     (["--set", "padding=mirror"], "padding must be one of zero, circular, reflect, got 'mirror'"),
     (["--set", "loss=none"], "loss must be one of wgan_gp, frechet, nnpl, annpl, got 'none'"),
+    (["--recipe", "consingan", "--set", "loss=nnpl"],
+     "recipe 'consingan' supports only loss='wgan_gp'"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     manifest = tmp_path / "m.parquet"

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from singan.apps.paint import check_singan
 from singan.config import Config
 from singan.errors import InputError
 from singan.models import SinGAN
@@ -62,6 +63,7 @@ def animate(model: SinGAN, *, alpha: float = ALPHA, beta: float = 0.95, start_sc
     Any model animates; one trained with `animation_config` (noise padding) also moves at the
     frame's border, where a zero-padded model's noise has no room.
     """
+    check_singan(model, "animation")
     if not model.is_complete:
         raise InputError(f"the model has {len(model.scales)} of {model.num_scales} scales; "
                          "finish its training first")

@@ -30,8 +30,16 @@ def fit_to(image: Tensor, shape: tuple[int, int]) -> Tensor:
     return imresize(image, shape=tuple(shape))
 
 
+def check_singan(model: SinGAN, application: str) -> None:
+    """The applications run SinGAN's per-scale generators; ConSinGAN's growing one has none."""
+    if model.config.recipe != "singan":
+        raise InputError(f"{application} needs a model of the singan recipe; this one was "
+                         f"trained with recipe {model.config.recipe!r}")
+
+
 def check_start_scale(model: SinGAN, start_scale: int) -> None:
     """Injection needs a scale below it to stand in for: 1 <= start_scale <= finest."""
+    check_singan(model, "injecting an image")
     if not model.is_complete:
         raise InputError(f"the model has {len(model.scales)} of {model.num_scales} scales; "
                          "finish its training first")

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from singan.apps.paint import check_singan
 from singan.config import Config
 from singan.errors import InputError
 from singan.models import SinGAN, noise_shape
@@ -60,6 +61,7 @@ def super_resolve(model: SinGAN, factor: float, *, generator: torch.Generator | 
     Each step resizes by the per-step factor (the last one lands on exactly round(factor * size))
     and runs the finest generator with fresh noise at the finest scale's amplitude.
     """
+    check_singan(model, "super-resolution")
     if not model.is_complete:
         raise InputError("super-resolution needs a fully trained model; "
                          f"this one has {len(model.scales)} of {model.num_scales} scales")
