@@ -22,13 +22,10 @@ As in singan.train, random numbers come from one torch.Generator per stage seede
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +33,7 @@ from torch import Tensor, nn
 
 from singan.config import Config
 from singan.errors import InputError
-from singan.files import atomic_write
-from singan.models import (
-    FORMAT_VERSION,
-    init_weights,
-    package_version,
-    read_metadata,
-    scale_file_name,
-)
+from singan.models import Pyramid, init_weights, read_metadata, scale_file_name
 from singan.pyramid import PyramidPlan
 from singan.resize import imresize
 from singan.train import Callback, IterationLog, gradient_penalty, scale_generator
@@ -250,63 +240,17 @@ class Stage(nn.Module):
                    torch.zeros(1, *noise_size(config, index, shape)), 0.0)
 
 
-class ConSinGAN(nn.Module):
+class ConSinGAN(Pyramid):
     """A ConSinGAN learnt from one image: the growing `generator` and the finished `scales`.
 
-    The surface matches `singan.models.SinGAN` where the rest of the package uses it (scales[i]
-    .real, num_scales, is_complete, reals, noise_amps, device, metadata, save, save_scale,
-    from_files), so the pipeline trains, checkpoints and samples either recipe.
+    The views and storage are `singan.models.Pyramid`'s, shared with SinGAN, so the pipeline
+    trains, checkpoints and samples either recipe; `scale_factor` is the pyramid's base factor r
+    (see plan_consingan), its levels not evenly spaced.
     """
 
     def __init__(self, config: Config, plan: PyramidPlan, seed: int):
-        super().__init__()
-        self.config = config
-        self.plan = plan
-        self.seed = seed
+        super().__init__(config, plan, seed)
         self.generator = Generator(config)
-        self.scales = nn.ModuleList()
-
-    # --- convenient views ------------------------------------------------------------------
-    @property
-    def num_scales(self) -> int:
-        """The number of planned stages."""
-        return self.plan.num_scales
-
-    @property
-    def is_complete(self) -> bool:
-        return len(self.scales) == self.plan.num_scales
-
-    @property
-    def scale_factor(self) -> float:
-        """The pyramid's base factor r (see plan_consingan); levels are not evenly spaced."""
-        return self.plan.scale_factor
-
-    @property
-    def reals(self) -> list[Tensor]:
-        return [s.real for s in self.scales]
-
-    @property
-    def noise_amps(self) -> list[float]:
-        return [float(s.noise_amp) for s in self.scales]
-
-    @property
-    def device(self) -> torch.device:
-        return self.generator.tail.weight.device
-
-    # --- storage: config.json + one file per stage -----------------------------------------
-    def metadata(self) -> dict[str, Any]:
-        """What config.json holds: the config (with its recipe), the plan, the seed, versions."""
-        return {
-            "format_version": FORMAT_VERSION,
-            "package_version": package_version(),
-            "config": self.config.to_dict(),
-            "plan": self.plan.to_dict(),
-            "seed": self.seed,
-            "finished_scales": len(self.scales),
-        }
-
-    def save_metadata(self, f: IO[bytes]) -> None:
-        f.write(json.dumps(self.metadata(), indent=2, sort_keys=True).encode())
 
     def save_scale(self, index: int, f: IO[bytes]) -> None:
         """Write stage `index` (tensors only, on the CPU): its real, z_rec, noise_amp and critic,
@@ -322,13 +266,6 @@ class ConSinGAN(nn.Module):
             if parts[0] != "body" or int(parts[1]) <= index:
                 state[f"generator.{key}"] = value
         torch.save({k: v.detach().cpu() for k, v in state.items()}, f)
-
-    def save(self, directory: str | os.PathLike) -> None:
-        """Write config.json and scale_XX.pt for every finished stage; each file whole or absent."""
-        directory = Path(directory)
-        for index in range(len(self.scales)):
-            atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
-        atomic_write(directory / "config.json", self.save_metadata)
 
     @classmethod
     def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],

@@ -8,6 +8,7 @@ unit of checkpointing is one scale.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -163,12 +164,11 @@ class Scale(nn.Module):
                    torch.zeros(1, z_channels, *noise_shape(shape, config)), 0.0)
 
 
-class SinGAN(nn.Module):
-    """A pyramid of per-scale GANs learnt from one image, coarsest scale first.
+class Pyramid(nn.Module):
+    """What every recipe's model shares: its config, pyramid plan and seed, the finished levels
+    (`scales`), their views, and storage as config.json plus one file per finished level.
 
-    `plan` holds every planned level's shape; `scales` the levels trained so far, so a partly
-    trained model samples at the resolution of its finest finished scale and training can resume
-    from it.
+    Subclasses say what a level file holds (`save_scale`) and how to read them (`from_files`).
     """
 
     def __init__(self, config: Config, plan: PyramidPlan, seed: int):
@@ -181,7 +181,7 @@ class SinGAN(nn.Module):
     # --- convenient views ------------------------------------------------------------------
     @property
     def num_scales(self) -> int:
-        """The number of planned scales."""
+        """The number of planned levels."""
         return self.plan.num_scales
 
     @property
@@ -193,10 +193,6 @@ class SinGAN(nn.Module):
         return self.plan.scale_factor
 
     @property
-    def generators(self) -> list[Generator]:
-        return [s.generator for s in self.scales]
-
-    @property
     def reals(self) -> list[Tensor]:
         return [s.real for s in self.scales]
 
@@ -206,11 +202,13 @@ class SinGAN(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.buffers()).device if len(self.scales) else torch.device("cpu")
+        for tensor in itertools.chain(self.buffers(), self.parameters()):
+            return tensor.device
+        return torch.device("cpu")
 
-    # --- storage: config.json + one file per scale --------------------------------------------
+    # --- storage: config.json + one file per level -----------------------------------------
     def metadata(self) -> dict[str, Any]:
-        """What config.json holds: the config, the pyramid plan, the seed and versions."""
+        """What config.json holds: the config (with its recipe), the plan, the seed, versions."""
         return {
             "format_version": FORMAT_VERSION,
             "package_version": package_version(),
@@ -224,16 +222,32 @@ class SinGAN(nn.Module):
         f.write(json.dumps(self.metadata(), indent=2, sort_keys=True).encode())
 
     def save_scale(self, index: int, f: IO[bytes]) -> None:
-        """Write scale `index` (tensors only, on the CPU) to a binary file object."""
-        state = {k: v.detach().cpu() for k, v in self.scales[index].state_dict().items()}
-        torch.save(state, f)
+        raise NotImplementedError
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write config.json and scale_XX.pt for every finished scale; each file whole or absent."""
+        """Write config.json and scale_XX.pt for every finished level; each file whole or absent."""
         directory = Path(directory)
         for index in range(len(self.scales)):
             atomic_write(directory / scale_file_name(index), lambda f, i=index: self.save_scale(i, f))
         atomic_write(directory / "config.json", self.save_metadata)
+
+
+class SinGAN(Pyramid):
+    """A pyramid of per-scale GANs learnt from one image, coarsest scale first.
+
+    `plan` holds every planned level's shape; `scales` the levels trained so far (`Scale`), so a
+    partly trained model samples at the resolution of its finest finished scale and training can
+    resume from it.
+    """
+
+    @property
+    def generators(self) -> list[Generator]:
+        return [s.generator for s in self.scales]
+
+    def save_scale(self, index: int, f: IO[bytes]) -> None:
+        """Write scale `index` (tensors only, on the CPU) to a binary file object."""
+        state = {k: v.detach().cpu() for k, v in self.scales[index].state_dict().items()}
+        torch.save(state, f)
 
     @classmethod
     def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
