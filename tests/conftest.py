@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import singan
 from singan.examples import pebbles
@@ -25,3 +26,14 @@ def tiny_image():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_image):
     return singan.train(tiny_image, tiny_config(), device="cpu", seed=7)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    on tiny images a second thread only costs time, and when other processes share the two
+    cores it spins, slowing these trainings 10-20 times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

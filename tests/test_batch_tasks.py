@@ -29,15 +29,7 @@ from singan.image import load_image, save_image
 from singan.resize import imresize
 from tests.conftest import tiny_config
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Intra-op threads only cost time on images this small, and a lot of it when the two cores
-    # are shared with other work.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_table(tmp_path: Path, columns: dict) -> str:

@@ -30,14 +30,7 @@ def smooth_image(seed: int, h: int = 20, w: int = 24, noise: float = 0.1) -> tor
     return image.clamp(-1, 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The images here are tiny: one thread is fastest, and a second one only spins (seconds
-    per test) when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

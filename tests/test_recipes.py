@@ -19,13 +19,7 @@ from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import save_image
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_consingan(**overrides) -> singan.Config:
