@@ -201,21 +201,21 @@ def paint_model(model: SinGAN, start_scale: int, folder: Path) -> tuple[SinGAN, 
 
 
 def run_harmonize(args: argparse.Namespace) -> int:
-    return inject_and_blend(args, "harmonized", HARMONIZATION_RADIUS)
+    return inject_and_blend(args, "harmonized", harmonize, HARMONIZATION_RADIUS)
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    return inject_and_blend(args, "edited", EDITING_RADIUS)
+    return inject_and_blend(args, "edited", edit, EDITING_RADIUS)
 
 
-def inject_and_blend(args: argparse.Namespace, name: str, radius: int) -> int:
+def inject_and_blend(args: argparse.Namespace, name: str, application, radius: int) -> int:
+    """Run harmonize or edit; write both results per sample and the mask it blended with."""
     model = load(args.model, device=resolve_device(args.device))
     naive = load_image(args.naive, device=model.device)
     mask = load_mask(args.mask, device=model.device)
     out = Path(args.out)
-    run = harmonize if radius == HARMONIZATION_RADIUS else edit
-    blended, unblended = run(model, naive, mask, args.start_scale, args.num,
-                             generator=seeded(model, args.seed))
+    blended, unblended = application(model, naive, mask, args.start_scale, args.num,
+                                     generator=seeded(model, args.seed))
     save_image(blending_mask(model, mask, radius).expand(-1, 3, -1, -1) * 2 - 1,
                out / "mask_used.png")
     for index, (x, raw) in enumerate(zip(blended, unblended)):
