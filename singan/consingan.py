@@ -36,7 +36,7 @@ from singan.errors import InputError
 from singan.models import Pyramid, init_weights, read_metadata, scale_file_name
 from singan.pyramid import PyramidPlan
 from singan.resize import imresize
-from singan.train import Callback, IterationLog, gradient_penalty, scale_generator
+from singan.train import Callback, IterationLog, gradient_penalty, resumable, scale_generator
 
 logger = logging.getLogger(__name__)
 
@@ -313,15 +313,10 @@ def train(image: Tensor, config: Config, *, device: torch.device, seed: int,
     plan = plan_consingan(image.shape[-2], image.shape[-1], config)
     reals = build_consingan_pyramid(image.to(device=device, dtype=torch.float32), plan)
     if resume is not None:
-        if resume.plan != plan:
-            raise InputError("resume: the model was trained on an image of another size")
         if len(resume.generator.body) != len(resume.scales):
             raise InputError("resume: the model stopped in the middle of a stage; load it from "
                              "its saved files")
-        model = resume.to(device)
-        for level, real in zip(model.scales, reals):
-            if not torch.allclose(level.real, real, atol=1e-3):
-                raise InputError("resume: the model was trained on another image")
+        model = resumable(resume, plan, reals).to(device)
     else:
         model = ConSinGAN(config, plan, seed).to(device)
 

@@ -129,17 +129,23 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
     plan = plan_pyramid(image.shape[-2], image.shape[-1], config)
     reals = build_pyramid(image.to(device=device, dtype=torch.float32), plan)
     if resume is not None:
-        if resume.plan != plan:
-            raise InputError("resume: the model was trained on an image of another size")
-        model = resume.to(device)
-        for level, real in zip(model.scales, reals):
-            if not torch.allclose(level.real, real, atol=1e-3):
-                raise InputError("resume: the model was trained on another image")
+        model = resumable(resume, plan, reals).to(device)
     else:
         model = SinGAN(config, plan, seed).to(device)
 
     for scale in range(len(model.scales), plan.num_scales):
         train_scale(model, scale, reals[scale], callbacks)
+    return model
+
+
+def resumable(model, plan, reals: list[Tensor]):
+    """`model` itself when its finished levels were trained on this image (same plan, same
+    levels); either recipe's model."""
+    if model.plan != plan:
+        raise InputError("resume: the model was trained on an image of another size")
+    for level, real in zip(model.scales, reals):
+        if not torch.allclose(level.real, real.to(level.real.device), atol=1e-3):
+            raise InputError("resume: the model was trained on another image")
     return model
 
 
