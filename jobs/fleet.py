@@ -3,6 +3,7 @@ item through the cluster with a bounded number in flight and a progress display.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -61,10 +62,10 @@ def stream(submit: Callable[[Any], Any], items: Iterable, *, max_in_flight: int,
     queue = iter(items)
     in_flight: dict = {}
     while True:
-        for item in queue:  # top up
+        # Top up, counting before each submit: a wait that timed out comes back here with
+        # nothing collected, and must not add a task (one per 5 s timeout, unbounded).
+        for item in itertools.islice(queue, max(1, max_in_flight) - len(in_flight)):
             in_flight[submit(item)] = item
-            if len(in_flight) >= max_in_flight:
-                break
         if not in_flight:
             break
         ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=5.0)
