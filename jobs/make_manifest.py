@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import fsspec
 
 from pipeline.manifest import TASKS, manifest_rows_from, row_task, write_manifest
+from pipeline.storage import check_credentials
 from singan.errors import InputError
 
 
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         params = task_params(args)
+        check_credentials(args.source)  # S3 without credentials: one line, not a traceback
+        check_credentials(args.out)
         fs, out_path = fsspec.core.url_to_fs(args.out)
         if not args.overwrite and fs.exists(out_path):
             raise InputError(f"{args.out} already exists; pass --overwrite to replace it")

@@ -46,7 +46,7 @@ from pipeline.manifest import (
     parse_bool,
     read_manifest,
 )
-from pipeline.storage import ImageStore, Storage, TransientError
+from pipeline.storage import ImageStore, Storage, TransientError, check_credentials, redact
 from pipeline.train_image import ImageResult, JobSettings, train_image
 from singan.config import PRESETS, RECIPES, config
 from singan.errors import InputError
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be at least 1")
         overrides = parse_sets(args.set)
+        # No credentials for an S3 URL: one line now, not a traceback after the trainings.
+        for url in (args.manifest, output, args.inception_weights):
+            if url is not None:
+                check_credentials(url)
         if args.recipe is not None:
             overrides["recipe"] = args.recipe
         tasks = read_manifest(args.manifest, preset=args.preset, overrides=overrides,
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
-    print(f"{len(tasks)} images from {args.manifest} -> {output}"
+    print(f"{len(tasks)} images from {redact(args.manifest)} -> {redact(output)}"
           + (f" ({task_counts(tasks)})" if any(t.task != "train" for t in tasks) else ""))
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                            for k, v in config(args.preset, **overrides).to_dict().items()}})
         except Exception as err:  # noqa: BLE001 - trainings go on; workers retry on their own
             logger.warning("MLflow at %s unreachable (%s); training without a parent run",
-                           tracking_uri, tracking.one_line(err))
+                           redact(tracking_uri), tracking.one_line(err))
 
     if args.force:
         with ThreadPoolExecutor(16) as pool:
@@ -166,12 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     # 4. Replay tracking that did not make it during training, then the table and the summary.
     if tracking_uri is not None:
         replay(results, output)
-    table_url = results_table.write(results, Storage(output))
+    try:
+        table_url = results_table.write(results, Storage(output))
+    except TransientError as err:
+        # Storage down at the very end: the trainings are stored (each image's _SUCCESS holds
+        # its result), so the summary still comes, and the job fails for the missing table.
+        table_url = None
+        print(f"train_manifest: the results table could not be written ({err}); "
+              "run the job again to write it (finished images are skipped)", file=sys.stderr)
     seconds = time.perf_counter() - started
     if parent_run_id is not None:
         tracking.end_job_run(tracking_uri, parent_run_id, results, seconds)
     print_summary(results, seconds, table_url, ui_hint)
-    return 1 if any(r.status == "failed" for r in results) else 0
+    return 1 if table_url is None or any(r.status == "failed" for r in results) else 0
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -210,7 +221,7 @@ def tracking_target(args) -> tuple[str | None, str | None]:
     if uri.startswith("sqlite:"):
         return uri, (f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  "
                      "(then open http://127.0.0.1:5000)")
-    return uri, f"MLflow: {uri}"
+    return uri, f"MLflow: {redact(uri)}"
 
 
 def local_artifacts(tracking_uri: str) -> str | None:
@@ -274,7 +285,7 @@ def replay(results: list[ImageResult], output: str) -> None:
                   f"later: python jobs/sync_tracking.py --output {output}")
 
 
-def print_summary(results: list[ImageResult], seconds: float, table_url: str,
+def print_summary(results: list[ImageResult], seconds: float, table_url: str | None,
                   ui_hint: str | None) -> None:
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"{len(results)} images in {seconds:.1f} s: {counts['done']} trained, "
@@ -284,7 +295,8 @@ def print_summary(results: list[ImageResult], seconds: float, table_url: str,
     for r in results:
         if r.status == "failed":
             print(f"  failed {r.image_id}{task_note(r)}: {r.error}")
-    print(f"results: {table_url}")
+    if table_url is not None:
+        print(f"results: {table_url}")
     if ui_hint:
         print(ui_hint)
 

@@ -32,6 +32,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.storage import redact
 from singan.apps.animate import FPS, FRAMES
 from singan.apps.sr import sr_steps
 from singan.config import Config, config
@@ -263,7 +264,7 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
     if found:
         found.sort(key=lambda problem: problem[:2])  # stable: a row's problems keep their order
         raise ManifestError(url, [text for _, _, text in found])
-    logger.info("read %d rows from manifest %s", len(tasks), url)
+    logger.info("read %d rows from manifest %s", len(tasks), redact(url))
     return tasks
 
 
@@ -346,7 +347,7 @@ def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
         image_id = _unique(safe_image_id(PurePosixPath(image_path).stem), used)
         used.add(image_id)
         rows.append({"image_id": image_id, "uri": fs.unstrip_protocol(image_path)})
-    logger.info("found %d images at %s", len(rows), source)
+    logger.info("found %d images at %s", len(rows), redact(source))
     return rows
 
 

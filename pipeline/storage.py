@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -30,6 +31,7 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from singan.errors import InputError
 from singan.files import atomic_write
 from singan.image import to_pil
 from singan.models import SinGAN, scale_file_name
@@ -58,10 +60,13 @@ def is_transient(err: BaseException) -> bool:
         return False
     # s3fs and most fsspec backends report network and 5xx trouble as OSError subclasses;
     # aiohttp's and botocore's own connection errors are matched by name to avoid importing them.
+    # botocore's HTTPClientError is the base of its ConnectionClosedError (the server hung up
+    # without an answer), which s3fs passes on untranslated once its own retries are spent.
     names = {cls.__name__ for cls in type(err).__mro__}
     return (isinstance(err, (ConnectionError, TimeoutError, OSError))
             or bool(names & {"ClientConnectionError", "ServerDisconnectedError", "EndpointConnectionError",
-                             "ConnectTimeoutError", "ReadTimeoutError", "ClientPayloadError"}))
+                             "ConnectTimeoutError", "ReadTimeoutError", "ClientPayloadError",
+                             "HTTPClientError"}))
 
 
 def with_retries(what: str, operation: Callable[[], T], delays=RETRY_DELAYS) -> T:
@@ -86,11 +91,48 @@ def read_url(url: str) -> bytes:
     def read() -> bytes:
         with fsspec.open(url, "rb") as f:
             return f.read()
-    return with_retries(f"read {url}", read)
+    return with_retries(f"read {redact(url)}", read)  # `what` is logged
 
 
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
+
+
+# The user:password@ (or token@) part of a URL, such as an image behind HTTP basic auth or a
+# tracking server's URI.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it replaced by '***': for what leaves the
+    process (MLflow params and tags, printed lines, logs), which the team reads."""
+    return _URL_CREDENTIALS.sub("***@", text)
+
+
+def check_credentials(url: str) -> None:
+    """Raise InputError, naming `url`, when it is on S3 and no AWS credentials can be found.
+
+    botocore looks where s3fs will (environment, AWS_PROFILE and ~/.aws, container and instance
+    roles) without sending any request. Said once before a job starts, instead of a botocore
+    traceback (or one failed row per image) saying "Unable to locate credentials".
+    """
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol not in ("s3", "s3a"):
+        return
+    options = fsspec.core.url_to_fs(url)[0].storage_options
+    if options.get("anon") or options.get("key") or options.get("session") is not None:
+        return  # anonymous, or credentials given to s3fs itself (fsspec's configuration)
+    import botocore.session  # late: only S3 needs it
+
+    try:
+        found = botocore.session.Session(profile=options.get("profile")).get_credentials()
+    except Exception as err:  # noqa: BLE001 - an unknown profile, a broken ~/.aws/config
+        raise InputError(f"{url}: cannot look up AWS credentials ({type(err).__name__}: "
+                         f"{err})") from err
+    if found is None:
+        raise InputError(f"{url}: no AWS credentials found; set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN for temporary ones), or "
+                         "AWS_PROFILE with ~/.aws/credentials, or run with an instance role")
 
 
 class Storage:

@@ -19,12 +19,13 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.storage import ImageStore
+from pipeline.storage import ImageStore, redact
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ ARTIFACTS = ("samples/scale_*.png", "sr/*.png", "animate/*/*.gif")
 # call while a server is down. A training must not wait for its tracking, and what is not sent
 # now is replayed later, so workers use a short leash unless the user chose otherwise.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                 # Ending a run prints "View run ... at <tracking URI>": two lines per image in
+                 # the workers' logs, with the URI's user:password@ when it has one.
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def now_ms() -> int:
@@ -120,7 +124,9 @@ class ImageRun:
         if tracking_uri is None:
             return
         link = store.get_json(TRACKING) or {}
-        self.run_id = link.get("run_id") if link.get("tracking_uri") == tracking_uri else None
+        same_server = link.get("tracking_uri") == tracking_uri
+        self.run_id = link.get("run_id") if same_server else None
+        self.claim = link.get("claim") if same_server else None  # see open_image_run
         self._call("open the run", self._open)
 
     @property
@@ -147,33 +153,36 @@ class ImageRun:
             return False
 
     def _open(self) -> None:
-        if self.run_id is not None:
+        created = False
+        if self.run_id is None:
+            if self.experiment_id is None:
+                self.experiment_id = experiment_id_for(self.tracking_uri, self.experiment)
+            link, created = open_image_run(self.client, self.store, self.link())
+            self.run_id, self.claim = link["run_id"], link["claim"]
+        if not created:
             # A retry reuses its run. The killed attempt may have stored points it never sent:
             # the job's replay compares metrics.jsonl with the server at the end.
             self.client.update_run(self.run_id, status="RUNNING")
             self.needs_sync = True
-            return
-        if self.experiment_id is None:
-            self.experiment_id = experiment_id_for(self.tracking_uri, self.experiment)
-        self.run_id = create_image_run(self.client, self.experiment_id, self.store.image_id,
-                                       self.parent_run_id)
-        self.store.put_json(TRACKING, self.link())
 
     def link(self, params: dict | None = None) -> dict:
         """What tracking.json holds: where the run lives, and the params to replay."""
         old = self.store.get_json(TRACKING) or {}
         return {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
                 "experiment_id": self.experiment_id,
-                "parent_run_id": self.parent_run_id, "run_id": self.run_id,
+                "parent_run_id": self.parent_run_id, "run_id": self.run_id, "claim": self.claim,
                 "params": params if params is not None else old.get("params", {})}
 
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self.store.put_json(TRACKING, self.link(params))
-        if self.run_id is None and not self._call("open the run", self._open):
-            return
-        self._call("log params", _log_params, self.client, self.run_id, params)
+        sent = ((self.run_id is not None or self._call("open the run", self._open))
+                and self._call("log params", _log_params, self.client, self.run_id, params))
+        if not sent:
+            # Nothing else would send them: a run opened later by a flush gets points only, and
+            # looks complete. The replay sends the params tracking.json holds.
+            self.needs_sync = True
 
     def log_points(self, points: Iterable[dict]) -> None:
         """Queue points; they are sent by the next `flush`."""
@@ -212,9 +221,36 @@ class ImageRun:
         self._call("end the run", self.client.set_terminated, self.run_id, status)
 
 
-def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: str | None) -> str:
+def open_image_run(client, store: ImageStore, link: dict) -> tuple[dict, bool]:
+    """The image's run on link's server and experiment: (tracking.json as now written, whether
+    the run was created).
+
+    A worker killed between creating its run and recording the id would leave a run its retry
+    cannot see, and the image would get a second one. So tracking.json first records a fresh
+    claim, the run carries it as a tag, and a retry that finds a claim but no run id looks the
+    run up by it.
+    """
+    claim = link.get("claim")
+    if claim:
+        found = client.search_runs([link["experiment_id"]], f"tags.claim = '{claim}'",
+                                   max_results=1)
+        if found:
+            link = {**link, "run_id": found[0].info.run_id}
+            store.put_json(TRACKING, link)
+            return link, False
+    link = {**link, "run_id": None, "claim": uuid.uuid4().hex}
+    store.put_json(TRACKING, link)
+    run_id = create_image_run(client, link["experiment_id"], store.image_id,
+                              link.get("parent_run_id"), link["claim"])
+    link = {**link, "run_id": run_id}
+    store.put_json(TRACKING, link)
+    return link, True
+
+
+def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: str | None,
+                     claim: str) -> str:
     """An image's child run (named and tagged by its id, under the job's run); its id."""
-    tags = {"image_id": image_id}
+    tags = {"image_id": image_id, "claim": claim}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     return client.create_run(experiment_id, tags=tags, run_name=image_id).info.run_id
@@ -223,7 +259,8 @@ def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: s
 def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)) for k, v in params.items()]
+    # redact: an image's uri or the manifest's URL may hold user:password@ (HTTP basic auth).
+    items = [Param(k, redact(str(v))) for k, v in params.items()]
     for first in range(0, len(items), 100):  # MLflow's limit of params per batch
         client.log_batch(run_id, params=items[first:first + 100], synchronous=True)
 
@@ -238,7 +275,8 @@ def _log_points(client, run_id: str, points: list[dict]) -> None:
 def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+    client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()],
+                     synchronous=True)
 
 
 def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
@@ -276,10 +314,11 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     if run_id is None or uri != link["tracking_uri"]:
         experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
         experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", "singan-fleet"))
-        run_id = create_image_run(client, experiment_id, store.image_id, link.get("parent_run_id"))
-        created = True
-        store.put_json(TRACKING, {**link, "tracking_uri": uri, "experiment_id": experiment_id,
-                                  "run_id": run_id})
+        claim = link.get("claim") if uri == link["tracking_uri"] else None
+        link, created = open_image_run(client, store, {**link, "tracking_uri": uri,
+                                                       "experiment_id": experiment_id,
+                                                       "claim": claim})
+        run_id = link["run_id"]
 
     run = client.get_run(run_id)
     missing_params = {k: v for k, v in link.get("params", {}).items() if k not in run.data.params}

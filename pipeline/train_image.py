@@ -31,7 +31,7 @@ import torch
 
 from pipeline.apps import training_config, write_outputs
 from pipeline.manifest import ImageTask
-from pipeline.storage import ImageStore, TransientError, read_url
+from pipeline.storage import ImageStore, TransientError, read_url, redact
 from pipeline.tracking import TRACKING, ImageRun, MetricsLog, one_line, point
 from singan.config import Config
 from singan.errors import InputError
@@ -196,12 +196,13 @@ def _task_fields(task: ImageTask) -> dict:
 
 
 def _read_image(task: ImageTask) -> torch.Tensor:
-    """The row's image, through fsspec. The name makes load_image's errors name the URL."""
+    """The row's image, through fsspec. The name makes load_image's errors name the URL (without
+    any user:password@ in it: the reason goes to the logs, the results and MLflow)."""
     try:
         source = io.BytesIO(read_url(task.uri))
     except FileNotFoundError as err:
-        raise InputError(f"{task.uri}: no such file") from err
-    source.name = task.uri
+        raise InputError(f"{redact(task.uri)}: no such file") from err
+    source.name = redact(task.uri)
     return load_image(source)
 
 
@@ -219,7 +220,9 @@ def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: I
     model = train(image, train_config, device=device, seed=task.seed, callbacks=[recorder],
                   resume=resume)
     rng = torch.Generator(device=model.device).manual_seed(model.seed)
-    for index, x in enumerate(sample(model, job.num_samples, generator=rng)):
+    # --num-samples 0 asks for none; sample() itself refuses 0, which failed every row.
+    samples = sample(model, job.num_samples, generator=rng) if job.num_samples else []
+    for index, x in enumerate(samples):
         store.put_png(f"samples/sample_{index:02d}.png", x)
     store.put_png("samples/reconstruction.png", reconstruct(model))
 

@@ -122,8 +122,10 @@ def find_weights(*, download: bool = True) -> str:
         return str(cached)
     if download:
         try:
+            # weights_only: torch hub's default (False) would unpickle whatever was downloaded,
+            # and the 8-hex-digit hash prefix is no protection against a crafted file.
             torch.hub.load_state_dict_from_url(WEIGHTS_URL, map_location="cpu", check_hash=True,
-                                               progress=False)
+                                               progress=False, weights_only=True)
             return str(cached)
         except Exception as err:  # noqa: BLE001 - offline, proxy, hash mismatch: one message
             reason = f"the download from {WEIGHTS_URL} failed ({type(err).__name__}: {err})"

@@ -78,3 +78,28 @@ def test_the_summary_names_the_tasks(capsys):
     ]
     assert job.describe(results[0]) == ("done", "done a (4 scales, 1.0 s)")
     assert job.describe(results[2]) == ("skipped", "skipped c [animate] (4 scales, 0.0 s)")
+
+
+def test_storage_down_for_the_results_table_still_prints_the_summary(tmp_path, monkeypatch,
+                                                                    capsys):
+    from pipeline.storage import TransientError
+    from pipeline.train_image import ImageResult
+    from singan.examples import pebbles
+    from singan.image import save_image
+
+    save_image(pebbles(20, 20, seed=1), tmp_path / "a.png")
+    manifest = tmp_path / "m.parquet"
+    write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
+    done = [ImageResult("a", "done", None, 2, 1.0, None, None, "out/a")]
+    monkeypatch.setattr(job, "fan_out", lambda *args: done)
+
+    def storage_down(*args):
+        raise TransientError("write out/_results.parquet: ConnectionResetError")
+
+    monkeypatch.setattr(job.results_table, "write", storage_down)
+    code = job.main(["--manifest", str(manifest), "--output", str(tmp_path / "out"),
+                     "--no-tracking"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "the results table could not be written (write out/_results.parquet" in err
+    assert "1 images in" in out and "1 trained" in out and "results:" not in out

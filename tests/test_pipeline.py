@@ -13,7 +13,7 @@ import torch
 import singan
 from pipeline import results as results_table
 from pipeline.manifest import ImageTask
-from pipeline.storage import ImageStore, Storage, TransientError, with_retries
+from pipeline.storage import ImageStore, Storage, TransientError, is_transient, with_retries
 from pipeline.tracking import MetricsLog
 from pipeline.train_image import JobSettings, StoreScales, config_hash, train_image
 from singan.examples import pebbles
@@ -61,6 +61,20 @@ def test_retries_transient_errors_only():
     with pytest.raises(FileNotFoundError):  # not transient: no retry
         with_retries("op", lambda: missing.append(1) or os.stat("/nonexistent/x"), delays=(0, 0))
     assert len(missing) == 1
+
+
+def test_which_storage_errors_are_transient():
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+
+    url = "http://127.0.0.1:1"
+    assert is_transient(ConnectionResetError("reset"))
+    assert is_transient(TimeoutError("slow"))
+    assert is_transient(OSError(5, "500 Internal Server Error"))  # how s3fs reports a 5xx
+    assert is_transient(EndpointConnectionError(endpoint_url=url))
+    assert is_transient(ConnectionClosedError(endpoint_url=url))  # hung up without an answer
+    for permanent in (FileNotFoundError("gone"), PermissionError("denied"),
+                      IsADirectoryError("folder"), ValueError("bad")):
+        assert not is_transient(permanent)
 
 
 def test_scale_files_round_trip_and_partial_models(tmp_path, tiny_model):

@@ -107,3 +107,41 @@ def test_run_finds_its_experiment_by_name_when_the_driver_could_not(tmp_path, ml
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("late-experiment")
     assert client.get_run(run.run_id).info.experiment_id == experiment.experiment_id
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: no `except Exception` in the tracking code stops it."""
+
+
+@pytest.mark.parametrize("opener", ["worker", "sync"])
+def test_a_worker_killed_between_creating_and_recording_its_run_gets_no_second_run(
+        tmp_path, mlflow_server, monkeypatch, opener):
+    import pipeline.tracking as tracking
+
+    experiment = f"claimed-{opener}"
+    experiment_id = experiment_id_for(mlflow_server.url, experiment)
+    store = ImageStore(str(tmp_path), "img")
+    real_create = tracking.create_image_run
+
+    def create_then_die(*args):
+        real_create(*args)
+        raise Killed  # the run exists on the server; tracking.json does not name it yet
+
+    monkeypatch.setattr(tracking, "create_image_run", create_then_die)
+    with pytest.raises(Killed):
+        ImageRun(store, mlflow_server.url, experiment_id, None, experiment=experiment)
+    monkeypatch.setattr(tracking, "create_image_run", real_create)
+    assert store.get_json("tracking.json")["run_id"] is None
+
+    if opener == "worker":  # the Ray retry
+        run = ImageRun(store, mlflow_server.url, experiment_id, None, experiment=experiment)
+        run.finish("FINISHED")
+        run_id = run.run_id
+    else:  # the job's replay, or sync_tracking.py
+        report = sync_image(store)
+        assert not report.created_run
+        run_id = report.run_id
+    client = MlflowClient(mlflow_server.url)
+    runs = client.search_runs([experiment_id], "tags.image_id = 'img'")
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert store.get_json("tracking.json")["run_id"] == run_id

@@ -355,6 +355,9 @@ def _claim_port(port: int, what: str) -> int:
         return free_port()
     # Checked before starting because another server on the port would answer the readiness check.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers themselves bind: a server stopped a moment ago leaves connections in
+        # TIME_WAIT for a minute, which must not count as in use; a listening socket still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
