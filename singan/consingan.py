@@ -31,12 +31,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from singan import streams
 from singan.config import Config
 from singan.errors import InputError
-from singan.models import Pyramid, init_weights, read_metadata, scale_file_name
+from singan.models import (
+    ConvBlock,
+    Pyramid,
+    init_weights,
+    read_metadata,
+    scale_file_name,
+    trainable,
+)
 from singan.pyramid import PyramidPlan
 from singan.resize import imresize
-from singan.train import Callback, IterationLog, gradient_penalty, resumable, scale_generator
+from singan.streams import scale_generator
+from singan.train import Callback, IterationLog, gradient_penalty, resumable
 
 logger = logging.getLogger(__name__)
 
@@ -119,17 +128,6 @@ def build_consingan_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
 
 
 # --- networks --------------------------------------------------------------------------------
-class ConvBlock(nn.Sequential):
-    """Conv (no padding) -> BatchNorm when config.batch_norm -> LeakyReLU(config.leaky_slope)."""
-
-    def __init__(self, in_channels: int, out_channels: int, config: Config):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size)
-        if config.batch_norm:
-            self.norm = nn.BatchNorm2d(out_channels)
-        self.act = nn.LeakyReLU(config.leaky_slope)
-
-
 def width(config: Config) -> int:
     """ConSinGAN's channels: the same at every stage, the coarsest SinGAN scale's (nfc, capped)."""
     return config.channels(0)
@@ -172,7 +170,7 @@ class Generator(nn.Module):
             channels = width(self.config)
             stage = nn.Sequential(*[ConvBlock(channels, channels, self.config)
                                     for _ in range(self.config.num_layer)])
-            stage.to(self.tail.weight.device)
+            stage.to(device=self.tail.weight.device, dtype=self.tail.weight.dtype)
         self.body.append(stage)
 
     def forward(self, noises: Sequence[Tensor], shapes: Sequence[tuple[int, int]],
@@ -290,12 +288,14 @@ class ConSinGAN(Pyramid):
                 state = torch.load(f, map_location="cpu", weights_only=True)
                 generator_state = {key.removeprefix("generator."): state.pop(key)
                                    for key in list(state) if key.startswith("generator.")}
-                stage.load_state_dict(state)
+                # A model trained in float64 loads in float64 (load_state_dict would cast).
+                stage.to(dtype=state["real"].dtype).load_state_dict(state)
             except Exception as err:  # a torn or foreign file: say which one
                 raise InputError(f"{name}: {scale_file_name(index)} cannot be loaded ({err})") from err
             model.scales.append(stage.eval().requires_grad_(False))
         if scale_files:
-            model.generator = Generator(config, num_stages=len(scale_files))
+            model.generator = Generator(config, num_stages=len(scale_files)).to(
+                dtype=model.scales[0].real.dtype)
             try:
                 model.generator.load_state_dict(generator_state)
             except Exception as err:
@@ -306,19 +306,19 @@ class ConSinGAN(Pyramid):
 
 
 # --- training --------------------------------------------------------------------------------
-def train(image: Tensor, config: Config, *, device: torch.device, seed: int,
+def train(image: Tensor, config: Config, *, device: torch.device, dtype: torch.dtype, seed: int,
           callbacks: Sequence[Callback] = (), resume: ConSinGAN | None = None) -> ConSinGAN:
     """Learn a ConSinGAN from a 1 x 3 x H x W image; `singan.train` checks the arguments (and
     that `resume` has this config and seed) and calls this for recipe "consingan"."""
     plan = plan_consingan(image.shape[-2], image.shape[-1], config)
-    reals = build_consingan_pyramid(image.to(device=device, dtype=torch.float32), plan)
+    reals = build_consingan_pyramid(image.to(device=device, dtype=dtype), plan)
     if resume is not None:
         if len(resume.generator.body) != len(resume.scales):
             raise InputError("resume: the model stopped in the middle of a stage; load it from "
                              "its saved files")
         model = resumable(resume, plan, reals).to(device)
     else:
-        model = ConSinGAN(config, plan, seed).to(device)
+        model = ConSinGAN(config, plan, seed).to(device=device, dtype=dtype)
 
     for stage in range(len(model.scales), plan.num_scales):
         train_stage(model, stage, reals[stage], callbacks)
@@ -334,16 +334,13 @@ def generator_param_groups(generator: Generator, stage: int, config: Config) -> 
     at lr_g.
     """
     generator.requires_grad_(False)
-    groups = [{"params": list(generator.body[k].parameters()),
+    groups = [{"params": trainable(generator.body[k]),
                "lr": config.lr_g * config.lr_scale ** (stage - k)}
               for k in range(max(0, stage - config.train_depth + 1), stage + 1)]
     if stage < config.train_depth:
-        groups.append({"params": list(generator.head.parameters()),
+        groups.append({"params": trainable(generator.head),
                        "lr": config.lr_g * config.lr_scale ** stage})
-    groups.append({"params": list(generator.tail.parameters()), "lr": config.lr_g})
-    for group in groups:
-        for parameter in group["params"]:
-            parameter.requires_grad_(True)
+    groups.append({"params": trainable(generator.tail), "lr": config.lr_g})
     return groups
 
 
@@ -351,7 +348,7 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
                 callbacks: Sequence[Callback] = ()) -> None:
     """Add stage `stage` to the generator and train it against `real`, together with the
     train_depth - 1 stages below it; append the finished stage to `model.scales`."""
-    config, device, generator = model.config, real.device, model.generator
+    config, device, dtype, generator = model.config, real.device, real.dtype, model.generator
     rng = scale_generator(model.seed, stage, device)
     shapes = list(model.plan.shapes[: stage + 1])
 
@@ -360,12 +357,12 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     generator.add_stage()
     if stage == 0:
         init_weights(generator, config.init_std, rng)
-        critic = Discriminator(config).to(device)
+        critic = Discriminator(config).to(device=device, dtype=dtype)
         init_weights(critic, config.init_std, rng)
     else:
         critic = copy.deepcopy(model.scales[stage - 1].discriminator)
     generator.train()
-    critic.train().requires_grad_(True)
+    critic.train()
 
     # 2. Reconstruction: fixed inputs for every stage (the coarsest real at stage 0, fixed noise
     #    above). The noise amplitude is noise_amp * RMSE of the reconstruction through the grown
@@ -374,12 +371,13 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     amps = [level.noise_amp for level in model.scales]
     if stage == 0:
         z_rec = real.clone()
-        noise_amp = torch.ones((), device=device)
+        noise_amp = torch.ones((), device=device, dtype=dtype)
     else:
-        z_rec = torch.randn(1, *noise_size(config, stage, shapes[stage]), generator=rng,
-                            device=device)
+        z_rec = streams.normal((1, *noise_size(config, stage, shapes[stage])), generator=rng,
+                               device=device, dtype=dtype)
         with torch.no_grad():
-            rec = generator([*z_recs, z_rec], shapes, [*amps, torch.zeros((), device=device)])
+            rec = generator([*z_recs, z_rec], shapes,
+                            [*amps, torch.zeros((), device=device, dtype=dtype)])
         noise_amp = config.noise_amp * torch.sqrt(F.mse_loss(rec, real))
     z_recs.append(z_rec)
     amps.append(noise_amp)
@@ -394,13 +392,13 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.Adam(generator_param_groups(generator, stage, config), lr=config.lr_g,
                              betas=betas, foreach=True)
-    opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
+    opt_d = torch.optim.Adam(trainable(critic), lr=config.lr_d, betas=betas, foreach=True)
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, [config.lr_milestone], config.gamma)
                   for opt in (opt_g, opt_d)]
 
     for iteration in range(1, config.niter + 1):
-        noises = [torch.randn(1, *noise_size(config, k, shape), generator=rng, device=device)
-                  for k, shape in enumerate(shapes)]
+        noises = [streams.normal((1, *noise_size(config, k, shape)), generator=rng, device=device,
+                                 dtype=dtype) for k, shape in enumerate(shapes)]
 
         # 4. Critic steps (WGAN-GP), all on the same noise. Only the last step's fake keeps its
         #    graph: the generator loss reuses it.
@@ -425,7 +423,7 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
         (g_adv + reconstruction).backward()
         for _ in range(config.g_steps):
             opt_g.step()
-        critic.requires_grad_(True)
+        trainable(critic)  # the critic trains again (its redundant biases stay frozen)
         for scheduler in schedulers:
             scheduler.step()
 
@@ -454,8 +452,8 @@ def sample(model: ConSinGAN, num: int, *, start_scale: int, scale_h: float, scal
               for h, w in model.plan.shapes[: len(model.scales)]]
     dtype = model.scales[0].real.dtype
     noises = [level.z_rec.expand(num, -1, -1, -1) if k < start_scale else
-              torch.randn(num, *noise_size(model.config, k, shapes[k]), generator=generator,
-                          device=model.device, dtype=dtype)
+              streams.normal((num, *noise_size(model.config, k, shapes[k])), generator=generator,
+                             device=model.device, dtype=dtype)
               for k, level in enumerate(model.scales)]
     amps = [level.noise_amp for level in model.scales]
     return model.generator(noises, shapes, amps).clamp(-1, 1)

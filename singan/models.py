@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from singan import streams
 from singan.config import Config
 from singan.errors import InputError
 from singan.files import atomic_write
@@ -32,13 +33,38 @@ FORMAT_VERSION = 1
 
 
 class ConvBlock(nn.Sequential):
-    """Conv 3x3 (no padding) -> BatchNorm -> LeakyReLU(0.2)."""
+    """Conv 3x3 (no padding) -> BatchNorm -> LeakyReLU(0.2); both recipes' building block.
+
+    SinGAN always has the BatchNorm; ConSinGAN only with config.batch_norm.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, config: Config):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size)
-        self.norm = nn.BatchNorm2d(out_channels)
+        if config.batch_norm:
+            self.norm = nn.BatchNorm2d(out_channels)
         self.act = nn.LeakyReLU(config.leaky_slope)
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """Switch `module` to training its parameters and return them, for the optimiser; all but
+    the biases of convolutions that feed a BatchNorm, which stay frozen.
+
+    In training mode BatchNorm subtracts each channel's mean, so such a bias changes no output
+    and its exact gradient is zero. What autograd returns for it is rounding noise, and Adam,
+    dividing by the noise's own tiny magnitude, turns it into learning-rate-sized random steps
+    that differ with the CPU's kernels: float32 trainings drifted by 0.02 in their losses within
+    20 iterations between two machines, float64 ones by 0.01. Frozen, these biases keep their
+    initial values, which is what exact arithmetic gives (a zero gradient leaves Adam still).
+    """
+    redundant = {id(block.conv.bias) for block in module.modules()
+                 if isinstance(block, ConvBlock) and hasattr(block, "norm")}
+    parameters = []
+    for parameter in module.parameters():
+        parameter.requires_grad_(id(parameter) not in redundant)
+        if parameter.requires_grad:
+            parameters.append(parameter)
+    return parameters
 
 
 class _FiveLayerNet(nn.Module):
@@ -128,12 +154,18 @@ def init_weights(module: nn.Module, std: float, generator: torch.Generator) -> N
     """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0.0, std, generator=generator)
             bound = 1.0 / math.sqrt(m.weight[0].numel())
-            nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+            _fill(m.weight, streams.normal, generator, mean=0.0, std=std)
+            _fill(m.bias, streams.uniform, generator, low=-bound, high=bound)
         elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, std, generator=generator)
+            _fill(m.weight, streams.normal, generator, mean=1.0, std=std)
             nn.init.zeros_(m.bias)
+
+
+def _fill(parameter: Tensor, draw, generator: torch.Generator, **kwargs) -> None:
+    with torch.no_grad():
+        parameter.copy_(draw(tuple(parameter.shape), generator=generator,
+                             device=parameter.device, dtype=parameter.dtype, **kwargs))
 
 
 class Scale(nn.Module):
@@ -206,6 +238,14 @@ class Pyramid(nn.Module):
             return tensor.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type the model was trained in (float32 until a level exists)."""
+        for tensor in itertools.chain(self.buffers(), self.parameters()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
+
     # --- storage: config.json + one file per level -----------------------------------------
     def metadata(self) -> dict[str, Any]:
         """What config.json holds: the config (with its recipe), the plan, the seed, versions."""
@@ -267,7 +307,8 @@ class SinGAN(Pyramid):
             scale = Scale.empty(index, config, plan.shapes[index])
             try:
                 state = torch.load(f, map_location="cpu", weights_only=True)
-                scale.load_state_dict(state)
+                # A model trained in float64 loads in float64 (load_state_dict would cast).
+                scale.to(dtype=state["real"].dtype).load_state_dict(state)
             except Exception as err:  # a torn or foreign file: say which one
                 raise InputError(f"{name}: {scale_file_name(index)} cannot be loaded ({err})") from err
             model.scales.append(scale.eval().requires_grad_(False))

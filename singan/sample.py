@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from singan import streams
 from singan.errors import InputError
 from singan.models import SinGAN, image_shape, noise_shape, pad, padded_noise
 from singan.resize import imresize
@@ -39,7 +40,8 @@ def draw_noise(scale: int, num: int, shape: tuple[int, int], *, generator: torch
     `shape` is the noise map's own size: `models.noise_shape` of the image size.
     """
     channels = 1 if scale == 0 else 3
-    return torch.randn(num, channels, *shape, generator=generator, device=device, dtype=dtype)
+    return streams.normal((num, channels, *shape), generator=generator, device=device,
+                          dtype=dtype)
 
 
 def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from singan import streams
 from singan.config import Config
 from singan.errors import InputError
 from singan.image import load_image
@@ -36,10 +37,12 @@ from singan.models import (
     noise_shape,
     pad,
     padded_noise,
+    trainable,
 )
 from singan.patch_losses import aligned_nn_patch_loss, frechet_patch_loss, nn_patch_loss
 from singan.pyramid import build_pyramid, plan_pyramid
 from singan.sample import draw_noise, generate, upsample
+from singan.streams import scale_generator
 
 if TYPE_CHECKING:
     from singan.consingan import ConSinGAN
@@ -87,8 +90,8 @@ class Callback:
 
 
 def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None = None, *,
-          device: str | torch.device | None = None, seed: int | None = None,
-          callbacks: Sequence[Callback] = (),
+          device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+          seed: int | None = None, callbacks: Sequence[Callback] = (),
           resume: SinGAN | ConSinGAN | None = None) -> SinGAN | ConSinGAN:
     """Learn a SinGAN from one image and return it; config.recipe "consingan" trains a
     ConSinGAN instead (singan.consingan).
@@ -96,6 +99,11 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
     image: a 1 x 3 x H x W (or 3 x H x W) tensor in [-1, 1], or a path / binary file object.
     config: defaults to `resume.config` or the paper preset.
     device: "cpu", "cuda", ... (default: CUDA when available).
+    dtype: the floating-point type of the whole training: networks, image pyramid, noise, resizes
+      and optimiser state (default: float32, or `resume`'s). float64 makes a seeded training
+      repeatable across CPUs: in float32 the rounding noise of gradients that are zero in exact
+      arithmetic (conv biases feeding BatchNorm) differs between CPU kernels, and Adam turns it
+      into learning-rate-sized steps.
     seed: makes training reproducible; drawn from torch's global generator when None. The seed is
       stored in the model, and a resumed training keeps it.
     resume: a model with k finished scales trained on the same image and config; only scales
@@ -111,6 +119,9 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
         raise InputError(f"image must be 1 x 3 x H x W, got {tuple(image.shape)}")
 
     if resume is not None:
+        dtype = dtype or resume.dtype
+        if dtype != resume.dtype:
+            raise InputError(f"resume: the model was trained in {resume.dtype}, not {dtype}")
         config = config or resume.config
         if config != resume.config:
             raise InputError("resume: the model was trained with another config")
@@ -118,20 +129,23 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
             raise InputError(f"resume: the model was trained with seed {resume.seed}, not {seed}")
         seed = resume.seed
     config = config or Config()
+    dtype = dtype or torch.float32
+    if not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating-point type, got {dtype}")
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     if config.recipe == "consingan":
         from singan import consingan  # local: singan.consingan imports this module
 
-        return consingan.train(image, config, device=device, seed=seed, callbacks=callbacks,
-                               resume=resume)
+        return consingan.train(image, config, device=device, dtype=dtype, seed=seed,
+                               callbacks=callbacks, resume=resume)
 
     plan = plan_pyramid(image.shape[-2], image.shape[-1], config)
-    reals = build_pyramid(image.to(device=device, dtype=torch.float32), plan)
+    reals = build_pyramid(image.to(device=device, dtype=dtype), plan)
     if resume is not None:
         model = resumable(resume, plan, reals).to(device)
     else:
-        model = SinGAN(config, plan, seed).to(device)
+        model = SinGAN(config, plan, seed).to(device=device, dtype=dtype)
 
     for scale in range(len(model.scales), plan.num_scales):
         train_scale(model, scale, reals[scale], callbacks)
@@ -149,11 +163,6 @@ def resumable(model, plan, reals: list[Tensor]):
     return model
 
 
-def scale_generator(seed: int, scale: int, device: torch.device) -> torch.Generator:
-    """The random stream of one scale: independent of how many scales ran before in this process."""
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + scale) % 2**63)
-
-
 def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Callback] = (), *,
                 prev_map: Callable[[Tensor], Tensor] | None = None) -> None:
     """Train scale `scale` against `real` with scales 0 .. scale - 1 frozen; append it to model.
@@ -161,7 +170,7 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     prev_map: applied to every random `prev` (paint-to-image retrains a scale on images
       quantised to a few colours); the reconstruction path is left as it is.
     """
-    config, device = model.config, real.device
+    config, device, dtype = model.config, real.device, real.dtype
     rng = scale_generator(model.seed, scale, device)
     shape = tuple(real.shape[-2:])
 
@@ -169,26 +178,27 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     #    A patch loss (config.loss) stands in for the critic: then there is no D to train.
     channels = config.channels(scale)
     if scale > 0 and config.channels(scale - 1) == channels:
-        generator = copy.deepcopy(model.scales[scale - 1].generator).train().requires_grad_(True)
+        generator = copy.deepcopy(model.scales[scale - 1].generator).train()
         critic = copy.deepcopy(model.scales[scale - 1].discriminator)
     else:
-        generator = Generator(channels, config).to(device)
+        generator = Generator(channels, config).to(device=device, dtype=dtype)
         init_weights(generator, config.init_std, rng)
-        critic = Discriminator(channels, config).to(device) if config.has_discriminator else None
+        critic = (Discriminator(channels, config).to(device=device, dtype=dtype)
+                  if config.has_discriminator else None)
         if critic is not None:
             init_weights(critic, config.init_std, rng)
     if critic is not None:
-        critic.train().requires_grad_(True)
+        critic.train()
 
     # 2. Reconstruction path: z* at the coarsest scale, zeros above it; the upsampled
     #    reconstruction of the frozen scales (prev_rec) is fixed for the whole scale.
     z_shape = noise_shape(shape, config)
     if scale == 0:
-        z_rec = draw_noise(0, 1, z_shape, generator=rng, device=device)
+        z_rec = draw_noise(0, 1, z_shape, generator=rng, device=device, dtype=dtype)
         prev_rec = torch.zeros_like(real)
-        noise_amp = torch.ones((), device=device)
+        noise_amp = torch.ones((), device=device, dtype=dtype)
     else:
-        z_rec = torch.zeros(1, 3, *z_shape, device=device)
+        z_rec = torch.zeros(1, 3, *z_shape, device=device, dtype=dtype)
         with torch.no_grad():
             prev_rec = upsample(generate(model, [s.z_rec for s in model.scales]), shape,
                                 model.scale_factor)
@@ -200,13 +210,14 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     for callback in callbacks:
         callback.on_scale_start(model, scale, amp)
 
-    # 3. Optimisers: Adam with one learning-rate drop at lr_milestone. foreach: one kernel per
-    #    operation over all parameters instead of one per parameter (same arithmetic).
+    # 3. Optimisers: Adam with one learning-rate drop at lr_milestone, over the trainable
+    #    parameters (models.trainable: not the conv biases that BatchNorm cancels). foreach: one
+    #    kernel per operation over all parameters instead of one per parameter (same arithmetic).
     betas = (config.beta1, config.beta2)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.lr_g, betas=betas, foreach=True)
+    opt_g = torch.optim.Adam(trainable(generator), lr=config.lr_g, betas=betas, foreach=True)
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt_g, [config.lr_milestone], config.gamma)]
     if critic is not None:
-        opt_d = torch.optim.Adam(critic.parameters(), lr=config.lr_d, betas=betas, foreach=True)
+        opt_d = torch.optim.Adam(trainable(critic), lr=config.lr_d, betas=betas, foreach=True)
         schedulers.append(torch.optim.lr_scheduler.MultiStepLR(opt_d, [config.lr_milestone],
                                                                config.gamma))
     patch_loss = None if critic is not None else PATCH_LOSSES[config.loss]
@@ -216,15 +227,16 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
     d_real = d_fake = penalty = None
 
     for iteration in range(1, config.niter + 1):
-        z = padded_noise(draw_noise(scale, 1, z_shape, generator=rng, device=device), config)
+        z = padded_noise(draw_noise(scale, 1, z_shape, generator=rng, device=device, dtype=dtype),
+                         config)
 
         # 4. Critic steps: WGAN-GP on a fresh random `prev` each step (one `prev` for the
         #    generator steps when a patch loss replaces the critic).
         if critic is None:
-            prev = pad(random_prev(model, scale, shape, rng, prev_map), config)
+            prev = pad(random_prev(model, scale, real, rng, prev_map), config)
         else:
             for _ in range(config.d_steps):
-                prev = pad(random_prev(model, scale, shape, rng, prev_map), config)
+                prev = pad(random_prev(model, scale, real, rng, prev_map), config)
                 with torch.no_grad():
                     fake = generator(noise_amp * z + prev, prev)
                 d_real = -critic(real).mean()
@@ -247,7 +259,7 @@ def train_scale(model: SinGAN, scale: int, real: Tensor, callbacks: Sequence[Cal
             (g_adv + reconstruction).backward()
             opt_g.step()
         if critic is not None:
-            critic.requires_grad_(True)
+            trainable(critic)  # the critic trains again (its redundant biases stay frozen)
         for scheduler in schedulers:
             scheduler.step()
 
@@ -272,21 +284,24 @@ PATCH_LOSSES = {"frechet": frechet_patch_loss, "nnpl": nn_patch_loss,
                 "annpl": aligned_nn_patch_loss}
 
 
-def random_prev(model: SinGAN, scale: int, shape: tuple[int, int], rng: torch.Generator,
+def random_prev(model: SinGAN, scale: int, real: Tensor, rng: torch.Generator,
                 prev_map: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """The frozen scales run on fresh noise, upsampled to `shape`: the input `prev` of `scale`."""
+    """The frozen scales run on fresh noise, upsampled to the size of `real` (scale `scale`'s
+    image): the input `prev` of `scale`."""
+    shape = tuple(real.shape[-2:])
     if scale == 0:
-        return torch.zeros(1, 3, *shape, device=rng.device)
+        return torch.zeros_like(real)
     with torch.no_grad():
         noises = [draw_noise(n, 1, tuple(level.z_rec.shape[-2:]), generator=rng,
-                             device=rng.device) for n, level in enumerate(model.scales)]
+                             device=rng.device, dtype=level.z_rec.dtype)
+                  for n, level in enumerate(model.scales)]
         prev = upsample(generate(model, noises), shape, model.scale_factor)
         return prev if prev_map is None else prev_map(prev)
 
 
 def gradient_penalty(critic: Discriminator, real: Tensor, fake: Tensor, rng: torch.Generator) -> Tensor:
     """mean over pixels of (|grad_x D(x_hat)|_2 over channels - 1)^2, x_hat between real and fake."""
-    e = torch.rand((), generator=rng, device=real.device)
+    e = streams.uniform((), generator=rng, device=real.device, dtype=real.dtype)
     x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return ((grad.norm(2, dim=1) - 1) ** 2).mean()
