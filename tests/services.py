@@ -1,7 +1,7 @@
-"""Session fixtures that start real services on 127.0.0.1 and stop them (infra/local/services.py).
+"""Fixtures that start real services on 127.0.0.1 and stop them (infra/local/services.py).
 
-Each starts on first use only, on free ports, with its state in a temporary folder, and is
-stopped at the end of the session whether tests failed or not:
+Each service starts on first use only, on free ports, with its state in a temporary folder, and
+is stopped at the end of the session whether tests failed or not:
 
     s3_server      S3Server: .endpoint_url, and .env (the AWS_* variables for boto3, s3fs,
                    pyarrow, with fake credentials); moto starts with no buckets: make_bucket()
@@ -10,6 +10,15 @@ stopped at the end of the session whether tests failed or not:
                    JobSubmissionClient; 2 CPUs
 
 The services are shared by the whole session: give each test its own bucket, experiment, prefix.
+Before every test that uses one, the fixture checks that it is alive and answers (with a
+deadline a loaded machine meets); one that died is started afresh, and a warning names it and
+shows its log's last lines. When a test fails after a service it used died, the failure report
+gets a section saying so, with the log tail: a dead service is never a mystery failure.
+
+Ray's own temporary folder (RAY_TMPDIR) is a folder of this session, removed at its end: Ray
+drivers started by tests (`ray.init()` without an address, ray.cluster_utils) leave nothing in
+the machine's /tmp/ray.
+
 Registered by tests/conftest.py (pytest_plugins); `local_services` is the loaded module, and
 `from tests.services import make_bucket, free_port` works in test modules.
 """
@@ -21,11 +30,19 @@ import os
 import shutil
 import sys
 import tempfile
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 _SERVICES_PY = Path(__file__).resolve().parents[1] / "infra" / "local" / "services.py"
+
+# How long a service may take to answer a readiness check before it counts as down: on a 2-core
+# machine shared with a training, Ray's dashboard has been seen to take several seconds.
+READY_TIMEOUT = 60.0
+PORT_WAIT = 15.0  # how long a restart waits for a dead service's ports before taking others
 
 
 def _load_local_services():
@@ -54,33 +71,149 @@ free_port = local_services.free_port
 # ray.init() of the test session on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """moto's S3 server; an S3Server with .endpoint_url and .env."""
-    state = tmp_path_factory.mktemp("s3")
-    server = local_services.start_s3(state, port=0)
-    yield server
-    local_services.stop(["s3"], state)
+# Ray's temporary folder for every Ray this session starts without --temp-dir; short, because
+# Ray's unix socket paths under it may not exceed 107 characters.
+_RAY_TMPDIR = tempfile.mkdtemp(prefix="rtmp", dir="/tmp" if os.path.isdir("/tmp") else None)
+os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """An MLflow tracking server (SQLite, proxied artifacts); an MlflowServer with .url."""
-    state = tmp_path_factory.mktemp("mlflow")
-    server = local_services.start_mlflow(state, port=0)
-    yield server
-    local_services.stop(["mlflow"], state)
+class SharedService:
+    """One service for the whole session: started on first use, checked before each test that
+    uses it, and started again when it died, on the same ports where they are free (module
+    fixtures that hold its address keep working; moto's buckets and Ray's jobs are lost)."""
+
+    def __init__(self, name: str, start: Callable[[Path, object | None], object],
+                 make_state: Callable[[], Path]):
+        self.name, self._start, self._make_state = name, start, make_state
+        self.state: Path | None = None
+        self.service = None
+        self.restarts: list[str] = []  # why each restart was needed
+
+    def get(self):
+        """The running service, started or restarted as needed."""
+        if self.service is None:
+            self.state = self._make_state()
+            self.service = self._start(self.state, None)
+            return self.service
+        problem = local_services.health(self.name, self.state, timeout=READY_TIMEOUT)
+        if problem is None:
+            return self.service
+        warnings.warn(f"the shared {self.name} service is down; starting it again. {problem}",
+                      stacklevel=2)
+        self.restarts.append(problem)
+        previous = self.service
+        self.stop()
+        self.state = self._make_state()
+        # The dead process may hold its ports for a moment; if they stay taken, any free ones.
+        deadline = time.monotonic() + PORT_WAIT
+        while self.service is None:
+            try:
+                self.service = self._start(self.state, previous)
+            except local_services.ServiceError:
+                if time.monotonic() > deadline:
+                    self.service = self._start(self.state, None)
+                time.sleep(0.5)
+        return self.service
+
+    def problem(self) -> str | None:
+        """What is wrong with the service now (None: healthy or not started)."""
+        if self.service is None:
+            return None
+        return local_services.health(self.name, self.state, timeout=5.0)
+
+    def stop(self) -> None:
+        if self.state is not None:
+            local_services.stop([self.name], self.state)
+            if self.name == "ray":  # a private folder: Ray's sessions and sockets
+                shutil.rmtree(self.state, ignore_errors=True)
+        self.state = self.service = None
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A one-node Ray cluster with 2 CPUs; a RayHead with .address and .dashboard_url."""
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+def _start_ray(state: Path, previous) -> object:
+    ports = (dict(port=_port(previous.address), dashboard_port=_port(previous.dashboard_url))
+             if previous else dict(port=0, dashboard_port=0))
+    return local_services.start_ray(state, num_cpus=2, **ports)
+
+
+def _start_mlflow(state: Path, previous) -> object:
+    return local_services.start_mlflow(state, port=_port(previous.url) if previous else 0)
+
+
+def _start_s3(state: Path, previous) -> object:
+    return local_services.start_s3(state, port=_port(previous.endpoint_url) if previous else 0)
+
+
+def _ray_state() -> Path:
     # Short: Ray's unix sockets live under it (at most 107 characters in all).
-    state = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp" if os.path.isdir("/tmp") else None))
-    try:
-        head = local_services.start_ray(state, port=0, dashboard_port=0, num_cpus=2)
-        yield head
-    finally:
-        local_services.stop(["ray"], state)
-        shutil.rmtree(state, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="rt", dir="/tmp" if os.path.isdir("/tmp") else None))
+
+
+_SHARED: dict[str, SharedService] = {}
+
+
+@pytest.fixture(scope="session")
+def _shared_services(tmp_path_factory):
+    shared = {
+        "s3": SharedService("s3", _start_s3, lambda: tmp_path_factory.mktemp("s3")),
+        "mlflow": SharedService("mlflow", _start_mlflow, lambda: tmp_path_factory.mktemp("mlflow")),
+        "ray": SharedService("ray", _start_ray, _ray_state),
+    }
+    _SHARED.update(shared)
+    yield shared
+    for service in shared.values():
+        service.stop()
+    _SHARED.clear()
+
+
+# Module-scoped, so that module fixtures (a job run once for several tests) can use them;
+# `_shared_services_alive` checks them again before every test.
+@pytest.fixture(scope="module")
+def s3_server(_shared_services):
+    """moto's S3 server; an S3Server with .endpoint_url and .env."""
+    return _shared_services["s3"].get()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(_shared_services):
+    """An MLflow tracking server (SQLite, proxied artifacts); an MlflowServer with .url."""
+    return _shared_services["mlflow"].get()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_shared_services):
+    """A one-node Ray cluster with 2 CPUs; a RayHead with .address and .dashboard_url."""
+    return _shared_services["ray"].get()
+
+
+_FIXTURE_NAMES = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "ray"}
+
+
+@pytest.fixture(autouse=True)
+def _shared_services_alive(request):
+    """Before each test: every shared service it uses is alive and answers (restarted if not)."""
+    for fixture, name in _FIXTURE_NAMES.items():
+        if fixture in request.fixturenames and name in _SHARED:
+            _SHARED[name].get()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used a shared service which is now down says so, with its log."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or call.when == "setup":
+        return
+    for fixture, name in _FIXTURE_NAMES.items():
+        service = _SHARED.get(name)
+        if fixture in getattr(item, "fixturenames", ()) and service is not None:
+            problem = service.problem()
+            if problem is not None:
+                report.sections.append((f"shared {name} service is down", problem))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)

@@ -29,8 +29,6 @@ from singan.image import load_image, save_image
 from singan.resize import imresize
 from tests.conftest import tiny_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def write_table(tmp_path: Path, columns: dict) -> str:
     path = tmp_path / "manifest.parquet"

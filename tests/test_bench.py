@@ -26,8 +26,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import train_speed  # noqa: E402
 from reference_style import ReferenceStyleScale, matlab_imresize, reference_resize  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 FIXTURES = ROOT / "tests" / "fixtures"
 MARGIN = 4  # the reference's own values are only right away from the border (SINGAN.md s. 2)
 
@@ -83,9 +81,8 @@ def test_reference_resize_differs_from_ours_only_by_the_uint8_round_trip():
 # --- the baseline's loop does the reference's network work ------------------------------------
 
 @pytest.fixture(scope="module")
-def small_model(one_thread, tiny_image):
-    """Three finished scales, trained on one thread (the session's tiny_model may be built
-    before this module's thread setting applies)."""
+def small_model(tiny_image):
+    """Three finished scales (the reference-style loop needs a few to run)."""
     return singan.train(tiny_image, tiny_config(niter=2), device="cpu", seed=7)
 
 

@@ -343,20 +343,24 @@ def test_mlflow_down_until_after_the_job_then_sync(tmp_path, own_mlflow):
     # No HTTP retries inside MLflow's client: a down server costs the trainings nothing.
     with Job(args, tmp_path / "job.log", job_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0")) as job:
         down = wait_until(lambda: any(output.glob("*/model/scale_00.pt")), "first scale file", job)
+        # On a loaded machine this process may see the first scale file late, after an image
+        # finished (its run closed, then _SUCCESS): such an image has nothing left to send.
+        finished_before = {p.parent.name for p in output.glob("*/_SUCCESS")}
         local_services.stop(["mlflow"], state)
         code, logs = job.wait()
     assert code == 0, logs
     assert "2 trained" in logs and "MLflow: cannot" in logs
     assert f"later: python jobs/sync_tracking.py --output {output}" in logs
     late = set(re.findall(r"MLflow still unreachable for (img\d)", logs))
-    assert late == set(ids)  # both were training when the server went down
+    assert late == set(ids) - finished_before  # those training when the server went down
+    assert late, "both images finished before the server was stopped: the machine is too slow"
 
     local_services.start_mlflow(state, port=port)
     print(f"MLflow down for {time.monotonic() - down:.1f} s, past the job's end")
     code, synced = sync_tracking(output)
     assert code == 0 and "2 of 2 images in sync" in synced, synced
     sent = [int(n) for n in re.findall(r"(\d+) points and \d+ pictures sent", synced)]
-    assert len(sent) == 2 and all(n > 0 for n in sent), synced
+    assert len(sent) == 2 and sum(n > 0 for n in sent) == len(late), synced
     client = MlflowClient(uri)
     counts = assert_points_once(client, output, ids)
     print(f"points per run: {counts}; sent by the sync: {sent}")

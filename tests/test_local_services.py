@@ -112,6 +112,41 @@ def test_a_service_that_exits_while_starting_shows_its_log(tmp_path, monkeypatch
     assert local_services.recorded(tmp_path / "state") == {}
 
 
+def test_health_says_which_service_is_down_with_its_log(tmp_path):
+    server = local_services.start_s3(tmp_path, port=0)
+    try:
+        assert local_services.health("s3", tmp_path) is None
+        pid = json.loads((tmp_path / "services.json").read_text())["s3"]["pid"]
+        local_services.os.killpg(pid, local_services.signal.SIGKILL)
+        problem = local_services.health("s3", tmp_path, timeout=5)
+        assert problem.startswith(f"s3 (pid {pid}) is not running; last lines of ")
+        assert local_services.health("mlflow", tmp_path) == f"mlflow is not recorded in {tmp_path}"
+    finally:
+        local_services.stop(["s3"], tmp_path)
+    assert server.endpoint_url.startswith("http://127.0.0.1:")
+
+
+def test_a_shared_test_service_that_died_starts_again_on_its_port_with_a_warning(tmp_path):
+    """What the session fixtures (tests/services.py) do before each test that uses a service."""
+    from tests.services import SharedService, _start_s3
+
+    states = iter(tmp_path / f"state{i}" for i in range(3))
+    shared = SharedService("s3", _start_s3, lambda: next(states))
+    try:
+        first = shared.get()
+        assert shared.get() is first  # alive: reused
+        pid = json.loads((shared.state / "services.json").read_text())["s3"]["pid"]
+        local_services.os.killpg(pid, local_services.signal.SIGKILL)
+        assert "is not running" in shared.problem()
+        with pytest.warns(UserWarning, match=r"shared s3 service is down; starting it again\. "
+                                             r"s3 \(pid \d+\) is not running; last lines of"):
+            second = shared.get()
+        assert second.endpoint_url == first.endpoint_url  # module fixtures keep working
+        assert shared.problem() is None and len(shared.restarts) == 1
+    finally:
+        shared.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # Real services
 

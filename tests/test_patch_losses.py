@@ -30,7 +30,6 @@ def smooth_image(seed: int, h: int = 20, w: int = 24, noise: float = 0.1) -> tor
     return image.clamp(-1, 1)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import save_image
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def tiny_consingan(**overrides) -> singan.Config:
     values = dict(recipe="consingan", num_scales=3, nfc=8, max_nfc=8, niter=4, max_size=48,

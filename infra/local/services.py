@@ -260,6 +260,28 @@ def stop(names: Iterable[str] = SERVICE_NAMES, state_dir: str | os.PathLike = DE
     return stopped
 
 
+def health(name: str, state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *,
+           timeout: float = 30.0) -> str | None:
+    """None when service `name` started in `state_dir` is alive and answers its readiness URL
+    within `timeout` seconds (a loaded machine may take a while); otherwise what is wrong, with
+    the last lines of its log."""
+    _check_names([name])
+    record = _read_records(Path(state_dir)).get(name)
+    if record is None:
+        return f"{name} is not recorded in {state_dir}"
+    log = Path(record["log"])
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _is_running(record["pid"], name):
+            return f"{name} (pid {record['pid']}) is not running; {_log_tail(log)}"
+        if record.get("ready_url") is None or _answers(record["ready_url"]):
+            return None  # records written before readiness URLs were kept: alive is all we know
+        if time.monotonic() > deadline:
+            return (f"{name} (pid {record['pid']}) runs but did not answer {record['ready_url']} "
+                    f"within {timeout:.0f} s; {_log_tail(log)}")
+        time.sleep(0.5)
+
+
 def recorded(state_dir: str | os.PathLike = DEFAULT_STATE_DIR) -> dict[str, Service]:
     """The services recorded in `state_dir`/services.json, running or not."""
     return {name: _from_record(name, record)
@@ -394,7 +416,8 @@ def _launch(state: Path, name: str, args: list[str], service: Service, ready_url
         _terminate(process.pid, STOP_TIMEOUT, leader_only=name == "ray")
         raise
     records = _read_records(state)
-    records[name] = {**dataclasses.asdict(service), "pid": process.pid, "log": str(log)}
+    records[name] = {**dataclasses.asdict(service), "pid": process.pid, "log": str(log),
+                     "ready_url": ready_url}
     _write_records(state, records)
     logger.info("%s is up after %.1f s: %s", name, time.monotonic() - started, service)
 
