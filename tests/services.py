@@ -71,10 +71,6 @@ free_port = local_services.free_port
 # ray.init() of the test session on loopback.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-# Ray's temporary folder for every Ray this session starts without --temp-dir; short, because
-# Ray's unix socket paths under it may not exceed 107 characters.
-_RAY_TMPDIR = tempfile.mkdtemp(prefix="rtmp", dir="/tmp" if os.path.isdir("/tmp") else None)
-os.environ["RAY_TMPDIR"] = _RAY_TMPDIR
 
 
 class SharedService:
@@ -215,5 +211,13 @@ def pytest_runtest_makereport(item, call):
                 report.sections.append((f"shared {name} service is down", problem))
 
 
+def pytest_configure(config):
+    # Ray's temporary folder for every Ray this session starts without --temp-dir (read when a
+    # Ray starts); short, because Ray's unix socket paths under it may not exceed 107 characters.
+    config.ray_tmpdir = tempfile.mkdtemp(prefix="rtmp", dir="/tmp" if os.path.isdir("/tmp")
+                                         else None)
+    os.environ["RAY_TMPDIR"] = config.ray_tmpdir
+
+
 def pytest_unconfigure(config):
-    shutil.rmtree(_RAY_TMPDIR, ignore_errors=True)
+    shutil.rmtree(config.ray_tmpdir, ignore_errors=True)
