@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from singan.config import Config
-from singan.models import Discriminator, Generator, SinGAN, init_weights
+from singan.layers import init_weights
+from singan.models import Discriminator, Generator, SinGAN
 
 # --- MATLAB-style bicubic resize in numpy, as the reference runs it between scales ---------------
 

@@ -324,9 +324,7 @@ def summarise(rows: list[dict], niter: int, args: argparse.Namespace) -> dict:
 
 def generator_parameters(model) -> int:
     """Parameters of all generators: SinGAN's one per scale, ConSinGAN's single growing one."""
-    if model.config.recipe == "consingan":
-        return sum(p.numel() for p in model.generator.parameters())
-    return sum(p.numel() for level in model.scales for p in level.generator.parameters())
+    return sum(p.numel() for net in model.generator_modules() for p in net.parameters())
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pipeline.evaluate import (
     trained_image_ids,
 )
 from pipeline.inception import stem_weights
+from pipeline.results import Status
 from pipeline.storage import Storage, TransientError
 from singan.errors import InputError
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[EvalResult] = fleet.stream(
         lambda item: remote.remote(item[0], item[1], settings, inception_ref), models,
         max_in_flight=2 * slots,
-        on_crash=lambda item, err: EvalResult(item[0], "failed", fleet.crash_reason(err)),
+        on_crash=lambda item, err: EvalResult(item[0], Status.FAILED, fleet.crash_reason(err)),
         progress=fleet.Progress(len(models), slots, describe))
 
     names = [name for name, _ in starts]

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pipeline.tracking import one_line
+from pipeline.results import Status
+from singan.errors import one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +102,7 @@ class Progress:
 
         self.total, self.slots, self.describe = total, slots, describe
         self.start = time.perf_counter()
-        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.counts = {status: 0 for status in Status}
         self.tty = sys.stdout.isatty()
         self.bar = tqdm(total=total, unit=unit, desc="images", dynamic_ncols=True,
                         disable=not self.tty)
@@ -110,7 +111,7 @@ class Progress:
         status, line = self.describe(result)
         self.counts[status] += 1
         if self.tty:
-            if status == "failed":
+            if status == Status.FAILED:
                 self.bar.write(line)
             self.bar.update(1)
         else:

@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import fsspec
 
-from pipeline.manifest import TASKS, manifest_rows_from, row_task, write_manifest
+from pipeline.manifest import manifest_rows_from, write_manifest
 from pipeline.storage import check_credentials
+from pipeline.tasks import TASKS, row_task, task_named
 from singan.errors import InputError
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recursive", action="store_true",
                         help="also list images in subfolders of a folder SOURCE")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--task", choices=TASKS, default="train",
+    parser.add_argument("--task", choices=list(TASKS), default="train",
                         help="what every row does after training: nothing more (train), "
                              "super-resolution (sr, needs --sr-factor) or GIFs (animate); "
                              "default: %(default)s")
@@ -70,10 +71,12 @@ def task_params(args: argparse.Namespace) -> dict:
     """The task columns every row gets (none for train), checked as the job will check them;
     an InputError names the options at fault."""
     row = {"task": args.task, "sr_factor": args.sr_factor, "frames": args.frames, "fps": args.fps}
-    _, params, problems = row_task(row)
+    _, _, problems = row_task(row)
     if problems:  # in the manifest's words: the option --sr-factor fills the column sr_factor
         raise InputError(f"--task {args.task}: " + "; ".join(problems))
-    return {} if args.task == "train" else {"task": args.task, **params}
+    task = task_named(args.task)
+    # The values given; the others stay null in the manifest (the job's defaults).
+    return task.identity({p.name: row[p.name] for p in task.params if row[p.name] is not None})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.storage import ImageStore, Storage
-from pipeline.tracking import TRACKING, one_line, sync_image
+from pipeline.tracking import TRACKING, sync_image
+from singan.errors import one_line
 
 
 def image_ids(output: Storage) -> list[str]:

@@ -26,7 +26,6 @@ import argparse
 import logging
 import sys
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,19 +36,16 @@ sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
 from pipeline import results as results_table
+from pipeline import tasks as task_registry
 from pipeline import tracking
 from pipeline.inception import stem_weights
-from pipeline.manifest import (
-    CONFIG_FIELD_KINDS,
-    NULLABLE_FIELDS,
-    TASKS,
-    parse_bool,
-    read_manifest,
-)
+from pipeline.manifest import CONFIG_FIELD_KINDS, NULLABLE_FIELDS, parse_bool, read_manifest
+from pipeline.results import Status
 from pipeline.storage import ImageStore, Storage, TransientError, check_credentials, redact
 from pipeline.train_image import ImageResult, JobSettings, train_image
-from singan.config import PRESETS, RECIPES, config
-from singan.errors import InputError
+from singan.config import PRESETS, config
+from singan.errors import InputError, one_line
+from singan.recipe import RECIPES
 
 logger = logging.getLogger("train_manifest")
 
@@ -72,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
-    p.add_argument("--recipe", choices=RECIPES,
+    p.add_argument("--recipe", choices=sorted(RECIPES),
                    help="singan (the default) or consingan, with its own defaults; a manifest "
                         "`recipe` column still wins per row")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -136,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
+    names = [t.task for t in tasks]
     print(f"{len(tasks)} images from {redact(args.manifest)} -> {redact(output)}"
-          + (f" ({task_counts(tasks)})" if any(t.task != "train" for t in tasks) else ""))
+          + (f" ({task_registry.counts(names)})"
+             if task_registry.any_besides_training(names) else ""))
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
     tracking_uri, ui_hint = tracking_target(args)
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment_id, parent_run_id = tracking.start_job_run(
                 tracking_uri, args.experiment, local_artifacts(tracking_uri),
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
-                        "images": len(tasks), "tasks": task_counts(tasks),
+                        "images": len(tasks), "tasks": task_registry.counts(names),
                         "gpus_per_image": args.gpus_per_image,
                         "force": args.force,
                         **{f"config.{k}": v
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if parent_run_id is not None:
         tracking.end_job_run(tracking_uri, parent_run_id, results, seconds)
     print_summary(results, seconds, table_url, ui_hint)
-    return 1 if table_url is None or any(r.status == "failed" for r in results) else 0
+    return 1 if table_url is None or any(r.status == Status.FAILED for r in results) else 0
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -243,7 +241,7 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[
     inception_ref = ray.put(inception)  # once, not once per task
 
     def crashed(task, err: Exception) -> ImageResult:
-        return ImageResult(task.image_id, "failed", fleet.crash_reason(err), None, 0.0, None,
+        return ImageResult(task.image_id, Status.FAILED, fleet.crash_reason(err), None, 0.0, None,
                            None, ImageStore(settings.output, task.image_id).url, True,
                            task=task.task)
 
@@ -254,23 +252,12 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[
 
 def describe(result: ImageResult) -> tuple[str, str]:
     """(status, one line) of a finished image, for the progress display."""
-    name = f"{result.image_id}{task_note(result)}"
+    name = f"{result.image_id}{task_registry.note(result.task)}"
     if result.error:
         return result.status, f"{result.status} {name}: {result.error}"
     sifid = f", SIFID {result.sifid:.4f}" if result.sifid is not None else ""
     return result.status, (f"{result.status} {name} ({result.num_scales} scales, "
                            f"{result.seconds:.1f} s{sifid})")
-
-
-def task_note(result: ImageResult) -> str:
-    """' [sr]' after an image of another task than train; nothing for a plain training."""
-    return "" if result.task == "train" else f" [{result.task}]"
-
-
-def task_counts(items) -> str:
-    """'2 train, 1 sr' for tasks or results (anything with a .task), in TASKS order."""
-    counts = Counter(item.task for item in items)
-    return ", ".join(f"{counts[name]} {name}" for name in TASKS if counts[name])
 
 
 def replay(results: list[ImageResult], output: str) -> None:
@@ -281,20 +268,21 @@ def replay(results: list[ImageResult], output: str) -> None:
             report = tracking.sync_image(ImageStore(output, result.image_id))
             print(f"MLflow: sent {report.points_sent} late points of {result.image_id}")
         except Exception as err:  # noqa: BLE001
-            print(f"MLflow still unreachable for {result.image_id} ({tracking.one_line(err)}); "
+            print(f"MLflow still unreachable for {result.image_id} ({one_line(err)}); "
                   f"later: python jobs/sync_tracking.py --output {output}")
 
 
 def print_summary(results: list[ImageResult], seconds: float, table_url: str | None,
                   ui_hint: str | None) -> None:
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    print(f"{len(results)} images in {seconds:.1f} s: {counts['done']} trained, "
-          f"{counts['skipped']} already done, {counts['failed']} failed")
-    if any(r.task != "train" for r in results):
-        print(f"tasks: {task_counts(results)}")
+    counts = {s: sum(r.status == s for r in results) for s in Status}
+    print(f"{len(results)} images in {seconds:.1f} s: {counts[Status.DONE]} trained, "
+          f"{counts[Status.SKIPPED]} already done, {counts[Status.FAILED]} failed")
+    names = [r.task for r in results]
+    if task_registry.any_besides_training(names):
+        print(f"tasks: {task_registry.counts(names)}")
     for r in results:
-        if r.status == "failed":
-            print(f"  failed {r.image_id}{task_note(r)}: {r.error}")
+        if r.status == Status.FAILED:
+            print(f"  failed {r.image_id}{task_registry.note(r.task)}: {r.error}")
     if table_url is not None:
         print(f"results: {table_url}")
     if ui_hint:

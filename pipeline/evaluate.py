@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.results import Status
 from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, join
-from pipeline.tracking import client_for, experiment_id_for, now_ms, one_line
-from singan.errors import InputError
+from pipeline.tracking import client_for, experiment_id_for, now_ms
+from singan.api import sample
+from singan.errors import InputError, one_line
 from singan.quality import nn_patch_distance, patch_swd
-from singan.sample import sample
 from singan.sifid import load_stem, sifid_each
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class EvalSettings:
 @dataclass(frozen=True)
 class EvalResult:
     image_id: str
-    status: str  # done | skipped | failed
+    status: Status
     error: str | None
     rows: list = field(default_factory=list)  # one dict per sample (ROWS)
     summary: dict = field(default_factory=dict)  # per start: sifid_mean, sifid_std, diversity
@@ -102,8 +103,8 @@ def evaluate_image(image_id: str, models: str, settings: EvalSettings,
     except Exception as err:  # noqa: BLE001 - a bad model fails its own row
         if not isinstance(err, InputError):
             logger.exception("evaluating %s failed", image_id)
-        return EvalResult(image_id, "failed", one_line(err) if not isinstance(err, InputError)
-                          else str(err).splitlines()[0], seconds=time.perf_counter() - start)
+        return EvalResult(image_id, Status.FAILED, one_line(err),
+                          seconds=time.perf_counter() - start)
 
 
 def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dict,
@@ -113,7 +114,7 @@ def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dic
     done = out.get_json(SUCCESS)
     if done is not None and done.get("settings") == digest:
         rows = pq.read_table(io.BytesIO(out.get("rows.parquet"))).to_pylist()
-        return EvalResult(image_id, "skipped", None, rows, done["summary"], 0.0,
+        return EvalResult(image_id, Status.SKIPPED, None, rows, done["summary"], 0.0,
                           done.get("eval_run_id"))
 
     trained = ImageStore(models, image_id)
@@ -155,7 +156,8 @@ def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dic
     run_id = track(settings, image_id, training.get("run_id"), summary)
     out.put_json(SUCCESS, {"settings": digest, "summary": summary, "eval_run_id": run_id,
                            "model": trained.url_of("model")})
-    return EvalResult(image_id, "done", None, rows, summary, time.perf_counter() - start, run_id)
+    return EvalResult(image_id, Status.DONE, None, rows, summary, time.perf_counter() - start,
+                      run_id)
 
 
 def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
@@ -205,7 +207,7 @@ def trained_image_ids(models: str) -> list[tuple[str, str]]:
         table = pq.read_table(io.BytesIO(data))
         pairs = []
         for row in table.to_pylist():
-            if row["status"] in ("done", "skipped"):
+            if row["status"] in (Status.DONE, Status.SKIPPED):
                 parent, _, image_id = row["output_url"].rstrip("/").rpartition("/")
                 pairs.append((image_id, parent))
         return pairs

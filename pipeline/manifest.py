@@ -6,11 +6,11 @@ the image's output folder) and `uri` (any fsspec URL of the image). Optional col
 keeps the job's value. Number fields take number columns, text fields (`padding`, `loss`) string
 columns, true/false fields (`noise_padding`) boolean columns or the strings "true" / "false".
 
-The optional `task` column says what a row does with its trained model: `train` (null or no
-column: nothing more), `sr` (super-resolution by the row's `sr_factor`, required, above 1) or
-`animate` (GIFs; optional `frames` and `fps`). A task's parameter columns are null on the rows
-of other tasks. `read_manifest` checks everything before a job starts and reports every problem
-at once, so that a 10,000-row manifest is fixed in one round, not one error at a time.
+The optional `task` column says what a row does with its trained model (pipeline.tasks: `train`,
+the default, `sr` with an `sr_factor`, `animate` with optional `frames` and `fps`). A task's
+parameter columns are null on the rows of other tasks. `read_manifest` checks everything before
+a job starts and reports every problem at once, so that a 10,000-row manifest is fixed in one
+round, not one error at a time.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ import re
 import types
 import typing
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -32,11 +33,10 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import tasks
 from pipeline.storage import redact
-from singan.apps.animate import FPS, FRAMES
-from singan.apps.sr import sr_steps
 from singan.config import Config, config
-from singan.errors import InputError
+from singan.errors import InputError, one_line
 from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ def _config_field_kinds() -> tuple[dict[str, str], frozenset[str]]:
         if type(None) in options:
             nullable.add(name)
         options = [option for option in options if option is not type(None)]
+        if len(options) == 1 and typing.get_origin(options[0]) is typing.Literal:
+            options = list({type(value) for value in typing.get_args(options[0])})  # a choice
         if len(options) != 1 or options[0] not in _KINDS:
             # A new kind of field needs a column kind here and in the checks below.
             raise TypeError(f"Config.{name}: a manifest column cannot hold {hint}")
@@ -67,15 +69,10 @@ CONFIG_FIELD_KINDS, NULLABLE_FIELDS = _config_field_kinds()
 _CONFIG_COLUMNS = {name: kind for name, kind in CONFIG_FIELD_KINDS.items() if name != "log_every"}
 OVERRIDE_COLUMNS: tuple[str, ...] = (*_CONFIG_COLUMNS, "seed")
 
-# What a row does with its trained model, and each task's parameter columns (null elsewhere).
-TASKS = ("train", "sr", "animate")
-TASK_PARAMS: dict[str, tuple[str, ...]] = {"train": (), "sr": ("sr_factor",),
-                                           "animate": ("frames", "fps")}
-_PARAM_TASK = {name: task for task, names in TASK_PARAMS.items() for name in names}
-_PARAM_KINDS = {"sr_factor": "float", "frames": "int", "fps": "float"}
-TASK_COLUMNS: tuple[str, ...] = ("task", *_PARAM_KINDS)
+# What a row does with its trained model (pipeline.tasks), and the tasks' parameter columns.
+TASK_COLUMNS: tuple[str, ...] = ("task", *tasks.PARAM_KINDS)
 
-_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **_PARAM_KINDS}
+_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **tasks.PARAM_KINDS}
 OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS)
 REQUIRED_COLUMNS = ("image_id", "uri")
 
@@ -98,22 +95,16 @@ class ImageTask:
     uri: str  # any fsspec URL, with its protocol (e.g. file:///abs/path.png or s3://b/k.png)
     config: Config  # the job's preset with this row's overrides applied
     seed: int  # the row's `seed`, else derived from image_id (seed_for)
-    task: str = "train"  # one of TASKS: what to make of the trained model
-    sr_factor: float | None = None  # sr: the upscaling factor, above 1
-    frames: int | None = None  # animate: frames per GIF (None: singan.apps.animate.FRAMES)
-    fps: float | None = None  # animate: GIF frame rate (None: singan.apps.animate.FPS)
+    task: str = tasks.DEFAULT  # a name in pipeline.tasks.TASKS: what to make of the model
+    # The task's parameters; filled in with their defaults and typed here (part of the
+    # training's identity: an sr_factor of 4 and of 4.0 are the same row).
+    params: Mapping[str, float] = field(default_factory=dict)
 
-    @property
-    def params(self) -> dict[str, int | float]:
-        """The task's parameters, defaults filled in and typed (part of the training's identity:
-        an sr_factor of 4 and of 4.0 are the same row)."""
-        defaults = {"frames": FRAMES, "fps": FPS}
-        values = {}
-        for name in TASK_PARAMS[self.task]:
-            value = getattr(self, name)
-            value = defaults.get(name) if value is None else value
-            values[name] = float(value) if _PARAM_KINDS[name] == "float" else int(value)
-        return values
+    def __post_init__(self) -> None:
+        _, params, problems = tasks.row_task({**self.params, "task": self.task})
+        if problems:
+            raise InputError(f"{self.image_id}: " + "; ".join(problems))
+        object.__setattr__(self, "params", params)
 
 
 class ManifestError(InputError):
@@ -216,7 +207,7 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
     # (row number, rank, text): problems found by different checks list in row order, a row's
     # own problems (rank 0) before a duplicate id first seen in that row (rank 1).
     found: list[tuple[int, int, str]] = []
-    tasks: list[ImageTask] = []  # complete when nothing was found
+    image_tasks: list[ImageTask] = []  # complete when nothing was found
     uris: dict[int, str] = {}
     rows_of_id: dict[str, list[int]] = {}
     for number, row in enumerate(rows):
@@ -238,18 +229,18 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
 
         row_config, seed, config_problems = _row_config(row, preset, overrides)
         row_problems += config_problems
-        task, params, task_problems = row_task(row)
+        task, params, task_problems = tasks.row_task(row)
         row_problems += task_problems
 
         if not row_problems:
             image_task = ImageTask(image_id, uris[number], row_config,
                                    seed if seed is not None else seed_for(image_id),
-                                   task=task, **params)
+                                   task=task, params=params)
             task_config_problem = _task_config_problem(image_task)
             if task_config_problem:
                 row_problems.append(task_config_problem)
             else:
-                tasks.append(image_task)
+                image_tasks.append(image_task)
         found += [(number, 0, _in_row(number, image_id, problem)) for problem in row_problems]
 
     for image_id, numbers in rows_of_id.items():
@@ -264,8 +255,8 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
     if found:
         found.sort(key=lambda problem: problem[:2])  # stable: a row's problems keep their order
         raise ManifestError(url, [text for _, _, text in found])
-    logger.info("read %d rows from manifest %s", len(tasks), redact(url))
-    return tasks
+    logger.info("read %d rows from manifest %s", len(image_tasks), redact(url))
+    return image_tasks
 
 
 def write_manifest(rows: list[dict], url: str) -> None:
@@ -289,7 +280,7 @@ def write_manifest(rows: list[dict], url: str) -> None:
         try:
             arrays[column] = pa.array([row.get(column) for row in rows], type=arrow_type)
         except (pa.ArrowException, TypeError, ValueError) as error:
-            raise InputError(f"manifest column {column!r}: {_one_line(error)}") from error
+            raise InputError(f"manifest column {column!r}: {one_line(error)}") from error
     table = pa.table(arrays)
 
     fs, path = fsspec.core.url_to_fs(url)
@@ -326,7 +317,7 @@ def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
         try:
             is_folder = fs.isdir(path)
         except Exception as error:  # credentials, network, bad URL: say so in one line
-            raise InputError(f"cannot list {source}: {_one_line(error)}") from error
+            raise InputError(f"cannot list {source}: {one_line(error)}") from error
         if not is_folder:
             what = "is not a folder" if fs.exists(path) else "does not exist"
             raise InputError(f"{source} {what}; give a folder or a glob such as photos/*.jpg")
@@ -380,9 +371,9 @@ def _read_table(url: str) -> pa.Table:
     except IsADirectoryError:
         reason = "it is a folder; give the URL of one Parquet file"
     except pa.ArrowInvalid as error:
-        reason = f"not a Parquet file ({_one_line(error)})"
+        reason = f"not a Parquet file ({one_line(error)})"
     except Exception as error:  # noqa: BLE001 - credentials, network, unknown protocol
-        reason = f"cannot read it: {_one_line(error)}"
+        reason = f"cannot read it: {one_line(error)}"
     raise ManifestError(url, [reason])
 
 
@@ -396,13 +387,13 @@ def _schema_problems(table: pa.Table) -> list[str]:
     for name in REQUIRED_COLUMNS:
         if name not in names:
             problems.append(f"missing required column {name!r}")
-    for field in table.schema:
-        if field.name in REQUIRED_COLUMNS:
-            if not _is_string(field.type):
-                problems.append(f"column {field.name!r} must be a string column, "
-                                f"got {field.type}")
-        elif field.name in _COLUMN_KINDS:
-            problem = _type_problem(field.name, field.type)
+    for column in table.schema:
+        if column.name in REQUIRED_COLUMNS:
+            if not _is_string(column.type):
+                problems.append(f"column {column.name!r} must be a string column, "
+                                f"got {column.type}")
+        elif column.name in _COLUMN_KINDS:
+            problem = _type_problem(column.name, column.type)
             if problem:
                 problems.append(problem)
     unknown = [name for name in names if name not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
@@ -472,54 +463,13 @@ def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None,
         return None, None, [str(error)]
 
 
-def row_task(row: dict) -> tuple[str, dict, list[str]]:
-    """The task of a manifest row (a dict of its columns) and its parameters (ImageTask fields),
-    and the problems with them (unknown task, a parameter of another task, missing or bad
-    values); the problems are empty when the row is good."""
-    task = row.get("task")
-    task = "train" if task is None else task
-    if task not in TASKS:
-        return task, {}, [f"task must be one of {', '.join(TASKS)}, got {task!r}"]
-    params, problems = {}, []
-    for name, kind in _PARAM_KINDS.items():
-        value = row.get(name)
-        if value is None:
-            continue
-        if _PARAM_TASK[name] != task:
-            problems.append(f"{name} is a parameter of task {_PARAM_TASK[name]!r}, but the row's "
-                            f"task is {task!r}")
-            continue
-        params[name] = float(value) if kind == "float" else value
-    if task == "sr":
-        factor = params.get("sr_factor")
-        if factor is None:
-            problems.append("task 'sr' needs an sr_factor (such as 2, 4 or 8)")
-        elif not math.isfinite(factor) or factor <= 1:
-            problems.append(f"sr_factor must be a number above 1, got {factor:g}")
-        else:
-            try:
-                sr_steps(factor)
-            except InputError as error:
-                problems.append(f"sr_factor: {error}")
-    if task == "animate":
-        if params.get("frames") is not None and params["frames"] < 1:
-            problems.append(f"frames must be at least 1, got {params['frames']}")
-        fps = params.get("fps")
-        if fps is not None and not (math.isfinite(fps) and fps > 0):
-            problems.append(f"fps must be a number above 0, got {fps:g}")
-    return task, params, problems
-
-
 def _task_config_problem(task: ImageTask) -> str | None:
     """Why the row's task cannot train with the row's config (animation's noise padding with a
     recipe that has none, say), or None. Checked for a nominal image size: what depends on the
     image's own size is checked when a worker reads it."""
-    from pipeline.apps import training_config  # it imports this module for ImageTask
-
-    if task.task == "train":
-        return None
     try:
-        training_config(task, NOMINAL_SIZE, NOMINAL_SIZE)
+        tasks.task_named(task.task).training_config(task.config, task.params, NOMINAL_SIZE,
+                                                    NOMINAL_SIZE)
     except InputError as error:
         return f"task {task.task!r}: {error}"
     return None
@@ -540,7 +490,7 @@ def _missing_files(uris: dict[int, str]) -> dict[int, str]:
         try:
             checks[number] = (uri, *fsspec.core.url_to_fs(uri))
         except Exception as error:  # noqa: BLE001 - unknown protocol, missing driver, bad URL
-            problems[number] = f"cannot check {uri}: {_one_line(error)}"
+            problems[number] = f"cannot check {uri}: {one_line(error)}"
 
     def check(uri: str, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
         try:
@@ -548,7 +498,7 @@ def _missing_files(uris: dict[int, str]) -> dict[int, str]:
         except FileNotFoundError:
             return f"{uri} does not exist"
         except Exception as error:  # noqa: BLE001 - no credentials, access denied, network
-            return f"cannot check {uri}: {_one_line(error)}"
+            return f"cannot check {uri}: {one_line(error)}"
         if info["type"] == "directory":
             return f"{uri} is a folder, not an image file"
         return None
@@ -571,9 +521,3 @@ def _in_row(number: int, image_id: Any, problem: str) -> str:
     if len(shown) > 60:
         shown = shown[:50] + "...'"
     return f"row {number} (image_id {shown}): {problem}"
-
-
-def _one_line(error: BaseException) -> str:
-    """The exception's type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

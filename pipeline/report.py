@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from pipeline.evaluate import ROWS, EvalResult
+from pipeline.results import Status
 from pipeline.storage import Storage
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
@@ -21,7 +22,7 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
 def summarise(results: list[EvalResult], starts: list[str]) -> dict:
     """Per image and overall, per start scale: mean SIFID and diversity (overall: mean of the
     per-image means, as the paper reports)."""
-    done = [r for r in results if r.status != "failed"]
+    done = [r for r in results if r.status != Status.FAILED]
     overall = {}
     for name in starts:
         per_image = [r.summary[name] for r in done if name in r.summary]
@@ -35,7 +36,7 @@ def summarise(results: list[EvalResult], starts: list[str]) -> dict:
                                                            for p in per_image),
                 "images": len(per_image)}
     return {"overall": overall, "images": {r.image_id: r.summary for r in done},
-            "failed": {r.image_id: r.error for r in results if r.status == "failed"}}
+            "failed": {r.image_id: r.error for r in results if r.status == Status.FAILED}}
 
 
 def histogram(rows: list[dict], starts: list[str], width: int = 640, height: int = 320) -> bytes:
@@ -95,7 +96,7 @@ def html_report(results: list[EvalResult], summary: dict, starts: list[str], dim
                  "<p><img src='sifid_histogram.png' style='height:320px'></p>")
     for r in sorted(results, key=lambda r: r.image_id):
         parts.append(f"<h2>{esc(r.image_id)}</h2>")
-        if r.status == "failed":
+        if r.status == Status.FAILED:
             parts.append(f"<p>failed: {esc(r.error or '')}</p>")
             continue
         for name in starts:

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import io
+from enum import Enum
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.storage import RESULTS, Storage
 
+
+class Status(str, Enum):
+    """How an image (or an evaluation) of a job ended; compares equal to its name."""
+
+    DONE = "done"  # trained (or evaluated) now
+    SKIPPED = "skipped"  # already done with the same settings: left as it was
+    FAILED = "failed"  # a bad image or a bug: the reason is in the row's error
+
+    def __str__(self) -> str:
+        return self.value
+
+
 SCHEMA = pa.schema([
     ("image_id", pa.string()),
-    ("task", pa.string()),  # train | sr | animate
-    ("status", pa.string()),  # done | skipped | failed
+    ("task", pa.string()),  # pipeline.tasks: train | sr | animate
+    ("status", pa.string()),  # Status: done | skipped | failed
     ("error", pa.string()),
     ("num_scales", pa.int32()),
     ("seconds", pa.float64()),

@@ -31,10 +31,11 @@ import fsspec
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
+from singan.api import load_files
+from singan.base import Pyramid, scale_file_name
 from singan.errors import InputError
 from singan.files import atomic_write
-from singan.image import to_pil
-from singan.models import SinGAN, scale_file_name
+from singan.image import png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +182,9 @@ class Storage:
 
     def put_png(self, name: str, x: torch.Tensor) -> bytes:
         """Write a 1 x 3 x H x W tensor in [-1, 1] as PNG; returns the PNG bytes."""
-        buffer = io.BytesIO()
-        to_pil(x).save(buffer, format="PNG")
-        self.put(name, buffer.getvalue())
-        return buffer.getvalue()
+        data = png_bytes(x)
+        self.put(name, data)
+        return data
 
     def remove_all(self) -> None:
         """Delete the folder and everything in it (no error when it does not exist)."""
@@ -202,21 +202,12 @@ class ImageStore(Storage):
         super().__init__(join(output, image_id))
         self.image_id = image_id
 
-    # --- model -------------------------------------------------------------------------------
-    def save_scale(self, model: SinGAN, index: int) -> None:
-        """Write scale `index`'s file, then config.json counting it as finished."""
-        buffer = io.BytesIO()
-        model.save_scale(index, buffer)
-        self.put(f"model/{scale_file_name(index)}", buffer.getvalue())
-        meta = model.metadata()
-        meta["finished_scales"] = index + 1
-        self.put_json("model/config.json", meta)
+    # --- model (written by singan.outputs.write_level, through `put`) ------------------------
+    def load_model(self, device: torch.device | str | None = None) -> Pyramid | None:
+        """The (possibly partial) model saved here, of any recipe, or None when there is none.
 
-    def load_model(self, device: torch.device | str | None = None) -> SinGAN | None:
-        """The (possibly partial) model saved here, or None when there is none.
-
-        Loads the scales config.json counts as finished, ignoring any later file (left over from
-        an attempt that died between writing a scale file and config.json).
+        Loads the levels config.json counts as finished, ignoring any later file (left over from
+        an attempt that died between writing a level file and config.json).
         """
         meta = self.get("model/config.json")
         if meta is None:
@@ -228,7 +219,7 @@ class ImageStore(Storage):
             if data is None:
                 break  # config.json is written after its scale file, so this means tampering
             files.append(io.BytesIO(data))
-        return SinGAN.from_files(io.BytesIO(meta), files, device=device, name=self.url_of("model"))
+        return load_files(io.BytesIO(meta), files, device=device, name=self.url_of("model"))
 
     # --- markers -----------------------------------------------------------------------------
     def success(self) -> dict | None:

@@ -14,6 +14,7 @@ replaying twice never duplicates a point.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.results import Status
 from pipeline.storage import ImageStore, redact
+from singan.errors import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,12 @@ TRACKING = "tracking.json"
 METRICS = "metrics.jsonl"
 # The files of an image's folder that its run holds as artifacts (same names), for the replay.
 ARTIFACTS = ("samples/scale_*.png", "sr/*.png", "animate/*/*.gif")
+
+
+def is_artifact(name: str) -> bool:
+    """Whether the image's file `name` is also an artifact of its MLflow run (ARTIFACTS)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in ARTIFACTS)
+
 
 # MLflow's HTTP client retries up to 7 times with exponential back-off by default: minutes per
 # call while a server is down. A training must not wait for its tracking, and what is not sent
@@ -98,11 +107,6 @@ def experiment_id_for(tracking_uri: str, name: str, artifact_location: str | Non
         if experiment is None:
             raise
         return experiment.experiment_id
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
 
 
 class ImageRun:
@@ -371,8 +375,8 @@ def end_job_run(tracking_uri: str, run_id: str, results, seconds: float) -> None
     """Totals and failed ids on the parent run, then end it; tracking trouble is only logged."""
     from mlflow.entities import Metric
 
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    failed = [r.image_id for r in results if r.status == "failed"]
+    counts = {s: sum(r.status == s for r in results) for s in Status}
+    failed = [r.image_id for r in results if r.status == Status.FAILED]
     try:
         client = client_for(tracking_uri)
         stamp = now_ms()

@@ -1,8 +1,9 @@
 """Train one manifest row: the function the training job fans out, one Ray task per image.
 
 It reads the image through fsspec, trains (resuming at the last finished scale), writes the
-storage layout of DESIGN.md as it goes, makes the row's task outputs (super-resolution,
-animations: pipeline.apps), tracks to MLflow, and returns an `ImageResult`. Runs in any process:
+image's output layout (singan.outputs, the files the `singan` command writes too, plus
+metrics.jsonl, tracking.json and _SUCCESS) as it goes, makes the row's task outputs
+(pipeline.tasks), tracks to MLflow, and returns an `ImageResult`. Runs in any process:
 the tests call it directly, the job calls it as a Ray task.
 
 What can go wrong, and what happens:
@@ -29,18 +30,19 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from pipeline.apps import training_config, write_outputs
+from pipeline import tasks
 from pipeline.manifest import ImageTask
+from pipeline.results import Status
 from pipeline.storage import ImageStore, TransientError, read_url, redact
-from pipeline.tracking import TRACKING, ImageRun, MetricsLog, one_line, point
+from pipeline.tracking import TRACKING, ImageRun, MetricsLog, is_artifact, point
+from singan import outputs
+from singan.api import sample, train
+from singan.base import Callback, IterationLog, Pyramid, package_version
 from singan.config import Config
-from singan.errors import InputError
+from singan.errors import InputError, one_line
 from singan.image import load_image
-from singan.models import SinGAN, package_version
 from singan.quality import nn_patch_distance, patch_swd
-from singan.sample import reconstruct, sample
 from singan.sifid import InceptionStem, load_stem, sifid
-from singan.train import Callback, IterationLog, train
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class ImageResult:
     """One row of the job's results table."""
 
     image_id: str
-    status: str  # "done", "skipped" (already done with the same settings) or "failed"
+    status: Status  # done, skipped (already done with the same settings) or failed
     error: str | None
     num_scales: int | None
     seconds: float
@@ -80,7 +82,7 @@ class ImageResult:
     mlflow_run_id: str | None
     output_url: str
     tracking_complete: bool = True  # False: some points or pictures still wait for a sync
-    task: str = "train"  # the row's task (pipeline.manifest.TASKS)
+    task: str = tasks.DEFAULT  # the row's task (pipeline.tasks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,8 +106,9 @@ def config_hash(task: ImageTask) -> str:
     settings = {name: value for name, value in task.config.to_dict().items()
                 if name in FIRST_CONFIG_FIELDS or value != defaults[name]}
     identity = {"config": settings, "seed": task.seed, "uri": task.uri}
-    if task.task != "train":
-        identity.update(task=task.task, params=task.params)
+    added = tasks.task_named(task.task).identity(task.params)
+    if added:
+        identity.update(task=added["task"], params=task.params)
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -120,8 +123,9 @@ def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None
 
     def failed(reason: str) -> ImageResult:
         link = store.get_json(TRACKING) or {}
-        return ImageResult(task.image_id, "failed", reason, None, time.perf_counter() - start,
-                           None, link.get("run_id"), store.url, task=task.task)
+        return ImageResult(task.image_id, Status.FAILED, reason, None,
+                           time.perf_counter() - start, None, link.get("run_id"), store.url,
+                           task=task.task)
 
     try:
         return _train_image(task, job, store, start, inception)
@@ -129,7 +133,7 @@ def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None
         raise  # Ray retries the task; the retry resumes at the last finished scale
     except InputError as err:
         logger.warning("%s: %s", task.image_id, err)
-        return failed(str(err).splitlines()[0])
+        return failed(one_line(err))
     except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
         logger.error("%s failed:\n%s", task.image_id, traceback.format_exc())
         return failed(one_line(err))
@@ -140,7 +144,7 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     digest = config_hash(task)
     done = store.success()
     if done is not None and done.get("config_hash") == digest:
-        return ImageResult(task.image_id, "skipped", None, done.get("num_scales"), 0.0,
+        return ImageResult(task.image_id, Status.SKIPPED, None, done.get("num_scales"), 0.0,
                            done.get("sifid"), done.get("run_id"), store.url, task=task.task)
 
     # 1. The image, through fsspec, and the config it trains with (super-resolution derives it
@@ -150,7 +154,8 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     image = train_config = bad_input = None
     try:
         image = _read_image(task)
-        train_config = training_config(task, *image.shape[-2:])
+        train_config = tasks.task_named(task.task).training_config(task.config, task.params,
+                                                                   *image.shape[-2:])
     except InputError as err:
         bad_input = err
 
@@ -185,14 +190,13 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
                         "seconds": round(seconds, 3), "uri": task.uri, "sifid": recorder.sifid,
                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "package_version": package_version(), **_task_fields(task)})
-    return ImageResult(task.image_id, "done", None, model.num_scales, seconds, recorder.sifid,
+    return ImageResult(task.image_id, Status.DONE, None, model.num_scales, seconds, recorder.sifid,
                        run.run_id, store.url, run.complete, task=task.task)
 
 
 def _task_fields(task: ImageTask) -> dict:
-    """The task and its parameters, for _SUCCESS and the run's params; nothing for a plain
-    training, whose records stay as they were before tasks existed."""
-    return {"task": task.task, **task.params} if task.task != "train" else {}
+    """The task and its parameters, for _SUCCESS and the run's params (pipeline.tasks)."""
+    return tasks.task_named(task.task).identity(task.params)
 
 
 def _read_image(task: ImageTask) -> torch.Tensor:
@@ -208,7 +212,7 @@ def _read_image(task: ImageTask) -> torch.Tensor:
 
 def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: ImageTask,
                 job: JobSettings, image: torch.Tensor, train_config: Config,
-                device: torch.device, resume: SinGAN | None) -> SinGAN:
+                device: torch.device, resume: Pyramid | None) -> Pyramid:
     height, width = image.shape[-2:]
     run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height, "width": width,
                     "seed": task.seed, "config_hash": config_hash(task), **_task_fields(task),
@@ -219,20 +223,31 @@ def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: I
         logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
     model = train(image, train_config, device=device, seed=task.seed, callbacks=[recorder],
                   resume=resume)
-    rng = torch.Generator(device=model.device).manual_seed(model.seed)
-    # --num-samples 0 asks for none; sample() itself refuses 0, which failed every row.
-    samples = sample(model, job.num_samples, generator=rng) if job.num_samples else []
-    for index, x in enumerate(samples):
-        store.put_png(f"samples/sample_{index:02d}.png", x)
-    store.put_png("samples/reconstruction.png", reconstruct(model))
+    folder = TrackedFolder(store, run)
+    outputs.write_final(model, folder, job.num_samples)
 
     # 5. The task's own outputs (super-resolution, animations), each also an MLflow artifact.
-    write_outputs(task, model, store, run)
+    names = tasks.task_named(task.task).write_outputs(model, folder, task.params)
+    if names:
+        logger.info("%s: %s written", task.image_id, ", ".join(names))
     return model
 
 
+class TrackedFolder:
+    """The image's folder for singan.outputs: every file goes to the store, and the pictures
+    MLflow shows (tracking.ARTIFACTS) to the image's run as well."""
+
+    def __init__(self, store: ImageStore, run: ImageRun):
+        self.store, self.run = store, run
+
+    def put(self, name: str, data: bytes) -> None:
+        self.store.put(name, data)
+        if is_artifact(name):
+            self.run.log_artifact(name, data)
+
+
 def _resumable(store: ImageStore, task: ImageTask, train_config: Config,
-               device: torch.device) -> SinGAN | None:
+               device: torch.device) -> Pyramid | None:
     """The partial model stored for this image, when it was trained with these settings."""
     if store.success() is not None:
         return None  # a finished training with other settings: retrain
@@ -257,11 +272,11 @@ class StoreScales(Callback):
         # The SIFID of the latest scale; after training, the finest scale's (the final SIFID).
         self.sifid: float | None = None
 
-    def on_scale_start(self, model: SinGAN, scale: int, noise_amp: float) -> None:
+    def on_scale_start(self, model: Pyramid, scale: int, noise_amp: float) -> None:
         self.scale_start = time.perf_counter()
         self.noise_amp = noise_amp
 
-    def scale_metrics(self, model: SinGAN) -> dict[str, float]:
+    def scale_metrics(self, model: Pyramid) -> dict[str, float]:
         """SIFID (with Inception weights) and the patch metrics of samples at the finest finished
         scale against its real image, each the mean over the samples."""
         num = max(self.job.sifid_samples if self.stem else 0, self.job.quality_samples)
@@ -290,31 +305,20 @@ class StoreScales(Callback):
         self.metrics.add(points)
         self.run.log_points(points)
 
-    def on_scale_end(self, model: SinGAN, scale: int) -> None:
-        # Metrics, then the model file (the resume point): a worker dying in between leaves
-        # points of an unfinished scale, which the retry drops and logs again.
+    def on_scale_end(self, model: Pyramid, scale: int) -> None:
+        # Metrics, then the scale's files, its model file last (the resume point): a worker
+        # dying in between leaves points of an unfinished scale, which the retry drops and logs
+        # again.
         points = [point("noise_amp", self.noise_amp, scale, scale),
                   point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
         points += [point(key, value, scale, scale)
                    for key, value in self.scale_metrics(model).items()]
         self.metrics.add(points)
         self.metrics.save(self.store)
-        self.store.save_scale(model, scale)
-        self.store.put_png(f"reals/scale_{scale:02d}.png", model.scales[scale].real)
-        grid = self.store.put_png(f"samples/scale_{scale:02d}.png", sample_grid(model))
+        outputs.write_level(model, scale, TrackedFolder(self.store, self.run))
         self.run.log_points(points)
         self.run.flush()
-        self.run.log_artifact(f"samples/scale_{scale:02d}.png", grid)
         _maybe_inject_fault(self.store, scale)
-
-
-def sample_grid(model: SinGAN, num: int = 3, border: int = 2) -> torch.Tensor:
-    """The real image at the finest finished scale, then `num` random samples, side by side."""
-    rng = torch.Generator(device=model.device).manual_seed(model.seed)
-    images = [model.reals[-1], *sample(model, num, generator=rng).split(1)]
-    white = torch.ones(1, 3, images[0].shape[-2], border, device=model.device)
-    parts = [part for x in images for part in (x, white)][:-1]
-    return torch.cat(parts, dim=-1)
 
 
 def _maybe_inject_fault(store: ImageStore, scale: int) -> None:

@@ -12,23 +12,26 @@ The stable public API:
     singan.save_image(x[0], "sample.png")
     singan.sifid(image, x[:1])                       # SIFID (Inception-v3 weights needed)
     singan.patch_swd(image, x[:1])                   # patch distribution distance (no weights)
+
+Where things live: docs/architecture.md.
 """
 
-from singan.config import PRESETS, RECIPES, Config, config
+from singan.api import load, load_files, plan, pyramid_shapes, reconstruct, sample, train
+from singan.base import Callback, IterationLog, Pyramid
+from singan.config import PRESETS, Config, config
 from singan.consingan import ConSinGAN, plan_consingan
 from singan.errors import InputError
 from singan.image import load_image, save_image
-from singan.models import SinGAN, load
-from singan.pyramid import plan_pyramid, pyramid_shapes
+from singan.models import SinGAN
+from singan.pyramid import plan_pyramid
 from singan.quality import nn_patch_distance, patch_swd
+from singan.recipe import RECIPES
 from singan.resize import imresize
-from singan.sample import reconstruct, sample
 from singan.sifid import sifid
-from singan.train import Callback, IterationLog, train
 
 __all__ = [
     "PRESETS", "RECIPES", "Callback", "ConSinGAN", "Config", "InputError", "IterationLog",
-    "SinGAN", "config", "imresize", "load", "load_image", "nn_patch_distance", "patch_swd",
-    "plan_consingan", "plan_pyramid", "pyramid_shapes", "reconstruct", "sample", "save_image",
-    "sifid", "train",
+    "Pyramid", "SinGAN", "config", "imresize", "load", "load_files", "load_image",
+    "nn_patch_distance", "patch_swd", "plan", "plan_consingan", "plan_pyramid", "pyramid_shapes",
+    "reconstruct", "sample", "save_image", "sifid", "train",
 ]

@@ -5,26 +5,27 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from singan.config import LOSSES, PADDINGS, PRESETS, RECIPES, Config, config
+from singan.api import load, sample
+from singan.apps.cli import add_commands as add_app_commands
+from singan.cli_common import add_training_options, resolve_device, train_into, training_config
+from singan.config import LOSSES, PADDINGS, config
 from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import IMAGE_SUFFIXES, load_image, save_image
-from singan.models import SinGAN, load
-from singan.sample import reconstruct, sample
-from singan.train import Callback, IterationLog, train
+from singan.recipe import RECIPES
 
 SAMPLE_BATCH = 16  # samples generated together: bounds memory at large sizes
 
 TRAIN_EPILOG = """\
-Output folder:
+Output folder (the batch job writes the same for each image):
   DIR/model/        config.json and scale_XX.pt, written as each scale finishes
   DIR/reals/        the image pyramid, scale_00.png (coarsest) ...
-  DIR/samples/      scale_XX.png (one sample after each scale), sample_XX.png, reconstruction.png
+  DIR/samples/      scale_XX.png (after each scale: the real image and 3 samples),
+                    sample_XX.png, reconstruction.png
 
 Training an image into a folder that holds a partly trained model with the same settings
 resumes at the first unfinished scale.
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE", help="the training image (any format Pillow reads)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (see below)")
     add_training_options(p)
-    p.add_argument("--recipe", choices=RECIPES, default="singan",
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="singan",
                    help="singan: one GAN per scale (the paper); consingan: one growing generator "
                         "whose last 3 stages train together, with ConSinGAN's defaults "
                         "(default: %(default)s)")
@@ -140,11 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many images (default: %(default)s)")
     p.set_defaults(run=run_examples)
 
-    # The applications' commands live with them; imported here because they reuse this
-    # module's training helpers.
-    from singan.apps.cli import add_commands
-
-    add_commands(commands)
+    add_app_commands(commands)  # the applications' commands live with them
 
     p = commands.add_parser("sample", help="draw samples from a trained model",
                             description="Draw random samples from a trained SinGAN.",
@@ -163,41 +160,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_sample)
     return parser
-
-
-def add_training_options(p: argparse.ArgumentParser) -> None:
-    """--preset, --max-size, --niter, --device, --seed: shared by every command that trains."""
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: every reference default; quick: a small CPU smoke run "
-                        "(default: %(default)s)")
-    p.add_argument("--max-size", type=int, metavar="N",
-                   help="longest side of the finest scale (paper: 250, quick: 96)")
-    p.add_argument("--niter", type=int, metavar="N",
-                   help="iterations per scale (paper: 2000); the learning-rate drop stays at "
-                        "80%% of them")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
-
-
-def training_config(args: argparse.Namespace, **fields) -> Config:
-    """The config the training options ask for, with `fields` on top."""
-    if args.max_size is not None:
-        fields.setdefault("max_size", args.max_size)
-    if args.niter is not None:
-        fields["niter"] = args.niter  # config() keeps the learning-rate drop at 80%
-    return config(args.preset, **fields)
-
-
-def resolve_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise InputError(f"unknown device {name!r}") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -281,85 +243,6 @@ def run_examples(args: argparse.Namespace) -> int:
         save_image(pebbles(128, 192, cells=cells, seed=index), out / f"stones_{index:02d}.png")
     print(f"{args.count} example images in {out}")
     return 0
-
-
-def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> SinGAN:
-    """Train (or resume) into the output folder layout, then write pictures and a summary."""
-    resume = previous_model(out / "model", cfg, seed)
-    progress = Progress(out)
-    start = time.perf_counter()
-    if resume is None or not resume.is_complete:
-        if resume is not None:
-            print(f"resuming {out / 'model'} at scale {len(resume.scales)} of {resume.num_scales}")
-        model = train(image, cfg, device=device, seed=seed, callbacks=[progress], resume=resume)
-    else:
-        print(f"{out / 'model'} is already trained; writing samples only")
-        model = resume.to(device)
-
-    for index, real in enumerate(model.reals):
-        save_image(real, out / "reals" / f"scale_{index:02d}.png")
-    rng = torch.Generator(device=model.device).manual_seed(model.seed)
-    for index, x in enumerate(sample(model, num_samples, generator=rng) if num_samples else []):
-        save_image(x, out / "samples" / f"sample_{index:02d}.png")
-    save_image(reconstruct(model), out / "samples" / "reconstruction.png")
-    progress.summary(model, time.perf_counter() - start)
-    return model
-
-
-def previous_model(directory: Path, cfg, seed: int | None) -> SinGAN | None:
-    """A model already in the output folder, when it can be resumed with these settings."""
-    if not (directory / "config.json").is_file():
-        return None
-    model = load(directory)
-    if model.config != cfg or (seed is not None and seed != model.seed):
-        raise InputError(f"{directory} holds a model trained with other settings; choose another "
-                         "--out or delete that folder")
-    return model
-
-
-class Progress(Callback):
-    """A progress bar per scale; saves each finished scale and one sample picture of it."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.bar = None
-        self.rows: list[tuple] = []
-        self.scale_start = 0.0
-        self.noise_amp = 0.0
-        self.last: IterationLog | None = None
-
-    def on_scale_start(self, model, scale, noise_amp):
-        from tqdm import tqdm
-
-        h, w = model.plan.shapes[scale]
-        self.noise_amp = noise_amp
-        self.scale_start = time.perf_counter()
-        self.bar = tqdm(total=model.config.niter, unit="it", dynamic_ncols=True, leave=True,
-                        desc=f"scale {scale + 1}/{model.num_scales} {h}x{w}")
-
-    def on_iteration(self, log: IterationLog):
-        self.bar.update(log.iteration - self.bar.n)
-        self.last = log
-        losses = {} if log.d_loss is None else {"D": f"{log.d_loss:.3f}"}
-        self.bar.set_postfix(**losses, G=f"{log.g_adv:.3f}", rec=f"{log.reconstruction:.4f}",
-                             refresh=False)
-
-    def on_scale_end(self, model, scale):
-        self.bar.close()
-        model.save(self.out / "model")
-        rng = torch.Generator(device=model.device).manual_seed(model.seed)
-        save_image(sample(model, generator=rng), self.out / "samples" / f"scale_{scale:02d}.png")
-        seconds = time.perf_counter() - self.scale_start
-        self.rows.append((scale, model.plan.shapes[scale], self.noise_amp, seconds,
-                          self.last.reconstruction))
-
-    def summary(self, model: SinGAN, seconds: float) -> None:
-        if self.rows:
-            print(f"{'scale':>5} {'size':>9} {'noise_amp':>9} {'seconds':>8} {'rec loss':>9}")
-            for scale, (h, w), amp, secs, rec in self.rows:
-                print(f"{scale:>5} {f'{h}x{w}':>9} {amp:>9.4f} {secs:>8.1f} {rec:>9.5f}")
-        print(f"{model.num_scales} scales, {seconds:.1f} s; model: {self.out / 'model'}, "
-              f"samples: {self.out / 'samples'}")
 
 
 def run_sample(args: argparse.Namespace) -> int:

@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from singan.errors import InputError
+from singan.recipe import RECIPES, recipe_named
 
 # Boundary conditions of the generator's inputs (and of the critic's input, see models.pad).
-PADDINGS = ("zero", "circular", "reflect")
-# wgan_gp trains a critic; the others replace it by a loss between real and fake patches.
-LOSSES = ("wgan_gp", "frechet", "nnpl", "annpl")
-# singan: one GAN per scale, trained one at a time (Shaham et al. 2019). consingan: one growing
-# generator whose last `train_depth` stages train concurrently (Hinz et al. 2021).
-RECIPES = ("singan", "consingan")
+Padding = Literal["zero", "circular", "reflect"]
+PADDINGS: tuple[str, ...] = get_args(Padding)
+# wgan_gp trains a critic; the others replace it by a loss between real and fake patches
+# (singan.adversary.ADVERSARIES implements each).
+Loss = Literal["wgan_gp", "frechet", "nnpl", "annpl"]
+LOSSES: tuple[str, ...] = get_args(Loss)
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,15 @@ class Config:
     noise_amp: float = 0.1  # noise amplitude = noise_amp * RMSE(real, upsampled reconstruction)
 
     # Variants (the seed study and the applications); the defaults are the reference's.
-    padding: str = "zero"  # border of G's inputs and D's input: zero | circular | reflect
+    padding: Padding = "zero"  # border of G's inputs and D's input: zero | circular | reflect
     noise_padding: bool = False  # animation: noise drawn at the padded size, no border around it
-    loss: str = "wgan_gp"  # wgan_gp: the paper's critic; frechet | nnpl | annpl: no D network
+    loss: Loss = "wgan_gp"  # wgan_gp: the paper's critic; frechet | nnpl | annpl: no D network
     patch_size: int = 7  # patch side of the frechet / nnpl / annpl losses
 
-    # Recipe (RECIPES). train_depth and lr_scale only matter to ConSinGAN; SinGAN always has
-    # BatchNorm. singan.config(recipe="consingan") also switches the fields above to ConSinGAN's
-    # defaults (RECIPE_DEFAULTS). ConSinGAN trains num_scales stages, all channels(0) wide.
+    # Recipe (a name registered in singan.recipe.RECIPES: singan, consingan). train_depth and
+    # lr_scale only matter to ConSinGAN; SinGAN always has BatchNorm.
+    # singan.config(recipe="consingan") also switches the fields above to ConSinGAN's defaults
+    # (its Recipe.defaults). ConSinGAN trains num_scales stages, all channels(0) wide.
     recipe: str = "singan"
     train_depth: int = 3  # ConSinGAN: how many of the newest stages train concurrently
     lr_scale: float = 0.1  # ConSinGAN: lr factor per stage below the newest (1, 0.1, 0.01, ...)
@@ -94,32 +96,18 @@ class Config:
             problems.append(f"noise_padding must be true or false, got {self.noise_padding!r}")
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if self.recipe not in RECIPES:
-            problems.append(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if not isinstance(self.train_depth, int) or self.train_depth < 1:
             problems.append(f"train_depth must be a positive integer, got {self.train_depth!r}")
         if not self.lr_scale > 0:
             problems.append(f"lr_scale must be positive, got {self.lr_scale!r}")
         if not isinstance(self.batch_norm, bool):
             problems.append(f"batch_norm must be true or false, got {self.batch_norm!r}")
-        if self.recipe == "singan" and not self.batch_norm:
-            problems.append("batch_norm=False needs recipe='consingan' (SinGAN always has BatchNorm)")
-        if self.recipe == "consingan":
-            problems.extend(self._consingan_problems())
+        if not isinstance(self.recipe, str) or self.recipe not in RECIPES:
+            problems.append(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        else:
+            problems.extend(RECIPES[self.recipe].config_problems(self))
         if problems:
             raise InputError("invalid config: " + "; ".join(problems))
-
-    def _consingan_problems(self) -> list[str]:
-        """What ConSinGAN does not implement: the variants that belong to the SinGAN recipe."""
-        problems = []
-        if self.num_scales is None:
-            problems.append("recipe 'consingan' needs num_scales (its number of stages); "
-                            "singan.config(recipe='consingan') sets 6")
-        unsupported = {"loss": "wgan_gp", "padding": "zero", "noise_padding": False}
-        for name, value in unsupported.items():
-            if getattr(self, name) != value:
-                problems.append(f"recipe 'consingan' supports only {name}={value!r}")
-        return problems
 
     def channels(self, scale: int) -> int:
         """Feature channels of the generator and discriminator at `scale` (0 = coarsest)."""
@@ -129,11 +117,6 @@ class Config:
     def pad(self) -> int:
         """Zero border that keeps the generator's output the size of its input (5 by default)."""
         return (self.kernel_size - 1) * self.num_layer // 2
-
-    @property
-    def has_discriminator(self) -> bool:
-        """False when a patch loss (frechet, nnpl, annpl) stands in for the critic."""
-        return self.loss == "wgan_gp"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,22 +141,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(max_size=96, num_scales=4, max_nfc=32, niter=100, lr_milestone=80),
 }
 
-# The official ConSinGAN code's defaults (generation mode), applied before a preset's and the
-# user's overrides. The lr drop stays at 80% of niter, as in SinGAN.
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "singan": {},
-    "consingan": dict(num_scales=6, nfc=64, max_nfc=64, num_layer=3, leaky_slope=0.05,
-                      batch_norm=False, niter=1000, lr_milestone=800, lr_g=5e-4, lr_d=5e-4,
-                      beta1=0.5, beta2=0.999, alpha=10.0, lambda_grad=0.1, d_steps=3, g_steps=3,
-                      noise_amp=0.1, min_size=25, max_size=250),
-}
-
 
 def config(preset: str = "paper", **overrides: Any) -> Config:
     """A frozen `Config` from a preset ("paper" or "quick") with field overrides.
 
-    recipe="consingan" (an override like any other) starts from ConSinGAN's defaults
-    (RECIPE_DEFAULTS), then applies the preset's values, then the other overrides.
+    recipe="consingan" (an override like any other) starts from that recipe's defaults
+    (its Recipe.defaults), then applies the preset's values, then the other overrides.
 
     Overriding `niter` without `lr_milestone` keeps the learning-rate drop at 80% of the
     iterations, where the reference puts it (1600 of 2000).
@@ -189,7 +162,5 @@ def config(preset: str = "paper", **overrides: Any) -> Config:
         raise InputError(f"unknown config fields: {', '.join(unknown)}")
     if "niter" in overrides and "lr_milestone" not in overrides and isinstance(overrides["niter"], int):
         overrides["lr_milestone"] = max(1, round(0.8 * overrides["niter"]))
-    recipe = overrides.get("recipe", "singan")
-    if not isinstance(recipe, str) or recipe not in RECIPE_DEFAULTS:
-        raise InputError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPE_DEFAULTS)}")
-    return Config(**{**RECIPE_DEFAULTS[recipe], **PRESETS[preset], **overrides})
+    recipe = recipe_named(overrides.get("recipe", "singan"))
+    return Config(**{**recipe.defaults, **PRESETS[preset], **overrides})

@@ -1,6 +1,7 @@
 """ConSinGAN (Hinz, Fisher, Wang, Wermter, WACV 2021): one growing generator whose newest stages
-train concurrently (reference/SINGAN.md section 7). `Config.recipe = "consingan"` selects it;
-`singan.train`, `singan.sample`, `singan.reconstruct` and `singan.load` dispatch here.
+train concurrently (reference/SINGAN.md section 7). `Config.recipe = "consingan"` selects it:
+this module is the whole recipe (`ConSinGANRecipe`, registered in singan/recipes.py), and
+`singan.train`, `singan.sample`, `singan.reconstruct` and `singan.load` reach it through it.
 
 How it differs from SinGAN (singan.models, singan.train):
 - One generator for the whole pyramid: a head, one body per stage, a tail. Stage k starts as a copy
@@ -25,27 +26,29 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from singan import streams
+from singan.base import (
+    Callback,
+    IterationLog,
+    Pyramid,
+    gradient_penalty,
+    is_log_step,
+    load_state,
+    scale_file_name,
+)
 from singan.config import Config
 from singan.errors import InputError
-from singan.models import (
-    ConvBlock,
-    Pyramid,
-    init_weights,
-    read_metadata,
-    scale_file_name,
-    trainable,
-)
+from singan.layers import ConvBlock, init_weights, trainable
 from singan.pyramid import PyramidPlan
+from singan.recipe import Recipe
 from singan.resize import imresize
 from singan.streams import scale_generator
-from singan.train import Callback, IterationLog, gradient_penalty, resumable
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +253,10 @@ class ConSinGAN(Pyramid):
         super().__init__(config, plan, seed)
         self.generator = Generator(config)
 
-    def save_scale(self, index: int, f: IO[bytes]) -> None:
+    def generator_modules(self) -> list[nn.Module]:
+        return [self.generator]
+
+    def save_level(self, index: int, f: IO[bytes]) -> None:
         """Write stage `index` (tensors only, on the CPU): its real, z_rec, noise_amp and critic,
         and under "generator." the generator's head, bodies 0 .. index and tail.
 
@@ -266,65 +272,36 @@ class ConSinGAN(Pyramid):
         torch.save({k: v.detach().cpu() for k, v in state.items()}, f)
 
     @classmethod
-    def from_files(cls, metadata_file: IO[bytes], scale_files: list[IO[bytes]],
-                   device: str | torch.device | None = None, name: str = "model") -> ConSinGAN:
-        """Rebuild a model from config.json and the first len(scale_files) stage files."""
-        config, plan, seed = read_metadata(metadata_file, name)
-        if config.recipe != "consingan":
-            raise InputError(f"{name}: a {config.recipe} model, not a ConSinGAN; use singan.load")
-        return cls.from_parts(config, plan, seed, scale_files, device=device, name=name)
-
-    @classmethod
-    def from_parts(cls, config: Config, plan: PyramidPlan, seed: int,
-                   scale_files: list[IO[bytes]], *, device: str | torch.device | None = None,
-                   name: str = "model") -> ConSinGAN:
-        """Rebuild a model from config.json's contents and stage files; the generator comes
+    def from_files(cls, config: Config, plan: PyramidPlan, seed: int,
+                   level_files: list[IO[bytes]], *, name: str = "model") -> ConSinGAN:
+        """Rebuild a model from its config.json contents and stage files; the generator comes
         from the last file (training a stage changes the ones below it)."""
         model = cls(config, plan, seed)
         generator_state: dict[str, Tensor] = {}
-        for index, f in enumerate(scale_files):
+        for index, f in enumerate(level_files):
+            state = load_state(f, index, name)
             stage = Stage.empty(index, config, plan.shapes[index])
             try:
-                state = torch.load(f, map_location="cpu", weights_only=True)
                 generator_state = {key.removeprefix("generator."): state.pop(key)
                                    for key in list(state) if key.startswith("generator.")}
                 # A model trained in float64 loads in float64 (load_state_dict would cast).
                 stage.to(dtype=state["real"].dtype).load_state_dict(state)
-            except Exception as err:  # a torn or foreign file: say which one
+            except Exception as err:  # a foreign file: say which one
                 raise InputError(f"{name}: {scale_file_name(index)} cannot be loaded ({err})") from err
             model.scales.append(stage.eval().requires_grad_(False))
-        if scale_files:
-            model.generator = Generator(config, num_stages=len(scale_files)).to(
+        if level_files:
+            model.generator = Generator(config, num_stages=len(level_files)).to(
                 dtype=model.scales[0].real.dtype)
             try:
                 model.generator.load_state_dict(generator_state)
             except Exception as err:
-                last = scale_file_name(len(scale_files) - 1)
+                last = scale_file_name(len(level_files) - 1)
                 raise InputError(f"{name}: {last} holds no matching generator ({err})") from err
         model.generator.eval().requires_grad_(False)
-        return model.to(device or "cpu")
+        return model
 
 
 # --- training --------------------------------------------------------------------------------
-def train(image: Tensor, config: Config, *, device: torch.device, dtype: torch.dtype, seed: int,
-          callbacks: Sequence[Callback] = (), resume: ConSinGAN | None = None) -> ConSinGAN:
-    """Learn a ConSinGAN from a 1 x 3 x H x W image; `singan.train` checks the arguments (and
-    that `resume` has this config and seed) and calls this for recipe "consingan"."""
-    plan = plan_consingan(image.shape[-2], image.shape[-1], config)
-    reals = build_consingan_pyramid(image.to(device=device, dtype=dtype), plan)
-    if resume is not None:
-        if len(resume.generator.body) != len(resume.scales):
-            raise InputError("resume: the model stopped in the middle of a stage; load it from "
-                             "its saved files")
-        model = resumable(resume, plan, reals).to(device)
-    else:
-        model = ConSinGAN(config, plan, seed).to(device=device, dtype=dtype)
-
-    for stage in range(len(model.scales), plan.num_scales):
-        train_stage(model, stage, reals[stage], callbacks)
-    return model
-
-
 def generator_param_groups(generator: Generator, stage: int, config: Config) -> list[dict]:
     """The generator's parameters that stage `stage` trains, as Adam parameter groups; freezes
     the rest.
@@ -407,7 +384,8 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
                 fake = generator(noises, shapes, amps)
             d_real = -critic(real).mean()
             d_fake = critic(fake.detach()).mean()
-            penalty = config.lambda_grad * gradient_penalty(critic, real, fake.detach(), rng)
+            e = streams.uniform((), generator=rng, device=device, dtype=dtype)
+            penalty = config.lambda_grad * gradient_penalty(critic, real, fake.detach(), e)
             opt_d.zero_grad(set_to_none=True)
             (d_real + d_fake + penalty).backward()
             opt_d.step()
@@ -428,9 +406,9 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
             scheduler.step()
 
         # 6. Report: the only host sync of the loop, every log_every iterations.
-        if callbacks and (iteration % config.log_every == 0 or iteration == config.niter):
-            values = torch.stack([d_real, d_fake, penalty, g_adv, reconstruction]).tolist()
-            entry = IterationLog(stage, iteration, config.niter, *values)
+        if callbacks and is_log_step(iteration, config):
+            entry = IterationLog.of(stage, iteration, config.niter, d_real, d_fake, penalty,
+                                    g_adv, reconstruction)
             for callback in callbacks:
                 callback.on_iteration(entry)
 
@@ -441,27 +419,74 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
         callback.on_scale_end(model, stage)
 
 
-# --- sampling (singan.sample and singan.reconstruct check the arguments and call these) -------
-@torch.no_grad()
-def sample(model: ConSinGAN, num: int, *, start_scale: int, scale_h: float, scale_v: float,
-           generator: torch.Generator | None) -> Tensor:
-    """Random samples from the finished stages: fresh noise from `start_scale` on, the fixed
-    reconstruction inputs below it. Every stage's size is round(scale * its size), so the
-    generator retargets to the new size (scale_h=1.5: 1.5 times as wide)."""
-    shapes = [(max(1, round(h * scale_v)), max(1, round(w * scale_h)))
-              for h, w in model.plan.shapes[: len(model.scales)]]
-    dtype = model.scales[0].real.dtype
-    noises = [level.z_rec.expand(num, -1, -1, -1) if k < start_scale else
-              streams.normal((num, *noise_size(model.config, k, shapes[k])), generator=generator,
-                             device=model.device, dtype=dtype)
-              for k, level in enumerate(model.scales)]
-    amps = [level.noise_amp for level in model.scales]
-    return model.generator(noises, shapes, amps).clamp(-1, 1)
+# --- the recipe -------------------------------------------------------------------------------
+class ConSinGANRecipe(Recipe):
+    """ConSinGAN as a recipe: its pyramid, its model, stage training, sampling and loading."""
+
+    name = "consingan"
+    # The official ConSinGAN code's defaults (generation mode), applied before a preset's and
+    # the user's overrides. The lr drop stays at 80% of niter, as in SinGAN.
+    defaults: dict[str, Any] = dict(
+        num_scales=6, nfc=64, max_nfc=64, num_layer=3, leaky_slope=0.05, batch_norm=False,
+        niter=1000, lr_milestone=800, lr_g=5e-4, lr_d=5e-4, beta1=0.5, beta2=0.999, alpha=10.0,
+        lambda_grad=0.1, d_steps=3, g_steps=3, noise_amp=0.1, min_size=25, max_size=250)
+
+    def config_problems(self, config: Config) -> list[str]:
+        """What ConSinGAN does not implement: the variants that belong to the SinGAN recipe."""
+        problems = []
+        if config.num_scales is None:
+            problems.append("recipe 'consingan' needs num_scales (its number of stages); "
+                            "singan.config(recipe='consingan') sets 6")
+        unsupported = {"loss": "wgan_gp", "padding": "zero", "noise_padding": False}
+        for name, value in unsupported.items():
+            if getattr(config, name) != value:
+                problems.append(f"recipe 'consingan' supports only {name}={value!r}")
+        return problems
+
+    def plan(self, height: int, width: int, config: Config) -> PyramidPlan:
+        return plan_consingan(height, width, config)
+
+    def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
+        return build_consingan_pyramid(image, plan)
+
+    def new_model(self, config: Config, plan: PyramidPlan, seed: int) -> ConSinGAN:
+        return ConSinGAN(config, plan, seed)
+
+    def check_resumable(self, model: ConSinGAN) -> None:
+        if len(model.generator.body) != len(model.scales):
+            raise InputError("resume: the model stopped in the middle of a stage; load it from "
+                             "its saved files")
+
+    def train_level(self, model: ConSinGAN, level: int, real: Tensor,
+                    callbacks: Sequence[Callback]) -> None:
+        train_stage(model, level, real, callbacks)
+
+    @torch.no_grad()
+    def sample(self, model: ConSinGAN, num: int, *, start_scale: int, scale_h: float,
+               scale_v: float, generator: torch.Generator | None) -> Tensor:
+        """Random samples from the finished stages: fresh noise from `start_scale` on, the fixed
+        reconstruction inputs below it. Every stage's size is round(scale * its size), so the
+        generator retargets to the new size (scale_h=1.5: 1.5 times as wide)."""
+        shapes = [(max(1, round(h * scale_v)), max(1, round(w * scale_h)))
+                  for h, w in model.plan.shapes[: len(model.scales)]]
+        dtype = model.scales[0].real.dtype
+        noises = [level.z_rec.expand(num, -1, -1, -1) if k < start_scale else
+                  streams.normal((num, *noise_size(model.config, k, shapes[k])),
+                                 generator=generator, device=model.device, dtype=dtype)
+                  for k, level in enumerate(model.scales)]
+        amps = [level.noise_amp for level in model.scales]
+        return model.generator(noises, shapes, amps).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, model: ConSinGAN) -> Tensor:
+        """The reconstruction of the real image: the generator fed the fixed inputs."""
+        shapes = list(model.plan.shapes[: len(model.scales)])
+        return model.generator([level.z_rec for level in model.scales], shapes,
+                               [level.noise_amp for level in model.scales]).clamp(-1, 1)
+
+    def from_files(self, config: Config, plan: PyramidPlan, seed: int,
+                   level_files: list[IO[bytes]], *, name: str) -> ConSinGAN:
+        return ConSinGAN.from_files(config, plan, seed, level_files, name=name)
 
 
-@torch.no_grad()
-def reconstruct(model: ConSinGAN) -> Tensor:
-    """The reconstruction of the real image: the generator fed the fixed inputs."""
-    shapes = list(model.plan.shapes[: len(model.scales)])
-    return model.generator([level.z_rec for level in model.scales], shapes,
-                           [level.noise_amp for level in model.scales]).clamp(-1, 1)
+CONSINGAN = ConSinGANRecipe()

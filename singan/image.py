@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from singan.errors import InputError
+from singan.errors import InputError, one_line
 from singan.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError as err:
         raise InputError(f"{name}: not an image (unknown format or corrupt header)") from err
     except Exception as err:  # noqa: BLE001 - any parser failure means a corrupt header
-        raise InputError(f"{name}: cannot read image header ({_one_line(err)})") from err
+        raise InputError(f"{name}: cannot read image header ({one_line(err)})") from err
 
     # Image.open only read the header, so this check runs before any pixel is decoded.
     width, height = img.size
@@ -200,7 +200,7 @@ def _decode(fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
         img.load()
     except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, zlib errors...
         img.close()
-        raise InputError(f"{name}: truncated or corrupt image data ({_one_line(err)})") from err
+        raise InputError(f"{name}: truncated or corrupt image data ({one_line(err)})") from err
 
     # The first frame of a multi-frame file is now in memory; we never seek to the others,
     # so the caller may close `fp` as soon as we return.
@@ -216,7 +216,7 @@ def _bomb_message(name: str, err: Exception, max_pixels: int) -> str:
     """
     match = re.search(r"Image size \((\d+) pixels\) exceeds limit of (\d+) pixels", str(err))
     if match is None:
-        return f"{name}: image too large to decode safely ({_one_line(err)})"
+        return f"{name}: image too large to decode safely ({one_line(err)})"
     pixels, pil_limit = int(match.group(1)), int(match.group(2))
     # Above our limit, report ours; otherwise the caller raised max_pixels past PIL's limit.
     limit = max_pixels if pixels > max_pixels else pil_limit
@@ -230,13 +230,7 @@ def _apply_exif_orientation(img: Image.Image, name: str) -> None:
     except Exception as err:  # noqa: BLE001
         # Malformed EXIF is common in the wild and the pixels are still fine: keep them as
         # stored rather than reject the image.
-        logger.warning("%s: ignoring unreadable EXIF orientation (%s)", name, _one_line(err))
-
-
-def _one_line(err: BaseException) -> str:
-    """An exception's message squeezed onto one line (the CLI prints one line)."""
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
+        logger.warning("%s: ignoring unreadable EXIF orientation (%s)", name, one_line(err))
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,7 +368,14 @@ def save_image(x: torch.Tensor, dst: PathOrFile) -> None:
     try:
         atomic_write(path, lambda fp: img.save(fp, format=fmt, **options))
     except OSError as err:
-        raise InputError(f"{path}: cannot write image ({err.strerror or _one_line(err)})") from err
+        raise InputError(f"{path}: cannot write image ({err.strerror or one_line(err)})") from err
+
+
+def png_bytes(x: torch.Tensor) -> bytes:
+    """A 1 x 3 x H x W or 3 x H x W tensor in [-1, 1] as the bytes of an 8-bit RGB PNG."""
+    buffer = io.BytesIO()
+    to_pil(x).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _format_for(path: str) -> str:

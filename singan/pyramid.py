@@ -135,11 +135,6 @@ def plan_pyramid(height: int, width: int, config: Config | None = None) -> Pyram
     )
 
 
-def pyramid_shapes(height: int, width: int, config: Config | None = None) -> list[tuple[int, int]]:
-    """(height, width) of every pyramid level of a `height` x `width` image, coarsest first."""
-    return list(plan_pyramid(height, width, config).shapes)
-
-
 def build_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     """Resize `image` (N x C x H x W, any value range) to every level of `plan`, coarsest first.
 

@@ -61,3 +61,14 @@ def tiny_image():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_image):
     return singan.train(tiny_image, tiny_config(), device="cpu", seed=7)
+
+
+def assert_golden_corners(model, sample: list, reconstruction: list) -> None:
+    """The last 3 x 3 pixels of every channel of a sample (generator seeded 0) and of the
+    reconstruction, as pinned golden numbers (to 1e-4, diffusers-style)."""
+    corners = {"sample": singan.sample(model, 1, generator=torch.Generator().manual_seed(0)),
+               "reconstruction": singan.reconstruct(model)}
+    for name, expected in (("sample", sample), ("reconstruction", reconstruction)):
+        got = corners[name][0, :, -3:, -3:]
+        torch.testing.assert_close(got, torch.tensor(expected, dtype=got.dtype), rtol=0,
+                                   atol=1e-4, msg=lambda m, name=name: f"{name}: {m}")

@@ -235,7 +235,8 @@ def test_sr_command_writes_an_image_factor_times_larger(tmp_path):
     out = tmp_path / "sr"
     assert main(["sr", str(tmp_path / "low.png"), "--factor", "2", "--out", str(out),
                  "--preset", "quick", "--niter", "2"]) == 0
-    with Image.open(out / "sr_x2.png") as sr, Image.open(out / "bicubic_x2.png") as bicubic:
+    with Image.open(out / "sr" / "sr_x2.png") as sr, \
+            Image.open(out / "sr" / "bicubic_x2.png") as bicubic:
         assert sr.size == bicubic.size == (72, 60)
     assert singan.load(out / "model").config.alpha == SR_ALPHA
 

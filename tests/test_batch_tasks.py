@@ -78,11 +78,11 @@ def test_task_rows_read_with_their_parameters(tmp_path):
     assert tasks == [
         ImageTask("a", uri, paper, seed_for("a")),
         ImageTask("b", uri, paper, seed_for("b")),
-        ImageTask("c", uri, paper, seed_for("c"), task="sr", sr_factor=4.0),
-        ImageTask("d", uri, paper, seed_for("d"), task="animate", frames=5, fps=12.5),
+        ImageTask("c", uri, paper, seed_for("c"), task="sr", params={"sr_factor": 4.0}),
+        ImageTask("d", uri, paper, seed_for("d"), task="animate", params={"frames": 5, "fps": 12.5}),
         ImageTask("e", uri, paper, seed_for("e"), task="animate"),
     ]
-    assert isinstance(tasks[2].sr_factor, float)
+    assert isinstance(tasks[2].params["sr_factor"], float)
     assert [t.params for t in tasks] == [{}, {}, {"sr_factor": 4.0}, {"frames": 5, "fps": 12.5},
                                          {"frames": 100, "fps": 10.0}]
 
@@ -164,15 +164,14 @@ def test_a_plain_training_keeps_its_hash():
 
 
 def test_the_task_and_its_parameters_are_part_of_the_identity():
-    def digest(**kw) -> str:
-        return config_hash(ImageTask("wall", "file:///data/wall.png", config(), 7, **kw))
+    def digest(task: str = "train", **params) -> str:
+        return config_hash(ImageTask("wall", "file:///data/wall.png", config(), 7, task, params))
 
-    hashes = [digest(), digest(task="sr", sr_factor=2), digest(task="sr", sr_factor=4),
-              digest(task="animate"), digest(task="animate", frames=5),
-              digest(task="animate", fps=20)]
+    hashes = [digest(), digest("sr", sr_factor=2), digest("sr", sr_factor=4), digest("animate"),
+              digest("animate", frames=5), digest("animate", fps=20)]
     assert len(set(hashes)) == len(hashes)
-    assert digest(task="sr", sr_factor=4) == digest(task="sr", sr_factor=4.0)
-    assert digest(task="animate") == digest(task="animate", frames=100, fps=10)
+    assert digest("sr", sr_factor=4) == digest("sr", sr_factor=4.0)
+    assert digest("animate") == digest("animate", frames=100, fps=10)
 
 
 # --- Rows trained end to end ----------------------------------------------------------------
@@ -182,7 +181,7 @@ def sr_row(tmp_path_factory, mlflow_server):
     """An sr x2 row of a 40 x 48 image, trained with tracking: (task, job, result, folder)."""
     root = tmp_path_factory.mktemp("sr")
     experiment_id, parent = start_job_run(mlflow_server.url, "batch-tasks", None, {})
-    task = ImageTask("stones", image_uri(root), tiny(), 5, task="sr", sr_factor=2)
+    task = ImageTask("stones", image_uri(root), tiny(), 5, task="sr", params={"sr_factor": 2})
     job = settings(root / "out", tracking_uri=mlflow_server.url, experiment_id=experiment_id,
                    parent_run_id=parent)
     return task, job, train_image(task, job), root / "out" / "stones"
@@ -236,7 +235,7 @@ def test_an_unchanged_rerun_skips_and_a_changed_task_retrains(sr_row, tmp_path):
 def test_an_animate_row_writes_one_gif_per_beta_and_start_scale(tmp_path):
     # Two scales: start scale 2 of the reference's grid does not exist and is skipped.
     task = ImageTask("stones", image_uri(tmp_path), tiny(num_scales=2, max_size=48), 5,
-                     task="animate", frames=5, fps=20)
+                     task="animate", params={"frames": 5, "fps": 20})
     result = train_image(task, settings(tmp_path / "out"))
     assert (result.status, result.error, result.task, result.num_scales) == (
         "done", None, "animate", 2)
@@ -295,8 +294,8 @@ def test_make_manifest_gives_every_row_the_task(tmp_path, make_manifest, capsys)
     assert make_manifest([str(tmp_path / "photos"), "--out", out, "--task", "sr",
                           "--sr-factor", "4"]) == 0
     assert capsys.readouterr().out == f"2 images -> {out} (task sr)\n"
-    assert [(t.image_id, t.task, t.sr_factor) for t in read_manifest(out)] == [
-        ("a", "sr", 4.0), ("b", "sr", 4.0)]
+    assert [(t.image_id, t.task, t.params) for t in read_manifest(out)] == [
+        ("a", "sr", {"sr_factor": 4.0}), ("b", "sr", {"sr_factor": 4.0})]
 
     out = str(tmp_path / "gifs.parquet")
     assert make_manifest([str(tmp_path / "photos"), "--out", out, "--task", "animate",

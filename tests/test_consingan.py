@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import singan
+from singan.base import scale_file_name
 from singan.consingan import ConSinGAN, Generator, generator_param_groups, plan_consingan
 from singan.errors import InputError
 from singan.examples import pebbles
-from singan.models import SinGAN, scale_file_name
-from tests.conftest import as_8bit
+from tests.conftest import as_8bit, assert_golden_corners
 
 
 def tiny_config(**overrides) -> singan.Config:
@@ -64,9 +64,12 @@ def trained():
     ((152, 250), [(26, 42), (31, 51), (40, 66), (57, 94), (106, 175), (152, 250)]),
 ])
 def test_pyramid_keeps_more_low_resolution_stages(size, shapes):
-    plan = plan_consingan(*size, singan.config(recipe="consingan"))
+    cfg = singan.config(recipe="consingan")
+    plan = plan_consingan(*size, cfg)
     assert list(plan.shapes) == shapes
     assert plan.real_shape == shapes[-1]
+    # The public functions follow the config's recipe.
+    assert singan.plan(*size, cfg) == plan and singan.pyramid_shapes(*size, cfg) == shapes
 
 
 def test_pyramid_refuses_degenerate_inputs():
@@ -172,6 +175,25 @@ def test_golden_losses_of_a_seeded_tiny_training(trained):
     assert all(log.niter == 6 for log in recorder.logs)
 
 
+# sample(...)[0, :, -3:, -3:] (generator seeded 0) and the same corner of the reconstruction.
+GOLDEN_SAMPLE = [[[-0.20737, -0.2072, -0.13699], [-0.20734, -0.20725, -0.13708],
+                  [-0.18244, -0.18242, -0.11728]],
+                 [[-0.20795, -0.2078, -0.08998], [-0.20789, -0.20782, -0.09003],
+                  [-0.11161, -0.11161, -0.02604]],
+                 [[-0.3699, -0.36973, -0.26658], [-0.36979, -0.3697, -0.26653],
+                  [-0.26796, -0.26793, -0.17745]]]
+GOLDEN_RECONSTRUCTION = [[[-0.20722, -0.20747, -0.13735], [-0.20741, -0.20759, -0.13738],
+                          [-0.18261, -0.18272, -0.11754]],
+                         [[-0.20794, -0.2083, -0.09044], [-0.20804, -0.20828, -0.09039],
+                          [-0.1118, -0.11194, -0.02622]],
+                         [[-0.36994, -0.37031, -0.2671], [-0.37001, -0.37026, -0.26698],
+                          [-0.2682, -0.26833, -0.17769]]]
+
+
+def test_golden_sample_and_reconstruction_slices(trained):
+    assert_golden_corners(trained[0], GOLDEN_SAMPLE, GOLDEN_RECONSTRUCTION)
+
+
 def test_resume_after_two_stages_equals_an_uninterrupted_run(trained, tmp_path):
     full, _ = trained
     with pytest.raises(Crash):
@@ -222,10 +244,10 @@ def test_save_and_load_give_identical_samples(trained, tmp_path):
     assert torch.equal(a, b)
     assert torch.equal(singan.reconstruct(model), singan.reconstruct(loaded))
 
-    # The pipeline loads through SinGAN.from_files with file objects: it dispatches too.
+    # The pipeline loads through singan.load_files with file objects: the recipe reads them.
     files = [open(tmp_path / "model" / scale_file_name(i), "rb") for i in range(3)]
     with open(tmp_path / "model" / "config.json", "rb") as meta:
-        assert isinstance(SinGAN.from_files(meta, files), ConSinGAN)
+        assert isinstance(singan.load_files(meta, files), ConSinGAN)
     for f in files:
         f.close()
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import singan
+from singan.base import scale_file_name
 from singan.errors import InputError
-from singan.models import Discriminator, Generator, SinGAN, scale_file_name
+from singan.models import Discriminator, Generator, SinGAN
 
 
 @pytest.mark.parametrize("scale, params", [(0, 29_763), (4, 114_819), (8, 450_819)])
@@ -72,14 +73,10 @@ def test_one_file_per_scale_plain_tensors(tiny_model, tmp_path):
 
 
 def test_file_object_round_trip(tiny_model):
-    meta = io.BytesIO()
-    tiny_model.save_metadata(meta)
-    scales = []
-    for index in range(len(tiny_model.scales)):
-        buffer = io.BytesIO()
-        tiny_model.save_scale(index, buffer)
-        scales.append(io.BytesIO(buffer.getvalue()))
-    loaded = SinGAN.from_files(io.BytesIO(meta.getvalue()), scales)
+    meta = io.BytesIO(tiny_model.metadata_bytes())
+    scales = [io.BytesIO(tiny_model.level_bytes(i)) for i in range(len(tiny_model.scales))]
+    loaded = singan.load_files(meta, scales)
+    assert isinstance(loaded, SinGAN)
     rng = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     assert torch.equal(singan.sample(loaded, 2, generator=rng()),
                        singan.sample(tiny_model, 2, generator=rng()))

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from singan.api import pyramid_shapes
 from singan.config import Config
 from singan.errors import InputError
-from singan.pyramid import PyramidPlan, build_pyramid, plan_pyramid, pyramid_shapes
+from singan.pyramid import PyramidPlan, build_pyramid, plan_pyramid
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "pyramid_cases.json").read_text())

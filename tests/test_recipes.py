@@ -115,3 +115,18 @@ def test_a_manifest_row_or_the_job_picks_the_recipe_with_its_defaults(image_uri,
     both = read_manifest(manifest, preset="quick", overrides={"recipe": "consingan"})
     assert {t.config.recipe for t in both} == {"consingan"}
     assert both[0].config.niter == 100  # the preset's values come after the recipe's defaults
+
+
+def test_the_registries_know_every_name_config_accepts():
+    """Config's choice names (Literal) and the registries that implement them agree."""
+    import typing
+
+    from singan.adversary import ADVERSARIES
+    from singan.config import Loss
+
+    assert set(typing.get_args(Loss)) == set(ADVERSARIES)
+    assert set(singan.RECIPES) == {"singan", "consingan"}
+    with pytest.raises(InputError, match="recipe must be one of singan, consingan"):
+        singan.Config(recipe="progan")
+    with pytest.raises(InputError, match="unknown recipe 'progan'"):
+        singan.config(recipe="progan")

@@ -8,24 +8,24 @@ from pathlib import Path
 
 import torch
 
-from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animate, animation_config
-from singan.apps.gif import save_gif
+from singan import outputs
+from singan.api import load
+from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animation_config
 from singan.apps.harmonize import blending_mask, edit, harmonize
 from singan.apps.masks import EDITING_RADIUS, HARMONIZATION_RADIUS
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
-from singan.apps.sr import sr_config, sr_steps, super_resolve
-from singan.cli import add_training_options, resolve_device, train_into, training_config
+from singan.apps.sr import sr_config, sr_steps
+from singan.cli_common import add_training_options, resolve_device, train_into, training_config
 from singan.errors import InputError
 from singan.image import load_image, load_mask, save_image
-from singan.models import SinGAN, load
-from singan.resize import imresize
+from singan.models import SinGAN
 
 RAW = argparse.RawDescriptionHelpFormatter
 
 SR_EPILOG = """\
 Trains a SinGAN on IMAGE at its full size (no max_size cap; --max-size shrinks it on purpose),
 with alpha 100 and min_size 18, into DIR/model (resumed or reused when it is there), then writes
-DIR/sr_xF.png and, to compare, DIR/bicubic_xF.png. The work grows with the image: a 250-px image
+DIR/sr/sr_xF.png and, to compare, DIR/sr/bicubic_xF.png. The work grows with the image: a 250-px image
 at the paper preset is the reference's 30 minutes on a GPU; --preset quick tries it on a CPU.
 
 Examples:
@@ -153,14 +153,11 @@ def run_sr(args: argparse.Namespace) -> int:
               "before training, so the result is the factor times that smaller copy")
     out = Path(args.out)
     model = train_into(image, cfg, out, resolve_device(args.device), args.seed, 4)
-    result = super_resolve(model, args.factor, generator=seeded(model, model.seed))
+    result = outputs.write_super_resolution(model, args.factor, outputs.LocalFolder(out))
     name = f"x{args.factor:g}"
-    save_image(result, out / f"sr_{name}.png")
-    save_image(imresize(model.reals[-1], shape=tuple(result.shape[-2:])).clamp(-1, 1),
-               out / f"bicubic_{name}.png")
     h, w = model.reals[-1].shape[-2:]
-    print(f"{h}x{w} -> {result.shape[-2]}x{result.shape[-1]}: {out / f'sr_{name}.png'} "
-          f"(bicubic for comparison: {out / f'bicubic_{name}.png'})")
+    print(f"{h}x{w} -> {result.shape[-2]}x{result.shape[-1]}: {out / 'sr' / f'sr_{name}.png'} "
+          f"(bicubic for comparison: {out / 'sr' / f'bicubic_{name}.png'})")
     return 0
 
 
@@ -241,16 +238,11 @@ def run_animate(args: argparse.Namespace) -> int:
     if not model.is_complete:
         raise InputError(f"{source}: the model has {len(model.scales)} of {model.num_scales} "
                          "scales; finish its training first")
-    written = 0
     for start_scale in args.start_scales:
         if start_scale >= model.num_scales:
             print(f"skipping start scale {start_scale}: the model has {model.num_scales} scales")
-            continue
-        for beta in args.betas:
-            frames = animate(model, alpha=args.alpha, beta=beta, start_scale=start_scale,
-                             frames=args.frames, generator=seeded(model, model.seed))
-            save_gif(frames, out / "animate" / f"start_scale_{start_scale}" / f"beta_{beta:.2f}.gif",
-                     fps=args.fps)
-            written += 1
-    print(f"{written} GIF(s) of {args.frames} frames in {out / 'animate'}")
+    written = outputs.write_animations(model, outputs.LocalFolder(out),
+                                       start_scales=args.start_scales, betas=args.betas,
+                                       alpha=args.alpha, frames=args.frames, fps=args.fps)
+    print(f"{len(written)} GIF(s) of {args.frames} frames in {out / 'animate'}")
     return 0

@@ -38,6 +38,17 @@ def save_gif(
     Raises `InputError` for fps <= 0, a bad loop count, no frames, or a path that cannot be
     written; `ValueError` for a tensor that is not T x 3 x H x W.
     """
+    if frames.dim() == 4 and frames.shape[0] == 0:
+        raise InputError(f"{os.fsdecode(path)}: no frames to write")
+    data = gif_bytes(frames, fps, loop)
+    try:
+        atomic_write(path, lambda fp: fp.write(data))
+    except OSError as err:
+        raise InputError(f"{os.fsdecode(path)}: cannot write GIF ({err.strerror or err})") from err
+
+
+def gif_bytes(frames: torch.Tensor, fps: float = 10, loop: int | None = 0) -> bytes:
+    """The animated GIF of a T x 3 x H x W tensor in [-1, 1], as `save_gif` writes it."""
     if not fps > 0:  # also rejects NaN
         raise InputError(f"the GIF frame rate must be above 0, got {fps!r}")
     if loop is not None and not 0 <= loop <= 0xFFFF:
@@ -45,15 +56,10 @@ def save_gif(
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"save_gif expects T x 3 x H x W frames, got shape {tuple(frames.shape)}")
     if frames.shape[0] == 0:
-        raise InputError(f"{os.fsdecode(path)}: no frames to write")
-
+        raise InputError("no frames to write")
     # GIF delays are hundredths of a second; below one, browsers substitute ~100 ms.
     duration_ms = 10 * max(1, round(round(1000 / fps) / 10))
-    data = _encode(frames, duration_ms, loop)
-    try:
-        atomic_write(path, lambda fp: fp.write(data))
-    except OSError as err:
-        raise InputError(f"{os.fsdecode(path)}: cannot write GIF ({err.strerror or err})") from err
+    return _encode(frames, duration_ms, loop)
 
 
 def _encode(frames: torch.Tensor, duration_ms: int, loop: int | None) -> bytes:

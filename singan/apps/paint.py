@@ -16,11 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from singan.apps.quantise import PAINT_CLUSTERS, image_centers, quantise
+from singan.base import Callback
 from singan.errors import InputError
 from singan.models import SinGAN
 from singan.resize import imresize
 from singan.sample import draw_noise, generate, upsample
-from singan.train import Callback, train_scale
+from singan.train import train_scale
 
 
 def fit_to(image: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -32,7 +33,7 @@ def fit_to(image: Tensor, shape: tuple[int, int]) -> Tensor:
 
 def check_singan(model: SinGAN, application: str) -> None:
     """The applications run SinGAN's per-scale generators; ConSinGAN's growing one has none."""
-    if model.config.recipe != "singan":
+    if not isinstance(model, SinGAN):
         raise InputError(f"{application} needs a model of the singan recipe; this one was "
                          f"trained with recipe {model.config.recipe!r}")
 

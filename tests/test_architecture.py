@@ -1,0 +1,130 @@
+"""The folder tree is the architecture: jobs -> pipeline -> singan, never back; no import loops
+inside a package (an import inside a function still counts); and a choice between recipes or
+tasks is made by their registries, not by comparing names across files."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("singan", "pipeline", "jobs")
+LAYER = {"singan": 0, "pipeline": 1, "jobs": 2}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
+
+
+def runtime_imports(path: Path, name: str | None = None) -> set[str]:
+    """The project modules `path` (module `name`) imports when it runs: every import statement,
+    at any depth, except those under `if TYPE_CHECKING:` (annotations only, never executed)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped = {id(node) for guard in ast.walk(tree) if isinstance(guard, ast.If)
+               and ast.unparse(guard.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+               for statement in guard.body for node in ast.walk(statement)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:  # `from singan import outputs` imports singan.outputs
+                submodule = f"{node.module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else node.module)
+    return {other for other in found if other in MODULES and other != name}
+
+
+GRAPH = {name: runtime_imports(path, name) for name, path in MODULES.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of more than one module (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_checker_finds_a_loop_and_ignores_annotation_only_imports(tmp_path):
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                       "    from singan.models import SinGAN\n"
+                       "def f():\n    from singan.train import train_scale\n")
+    assert runtime_imports(guarded) == {"singan.train"}
+
+
+@pytest.mark.parametrize("package", ["singan", "pipeline"])
+def test_no_import_loops(package):
+    inside = {name: {other for other in deps if other.split(".")[0] == package}
+              for name, deps in GRAPH.items() if name.split(".")[0] == package}
+    # A package's __init__ re-exports its modules; what matters is that no module needs the
+    # package (or itself, through others) while being imported.
+    inside.pop(package, None)
+    inside = {name: deps - {package} for name, deps in inside.items()}
+    assert cycles(inside) == []
+
+
+def test_dependencies_point_one_way_jobs_pipeline_singan():
+    backwards = [(name, other) for name, deps in GRAPH.items() for other in deps
+                 if LAYER[other.split(".")[0]] > LAYER[name.split(".")[0]]]
+    assert backwards == []
+
+
+# Names that only a registry may compare: recipes (singan/recipe.py, singan/recipes.py and the
+# recipes' own modules) and manifest tasks (pipeline/tasks.py).
+RECIPE_NAMES = {"singan", "consingan"}
+TASK_NAMES = {"train", "sr", "animate"}
+ALLOWED = {"pipeline/tasks.py": TASK_NAMES}
+
+
+def compared_strings(path: Path) -> set[str]:
+    """String constants that take part in ==, !=, in, not in comparisons in `path`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                for leaf in ast.walk(operand):
+                    if isinstance(leaf, ast.Constant) and isinstance(leaf.value, str):
+                        found.add(leaf.value)
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_choices_between_recipes_and_tasks_are_made_by_their_registries(name):
+    path = MODULES[name]
+    compared = compared_strings(path) & (RECIPE_NAMES | TASK_NAMES)
+    compared -= ALLOWED.get(str(path.relative_to(ROOT)), set())
+    assert compared == set(), f"{name} compares {sorted(compared)}: look them up in the registry"
