@@ -64,7 +64,7 @@ def main() -> None:
     scales = [int(s) for s in args.scales.split(",")]
     model = singan.SinGAN(cfg, plan, seed=0)
     for scale in range(max(scales)):
-        train_scale(model, scale, reals[scale])
+        train_scale([model], scale, [reals[scale]])
 
     steps = {"ours": train_scale}
     steps.update({Path(v).stem: load_variant(v) for v in args.variant})

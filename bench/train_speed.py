@@ -118,7 +118,7 @@ def time_ours(model, reals, scale: int, warmup: int, iters: int, step=train_scal
     scratch.scales.extend(list(model.scales[:scale]))
     stamps = Stamps(real.device)
     reset_peak(real.device)
-    step(scratch, scale, real, [stamps])
+    step([scratch], scale, [real], [[stamps]])
     return stamps.per_iteration(warmup, iters)
 
 

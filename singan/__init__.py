@@ -16,8 +16,17 @@ The stable public API:
 Where things live: docs/architecture.md.
 """
 
-from singan.api import load, load_files, plan, pyramid_shapes, reconstruct, sample, train
-from singan.base import Callback, IterationLog, Pyramid
+from singan.api import (
+    load,
+    load_files,
+    plan,
+    pyramid_shapes,
+    reconstruct,
+    sample,
+    train,
+    train_many,
+)
+from singan.base import Callback, Diverged, IterationLog, Pyramid
 from singan.config import PRESETS, Config, config
 from singan.consingan import ConSinGAN, plan_consingan
 from singan.errors import InputError
@@ -30,8 +39,9 @@ from singan.resize import imresize
 from singan.sifid import sifid
 
 __all__ = [
-    "PRESETS", "RECIPES", "Callback", "ConSinGAN", "Config", "InputError", "IterationLog",
+    "PRESETS", "RECIPES", "Callback", "ConSinGAN", "Config", "Diverged", "InputError",
+    "IterationLog",
     "Pyramid", "SinGAN", "config", "imresize", "load", "load_files", "load_image",
     "nn_patch_distance", "patch_swd", "plan", "plan_consingan", "plan_pyramid", "pyramid_shapes",
-    "reconstruct", "sample", "save_image", "sifid", "train",
+    "reconstruct", "sample", "save_image", "sifid", "train", "train_many",
 ]

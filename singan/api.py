@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 import singan.recipes  # noqa: F401 - registers the recipes
-from singan.base import Callback, Pyramid, read_metadata, resumable, scale_file_name
+from singan.base import Callback, Diverged, Pyramid, read_metadata, resumable, scale_file_name
 from singan.config import Config
 from singan.errors import InputError
 from singan.image import load_image
@@ -32,10 +32,12 @@ def pyramid_shapes(height: int, width: int, config: Config | None = None) -> lis
     return list(plan(height, width, config).shapes)
 
 
-def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None = None, *,
-          device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-          seed: int | None = None, callbacks: Sequence[Callback] = (),
-          resume: Pyramid | None = None) -> Pyramid:
+Image = Tensor | str | os.PathLike | IO[bytes]
+
+
+def train(image: Image, config: Config | None = None, *, device: str | torch.device | None = None,
+          dtype: torch.dtype | None = None, seed: int | None = None,
+          callbacks: Sequence[Callback] = (), resume: Pyramid | None = None) -> Pyramid:
     """Learn a model of `config.recipe` (a SinGAN by default) from one image and return it.
 
     image: a 1 x 3 x H x W (or 3 x H x W) tensor in [-1, 1], or a path / binary file object.
@@ -49,44 +51,130 @@ def train(image: Tensor | str | os.PathLike | IO[bytes], config: Config | None =
       stored in the model, and a resumed training keeps it.
     resume: a model with k finished levels trained on the same image and config; only levels
       k .. N are trained.
-    Callbacks get the model being trained (a ConSinGAN's stages are its scales).
+    Callbacks get the model being trained (a ConSinGAN's stages are its scales). Raises Diverged
+    when the losses become non-finite (the model's finished levels stay with `resume` and the
+    callbacks' checkpoints).
+    """
+    (model,) = train_many([image], config, device=device, dtype=dtype,
+                          seeds=None if seed is None else [seed], callbacks=[callbacks],
+                          resume=None if resume is None else [resume])
+    if model.failure is not None:
+        raise Diverged(model.failure)
+    return model
+
+
+def train_many(images: Sequence[Image], config: Config | None = None, *,
+               seeds: Sequence[int] | None = None, device: str | torch.device | None = None,
+               dtype: torch.dtype | None = None, callbacks: Sequence[Sequence[Callback]] = (),
+               resume: Sequence[Pyramid] | None = None) -> list[Pyramid]:
+    """Learn one model per image, K images of one pyramid plan together, in one set of kernels
+    (`Recipe.batches`: SinGAN; a recipe that does not batch takes one image at a time).
+
+    Each image keeps its own weights, BatchNorm statistics, optimiser state, noise amplitude,
+    z* and random stream (seeded from its seed and the scale), so its model is the one
+    `train(image, config, seed=...)` gives, whichever images share its batch. Images whose
+    plans differ are refused (InputError naming them): group them by plan first.
+
+    seeds: one per image (default: drawn at random); callbacks: one sequence per image;
+    resume: one model per image, all with the same number of finished levels.
+    An image whose losses become non-finite stops: its model gets `failure` (the reason) and
+    keeps the levels it finished; the others go on unchanged. Returns the models in image order.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    images = [as_image(image) for image in images]
+    count = len(images)
+    if count == 0:
+        raise InputError("train_many needs at least one image")
+    seeds, callbacks = _per_image("seeds", seeds, count), _per_image("callbacks", callbacks, count)
+    resume = _per_image("resume", resume, count)
+    if resume is not None:
+        config = config or resume[0].config
+        dtype = dtype or resume[0].dtype
+        for index, model in enumerate(resume):
+            _check_resume(model, config, dtype, None if seeds is None else seeds[index], index)
+        seeds = [model.seed for model in resume]
+    config = config or Config()
+    dtype = dtype or torch.float32
+    if not dtype.is_floating_point:
+        raise InputError(f"dtype must be a floating-point type, got {dtype}")
+    if seeds is None:
+        seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) for _ in images]
+
+    recipe = recipe_named(config.recipe)
+    if count > 1 and not recipe.batches:
+        raise InputError(f"recipe {config.recipe!r} trains one image at a time: call "
+                         "singan.train for each image")
+    plans = [recipe.plan(image.shape[-2], image.shape[-1], config) for image in images]
+    _check_same_plan(images, plans)
+    levels = plans[0]
+    reals = [recipe.build_pyramid(image.to(device=device, dtype=dtype), levels)
+             for image in images]
+    if resume is not None:
+        models = []
+        for model, pyramid in zip(resume, reals, strict=True):
+            recipe.check_resumable(model)
+            models.append(resumable(model, levels, pyramid).to(device))
+        if len({len(model.scales) for model in models}) > 1:
+            raise InputError("resume: the models have finished different numbers of levels "
+                             f"({[len(model.scales) for model in models]}); resume each group "
+                             "of equal progress on its own")
+    else:
+        models = [recipe.new_model(config, levels, seed).to(device=device, dtype=dtype)
+                  for seed in seeds]
+    for level in range(len(models[0].scales), levels.num_scales):
+        active = [index for index, model in enumerate(models) if model.failure is None]
+        if not active:
+            break
+        recipe.train_level([models[i] for i in active], level,
+                           [reals[i][level] for i in active], [callbacks[i] for i in active])
+    return models
+
+
+def as_image(image: Image) -> Tensor:
+    """A 1 x 3 x H x W tensor from a tensor (3 x H x W is fine), a path or a binary file."""
     if not isinstance(image, Tensor):
         image = load_image(image)
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[:2] != (1, 3):
         raise InputError(f"image must be 1 x 3 x H x W, got {tuple(image.shape)}")
+    return image
 
-    if resume is not None:
-        dtype = dtype or resume.dtype
-        if dtype != resume.dtype:
-            raise InputError(f"resume: the model was trained in {resume.dtype}, not {dtype}")
-        config = config or resume.config
-        if config != resume.config:
-            raise InputError("resume: the model was trained with another config")
-        if seed is not None and seed != resume.seed:
-            raise InputError(f"resume: the model was trained with seed {resume.seed}, not {seed}")
-        seed = resume.seed
-    config = config or Config()
-    dtype = dtype or torch.float32
-    if not dtype.is_floating_point:
-        raise InputError(f"dtype must be a floating-point type, got {dtype}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
 
-    recipe = recipe_named(config.recipe)
-    levels = recipe.plan(image.shape[-2], image.shape[-1], config)
-    reals = recipe.build_pyramid(image.to(device=device, dtype=dtype), levels)
-    if resume is not None:
-        recipe.check_resumable(resume)
-        model = resumable(resume, levels, reals).to(device)
-    else:
-        model = recipe.new_model(config, levels, seed).to(device=device, dtype=dtype)
-    for level in range(len(model.scales), levels.num_scales):
-        recipe.train_level(model, level, reals[level], callbacks)
-    return model
+def _per_image(name: str, values: Sequence | None, count: int) -> list | None:
+    """`values` as a list of one per image (callbacks: [()] * count when none are given)."""
+    if values is None or (name == "callbacks" and len(values) == 0):
+        return [()] * count if name == "callbacks" else None
+    values = list(values)
+    if len(values) != count:
+        raise InputError(f"{name}: {len(values)} given for {count} images")
+    return values
+
+
+def _check_resume(model: Pyramid, config: Config, dtype: torch.dtype, seed: int | None,
+                  index: int) -> None:
+    """A model to resume must have been trained with these settings."""
+    which = "resume" if index == 0 else f"resume (image {index})"
+    if dtype != model.dtype:
+        raise InputError(f"{which}: the model was trained in {model.dtype}, not {dtype}")
+    if config != model.config:
+        raise InputError(f"{which}: the model was trained with another config")
+    if seed is not None and seed != model.seed:
+        raise InputError(f"{which}: the model was trained with seed {model.seed}, not {seed}")
+
+
+def _check_same_plan(images: list[Tensor], plans: list[PyramidPlan]) -> None:
+    """Images train together only when their pyramids are the same."""
+    groups: dict[PyramidPlan, list[int]] = {}
+    for index, plan in enumerate(plans):
+        groups.setdefault(plan, []).append(index)
+    if len(groups) > 1:
+        parts = [f"image{'s' if len(indices) > 1 else ''} {', '.join(map(str, indices))} "
+                 f"({images[indices[0]].shape[-2]}x"
+                 f"{images[indices[0]].shape[-1]}: {len(plan.shapes)} levels, finest "
+                 f"{plan.real_shape[0]}x{plan.real_shape[1]})" for plan, indices in groups.items()]
+        raise InputError("train_many: the images have different pyramid plans and cannot train "
+                         "together: " + "; ".join(parts))
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,6 +43,8 @@ class Pyramid(nn.Module):
         self.plan = plan
         self.seed = seed
         self.scales = nn.ModuleList()
+        # Why training stopped early (its losses became non-finite), or None; not stored.
+        self.failure: str | None = None
 
     # --- convenient views ------------------------------------------------------------------
     @property
@@ -179,6 +182,26 @@ class IterationLog:
         values = iter(torch.stack([t for t in terms if t is not None]).tolist())
         return cls(scale, iteration, niter, *(None if t is None else next(values) for t in terms))
 
+    @classmethod
+    def each(cls, scale: int, iteration: int, niter: int,
+             *terms: Tensor | None) -> list[IterationLog]:
+        """One entry per image from five loss terms of one value per image (None where a term
+        does not exist), read from the device in one host sync."""
+        present = [t for t in terms if t is not None]
+        rows = torch.stack(present, dim=1).tolist()  # images x terms
+        entries = []
+        for row in rows:
+            values = iter(row)
+            entries.append(cls(scale, iteration, niter,
+                               *(None if t is None else next(values) for t in terms)))
+        return entries
+
+    @property
+    def finite(self) -> bool:
+        """Whether every loss term is a finite number (NaN or infinity: training diverged)."""
+        return all(math.isfinite(v) for v in (self.d_real, self.d_fake, self.gradient_penalty,
+                                              self.g_adv, self.reconstruction) if v is not None)
+
     @property
     def d_loss(self) -> float | None:
         """The critic's loss, None without a critic."""
@@ -219,10 +242,29 @@ def resumable(model: Pyramid, plan: PyramidPlan, reals: list[Tensor]) -> Pyramid
     return model
 
 
-# --- the critic's penalty, shared by both recipes --------------------------------------------
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, e: Tensor) -> Tensor:
-    """mean over pixels of (|grad_x D(x_hat)|_2 over channels - 1)^2 at x_hat = e real +
-    (1 - e) fake (WGAN-GP; `e` a uniform draw in [0, 1])."""
-    x_hat = (e * real + (1 - e) * fake).requires_grad_(True)
+# --- losses of K images stacked along the channels (image after image) -----------------------
+def per_image_mean(x: Tensor, images: int) -> Tensor:
+    """The mean of each image's part of `x` (its channels lie together): a vector of `images`."""
+    return x.reshape(images, -1).mean(dim=1)
+
+
+def per_channel(values: Tensor, channels: int) -> Tensor:
+    """One value per image -> a 1 x (images * channels) x 1 x 1 map, to scale stacked images."""
+    return values.repeat_interleave(channels).view(1, -1, 1, 1)
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, e: Tensor,
+                     images: int = 1) -> Tensor:
+    """WGAN-GP's penalty of each image: the mean over its pixels of (|grad_x D(x_hat)|_2 over its
+    channels - 1)^2 at x_hat = e real + (1 - e) fake, with one uniform draw `e` per image
+    (`images` images stacked along the channels; one value per image back)."""
+    x_hat = (per_channel(e.reshape(images), real.shape[1] // images) * real
+             + per_channel(1 - e.reshape(images), real.shape[1] // images) * fake)
+    x_hat.requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
-    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+    norms = grad.reshape(images, -1, *grad.shape[-2:]).norm(2, dim=1)
+    return ((norms - 1) ** 2).reshape(images, -1).mean(dim=1)
+
+
+class Diverged(RuntimeError):
+    """A training whose losses became non-finite (NaN or infinite): it cannot go on."""

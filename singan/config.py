@@ -22,6 +22,10 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 # (singan.adversary.ADVERSARIES implements each).
 Loss = Literal["wgan_gp", "frechet", "nnpl", "annpl"]
 LOSSES: tuple[str, ...] = get_args(Loss)
+# How z* (the coarsest scale's reconstruction noise) is drawn: once (the paper's text), or anew
+# every iteration with the last draw kept (the official code).
+ZStar = Literal["fixed", "redrawn"]
+Z_STARS: tuple[str, ...] = get_args(ZStar)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class Config:
     lambda_grad: float = 0.1  # gradient-penalty weight
     alpha: float = 10.0  # reconstruction-loss weight
     noise_amp: float = 0.1  # noise amplitude = noise_amp * RMSE(real, upsampled reconstruction)
+    z_star: ZStar = "fixed"  # SinGAN: z* drawn once, or redrawn every iteration (the official code)
 
     # Variants (the seed study and the applications); the defaults are the reference's.
     padding: Padding = "zero"  # border of G's inputs and D's input: zero | circular | reflect
@@ -94,6 +99,8 @@ class Config:
             problems.append(f"padding must be one of {', '.join(PADDINGS)}, got {self.padding!r}")
         if not isinstance(self.noise_padding, bool):
             problems.append(f"noise_padding must be true or false, got {self.noise_padding!r}")
+        if self.z_star not in Z_STARS:
+            problems.append(f"z_star must be one of {', '.join(Z_STARS)}, got {self.z_star!r}")
         if self.loss not in LOSSES:
             problems.append(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not isinstance(self.train_depth, int) or self.train_depth < 1:

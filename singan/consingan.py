@@ -385,7 +385,7 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
             d_real = -critic(real).mean()
             d_fake = critic(fake.detach()).mean()
             e = streams.uniform((), generator=rng, device=device, dtype=dtype)
-            penalty = config.lambda_grad * gradient_penalty(critic, real, fake.detach(), e)
+            penalty = config.lambda_grad * gradient_penalty(critic, real, fake.detach(), e)[0]
             opt_d.zero_grad(set_to_none=True)
             (d_real + d_fake + penalty).backward()
             opt_d.step()
@@ -406,9 +406,14 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
             scheduler.step()
 
         # 6. Report: the only host sync of the loop, every log_every iterations.
-        if callbacks and is_log_step(iteration, config):
+        if is_log_step(iteration, config):
             entry = IterationLog.of(stage, iteration, config.niter, d_real, d_fake, penalty,
                                     g_adv, reconstruction)
+            if not entry.finite:  # the stage cannot finish; the stages below it trained with
+                # it, so the model in memory is spent: its stored files are the resume point
+                model.failure = (f"losses became non-finite at stage {stage}, iteration "
+                                 f"{iteration}")
+                return
             for callback in callbacks:
                 callback.on_iteration(entry)
 
@@ -457,9 +462,10 @@ class ConSinGANRecipe(Recipe):
             raise InputError("resume: the model stopped in the middle of a stage; load it from "
                              "its saved files")
 
-    def train_level(self, model: ConSinGAN, level: int, real: Tensor,
-                    callbacks: Sequence[Callback]) -> None:
-        train_stage(model, level, real, callbacks)
+    def train_level(self, models: Sequence[ConSinGAN], level: int, reals: Sequence[Tensor],
+                    callbacks: Sequence[Sequence[Callback]]) -> None:
+        (model,), (real,) = models, reals  # one image at a time (batches is False)
+        train_stage(model, level, real, callbacks[0] if callbacks else ())
 
     @torch.no_grad()
     def sample(self, model: ConSinGAN, num: int, *, start_scale: int, scale_h: float,

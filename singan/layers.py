@@ -4,7 +4,7 @@ parameters the optimiser trains."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,15 +16,39 @@ from singan.config import Config
 class ConvBlock(nn.Sequential):
     """Conv 3x3 (no padding) -> BatchNorm -> LeakyReLU(0.2); both recipes' building block.
 
-    SinGAN always has the BatchNorm; ConSinGAN only with config.batch_norm.
+    SinGAN always has the BatchNorm; ConSinGAN only with config.batch_norm. With `images` = K,
+    one block holds K images' blocks side by side: K groups of channels, a grouped convolution
+    (each image's filters see only its own channels) and one BatchNorm channel per image
+    channel, so that K images train in one set of kernels and stay independent (`stack`).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, config: Config):
+    def __init__(self, in_channels: int, out_channels: int, config: Config, images: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, config.kernel_size)
+        self.conv = nn.Conv2d(in_channels * images, out_channels * images, config.kernel_size,
+                              groups=images)
         if config.batch_norm:
-            self.norm = nn.BatchNorm2d(out_channels)
+            self.norm = nn.BatchNorm2d(out_channels * images)
         self.act = nn.LeakyReLU(config.leaky_slope)
+
+
+def stack(modules: Sequence[nn.Module], batched: nn.Module) -> nn.Module:
+    """`batched` (built for len(modules) images) loaded with the images' modules side by side:
+    every parameter and buffer concatenated along its first dimension, the output channels, in
+    image order (a counter such as BatchNorm's num_batches_tracked is shared: the first's)."""
+    states = [m.state_dict() for m in modules]
+    batched.load_state_dict({key: torch.cat([s[key] for s in states]) if value.dim() else value
+                             for key, value in states[0].items()})
+    return batched
+
+
+def unstack(batched: nn.Module, singles: Sequence[nn.Module]) -> list[nn.Module]:
+    """The inverse of `stack`: `singles` (one single-image module per image) loaded with their
+    part of `batched`."""
+    parts = {key: value.chunk(len(singles)) if value.dim() else [value] * len(singles)
+             for key, value in batched.state_dict().items()}
+    for index, single in enumerate(singles):
+        single.load_state_dict({key: chunks[index] for key, chunks in parts.items()})
+    return list(singles)
 
 
 def trainable(module: nn.Module) -> list[nn.Parameter]:

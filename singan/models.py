@@ -23,14 +23,20 @@ from singan.pyramid import PyramidPlan
 
 
 class _FiveLayerNet(nn.Module):
-    """Head block, num_layer - 2 body blocks, tail conv: the body shared by G and D."""
+    """Head block, num_layer - 2 body blocks, tail conv: the body shared by G and D.
 
-    def __init__(self, channels: int, out_channels: int, config: Config):
+    `images` = K: K images' networks side by side in grouped convolutions (layers.ConvBlock);
+    their inputs and outputs are stacked along the channels, image after image.
+    """
+
+    def __init__(self, channels: int, out_channels: int, config: Config, images: int = 1):
         super().__init__()
-        self.head = ConvBlock(3, channels, config)
-        self.body = nn.Sequential(*[ConvBlock(channels, channels, config)
+        self.images = images
+        self.head = ConvBlock(3, channels, config, images)
+        self.body = nn.Sequential(*[ConvBlock(channels, channels, config, images)
                                     for _ in range(config.num_layer - 2)])
-        self.tail = nn.Conv2d(channels, out_channels, config.kernel_size)
+        self.tail = nn.Conv2d(channels * images, out_channels * images, config.kernel_size,
+                              groups=images)
 
     def features(self, x: Tensor) -> Tensor:
         return self.tail(self.body(self.head(x)))
@@ -43,8 +49,8 @@ class Generator(_FiveLayerNet):
     size.
     """
 
-    def __init__(self, channels: int, config: Config):
-        super().__init__(channels, 3, config)
+    def __init__(self, channels: int, config: Config, images: int = 1):
+        super().__init__(channels, 3, config, images)
 
     def forward(self, z: Tensor, prev: Tensor) -> Tensor:
         x = torch.tanh(self.features(z))
@@ -60,8 +66,8 @@ class Discriminator(_FiveLayerNet):
     patches across the border are judged under the boundary condition the generator works with.
     """
 
-    def __init__(self, channels: int, config: Config):
-        super().__init__(channels, 1, config)
+    def __init__(self, channels: int, config: Config, images: int = 1):
+        super().__init__(channels, 1, config, images)
         self.padding = config.padding
         self.pad = config.pad
 
@@ -95,9 +101,14 @@ def image_shape(noise: Tensor, config: Config) -> tuple[int, int]:
     return h - border, w - border
 
 
-def padded_noise(z: Tensor, config: Config) -> Tensor:
-    """A noise map as the generator takes it: three channels, with the border added."""
-    z = z.expand(-1, 3, -1, -1)
+def padded_noise(z: Tensor, config: Config, images: int = 1) -> Tensor:
+    """A noise map as the generator takes it: three channels per image, with the border added.
+
+    The coarsest scale's map has one channel per image, shared by R, G and B. For `images`
+    stacked images the maps lie side by side along the channels (K or 3K of them).
+    """
+    if z.shape[1] == images:
+        z = z.repeat_interleave(3, dim=1)
     return z if config.noise_padding else pad(z, config)
 
 

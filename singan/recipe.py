@@ -29,6 +29,8 @@ class Recipe:
     name: str = ""
     # Config fields that singan.config(recipe=name) starts from, before a preset and overrides.
     defaults: Mapping[str, Any] = {}
+    # Whether several images of one plan train together in one set of kernels (train_many).
+    batches: bool = False
 
     def config_problems(self, config: Config) -> list[str]:
         """What in `config` this recipe cannot train with (Config refuses it with these)."""
@@ -49,9 +51,11 @@ class Recipe:
     def check_resumable(self, model: Pyramid) -> None:
         """Raise InputError when `model` cannot go on training (beyond the shared checks)."""
 
-    def train_level(self, model: Pyramid, level: int, real: Tensor,
-                    callbacks: Sequence[Callback]) -> None:
-        """Train level `level` against `real` and append it to `model`."""
+    def train_level(self, models: Sequence[Pyramid], level: int, reals: Sequence[Tensor],
+                    callbacks: Sequence[Sequence[Callback]]) -> None:
+        """Train level `level` of each model against its real image and append it (one model
+        unless the recipe `batches`); a model whose losses become non-finite gets `failure`
+        instead. `callbacks`: one sequence per model."""
         raise NotImplementedError
 
     def sample(self, model: Pyramid, num: int, *, start_scale: int, scale_h: float,

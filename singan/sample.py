@@ -8,10 +8,13 @@ same chain (`generate`) to make the `prev` inputs of the scale it trains.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from singan import streams
+from singan.config import Config
 from singan.models import SinGAN, image_shape, noise_shape, pad, padded_noise
 from singan.resize import imresize
 
@@ -39,16 +42,44 @@ def draw_noise(scale: int, num: int, shape: tuple[int, int], *, generator: torch
                           dtype=dtype)
 
 
+def step(generator: nn.Module, noise_amp: Tensor | float, z: Tensor, prev: Tensor, config: Config,
+         images: int = 1) -> Tensor:
+    """One step of the chain: G(noise_amp * z + prev, prev), both inputs with their border, the
+    output without. For `images` stacked images, noise_amp holds one value per channel."""
+    prev = pad(prev, config)
+    return generator(noise_amp * padded_noise(z, config, images) + prev, prev)
+
+
 def run_scale(model: SinGAN, scale: int, z: Tensor, prev: Tensor,
               noise_amp: Tensor | float | None = None) -> Tensor:
-    """One step of the chain at `scale`: both inputs get their border, the output has none.
+    """One step of the chain at `scale` of `model`.
 
     noise_amp: the scale's own amplitude unless given (super-resolution reuses the finest).
     """
-    level, config = model.scales[scale], model.config
+    level = model.scales[scale]
     amp = level.noise_amp if noise_amp is None else noise_amp
-    prev = pad(prev, config)
-    return level.generator(amp * padded_noise(z, config) + prev, prev)
+    return step(level.generator, amp, z, prev, model.config)
+
+
+def chain(levels: Sequence[tuple[nn.Module, Tensor | float]], noises: Sequence[Tensor],
+          config: Config, scale_factor: float, *, prev: Tensor | None = None,
+          images: int = 1) -> Tensor:
+    """The output of consecutive levels, (generator, noise amplitude) pairs, fed `noises`.
+
+    prev: the image given to the first level in place of the upsampled output of the levels
+      below it; zeros by default, which is what the coarsest scale gets.
+    images: how many images lie stacked along the channels (training K images at once).
+    """
+    x = prev
+    if x is None:
+        z = noises[0]
+        x = torch.zeros(z.shape[0], 3 * images, *image_shape(z, config), device=z.device,
+                        dtype=z.dtype)
+    for index, ((generator, amp), z) in enumerate(zip(levels, noises, strict=True)):
+        if index > 0:
+            x = upsample(x, image_shape(z, config), scale_factor)
+        x = step(generator, amp, z, x, config, images)
+    return x
 
 
 def generate(model: SinGAN, noises: list[Tensor], *, start: int = 0,
@@ -59,16 +90,8 @@ def generate(model: SinGAN, noises: list[Tensor], *, start: int = 0,
       it (paint-to-image, harmonization and editing inject an image there); zeros by default,
       which is what the coarsest scale gets.
     """
-    config = model.config
-    x = prev
-    if x is None:
-        z = noises[0]
-        x = torch.zeros(z.shape[0], 3, *image_shape(z, config), device=z.device, dtype=z.dtype)
-    for index, z in enumerate(noises):
-        if index > 0:
-            x = upsample(x, image_shape(z, config), model.scale_factor)
-        x = run_scale(model, start + index, z, x)
-    return x
+    levels = [(s.generator, s.noise_amp) for s in model.scales[start:start + len(noises)]]
+    return chain(levels, noises, model.config, model.scale_factor, prev=prev)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from singan.apps.quantise import PAINT_CLUSTERS, image_centers, quantise
-from singan.base import Callback
+from singan.base import Callback, Diverged, Pyramid
 from singan.errors import InputError
 from singan.models import SinGAN
 from singan.resize import imresize
@@ -31,7 +31,7 @@ def fit_to(image: Tensor, shape: tuple[int, int]) -> Tensor:
     return imresize(image, shape=tuple(shape))
 
 
-def check_singan(model: SinGAN, application: str) -> None:
+def check_singan(model: Pyramid, application: str) -> None:
     """The applications run SinGAN's per-scale generators; ConSinGAN's growing one has none."""
     if not isinstance(model, SinGAN):
         raise InputError(f"{application} needs a model of the singan recipe; this one was "
@@ -105,8 +105,10 @@ def retrain_for_paint(model: SinGAN, start_scale: int, colours: int = PAINT_CLUS
     centers = image_centers(model.reals[start_scale], colours, generator=rng)
     partial = SinGAN(model.config, model.plan, model.seed)
     partial.scales = nn.ModuleList(list(model.scales)[:start_scale])
-    train_scale(partial, start_scale, model.reals[start_scale], callbacks,
+    train_scale([partial], start_scale, [model.reals[start_scale]], [callbacks],
                 prev_map=lambda prev: quantise(prev, centers))
+    if partial.failure is not None:
+        raise Diverged(f"retraining scale {start_scale} for paint: {partial.failure}")
     # A new module sharing the untouched scales: `model` itself stays as it was.
     retrained = SinGAN(model.config, model.plan, model.seed)
     retrained.scales = nn.ModuleList([*partial.scales, *list(model.scales)[start_scale + 1:]])
