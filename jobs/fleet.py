@@ -56,7 +56,8 @@ def stream(submit: Callable[[Any], Any], items: Iterable, *, max_in_flight: int,
            on_crash: Callable[[Any, Exception], Any], progress: Progress) -> list:
     """Submit `submit(item)` for each item (an ObjectRef each), at most `max_in_flight` at once,
     and collect the results as they finish (ray.wait). A task that raised through Ray (retries
-    exhausted, worker lost) becomes `on_crash(item, error)`."""
+    exhausted, worker lost) becomes `on_crash(item, error)`. A task whose result is a list (a
+    bucket of images) gives one result per element."""
     import ray
 
     results = []
@@ -76,8 +77,9 @@ def stream(submit: Callable[[Any], Any], items: Iterable, *, max_in_flight: int,
                 result = ray.get(ref)
             except Exception as err:  # noqa: BLE001 - retries exhausted or the task crashed
                 result = on_crash(item, err)
-            results.append(result)
-            progress.finished(result, len(in_flight))
+            for one in result if isinstance(result, list) else [result]:
+                results.append(one)
+                progress.finished(one, len(in_flight))
         progress.show(len(in_flight))
     progress.close()
     return results

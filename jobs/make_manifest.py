@@ -5,8 +5,9 @@
     python jobs/make_manifest.py photos/ --out sr.parquet --task sr --sr-factor 4
     python jobs/make_manifest.py photos/ --out gifs.parquet --task animate --frames 50
 
-Each image becomes a row of `image_id` (its file stem, made path-safe and unique) and `uri` (its
-full URL); with --task, every row also gets that task and its parameters. Add override columns
+Each image becomes a row of `image_id` (its file stem, made path-safe and unique), `uri` (its
+full URL) and `height` and `width` (read from its header; the job buckets images of one size
+with them); with --task, every row also gets that task and its parameters. Add override columns
 (max_size, niter, seed, ...) afterwards with any Parquet tool.
 """
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import fsspec
 
+from pipeline.buckets import header_sizes
 from pipeline.manifest import manifest_rows_from, write_manifest
 from pipeline.storage import check_credentials
 from pipeline.tasks import TASKS, row_task, task_named
@@ -59,12 +61,20 @@ def main(argv: list[str] | None = None) -> int:
             hint = "" if args.recursive or "*" in args.source else "; --recursive also looks in subfolders"
             raise InputError(f"no images found at {args.source} (extensions: png, jpg, jpeg, "
                              f"bmp, gif, tif, tiff, webp){hint}")
-        write_manifest([{**row, **params} for row in rows], args.out)
+        sizes = header_sizes([row["uri"] for row in rows])
+        write_manifest([{**row, **params, **size_columns(size)}
+                        for row, size in zip(rows, sizes, strict=True)], args.out)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{len(rows)} images -> {args.out}" + (f" (task {args.task})" if params else ""))
     return 0
+
+
+def size_columns(size: tuple[int, int] | None) -> dict:
+    """height and width of a row; null (left for the job to read) when the header is bad."""
+    height, width = size if size is not None else (None, None)
+    return {"height": height, "width": width}
 
 
 def task_params(args: argparse.Namespace) -> dict:

@@ -26,6 +26,7 @@ import argparse
 import logging
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,11 +39,12 @@ from jobs import fleet
 from pipeline import results as results_table
 from pipeline import tasks as task_registry
 from pipeline import tracking
+from pipeline.buckets import IMAGES_PER_TASK, make_buckets
 from pipeline.inception import stem_weights
 from pipeline.manifest import CONFIG_FIELD_KINDS, NULLABLE_FIELDS, parse_bool, read_manifest
 from pipeline.results import Status
 from pipeline.storage import ImageStore, Storage, TransientError, check_credentials, redact
-from pipeline.train_image import ImageResult, JobSettings, train_image
+from pipeline.train_image import ImageResult, JobSettings, train_bucket
 from singan.config import PRESETS, config
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
@@ -75,11 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a config field for every image (repeatable), e.g. --set "
                         "max_size=200 --set niter=1000 --set padding=reflect --set "
                         "noise_padding=true; manifest columns still win per row")
+    p.add_argument("--images-per-task", type=int, metavar="K",
+                   help="images of one size and settings trained together in one Ray task, in "
+                        f"one set of kernels (default: {IMAGES_PER_TASK['gpu']} on GPUs, "
+                        f"{IMAGES_PER_TASK['cpu']} on CPUs)")
     p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
-                   help="GPUs per training; fractions pack several trainings on one GPU; 0 = "
-                        "CPU. On a cluster without GPUs trainings run on CPU (default: 1)")
+                   help="GPUs per Ray task (one training of up to --images-per-task images); "
+                        "fractions pack several tasks on one GPU; 0 = CPU. On a cluster "
+                        "without GPUs trainings run on CPU (default: 1)")
     p.add_argument("--cpus-per-image", type=float, default=1.0, metavar="C",
-                   help="CPUs reserved per training (default: 1)")
+                   help="CPUs reserved per Ray task (default: 1)")
     p.add_argument("--max-retries", type=int, default=3, metavar="N",
                    help="retries of an image whose worker died or whose storage kept failing; "
                         "each retry resumes at the last finished scale (default: %(default)s)")
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise InputError("--limit must be at least 1")
+        if args.images_per_task is not None and args.images_per_task < 1:
+            raise InputError("--images-per-task must be at least 1")
         overrides = parse_sets(args.set)
         # No credentials for an S3 URL: one line now, not a traceback after the trainings.
         for url in (args.manifest, output, args.inception_weights):
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment=args.experiment,
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
-                           quality_samples=args.quality_samples)
+                           quality_samples=args.quality_samples, job_id=uuid.uuid4().hex)
     results = fan_out(tasks, settings, inception, args)
 
     # 4. Replay tracking that did not make it during training, then the table and the summary.
@@ -230,22 +239,26 @@ def local_artifacts(tracking_uri: str) -> str | None:
 
 
 def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[ImageResult]:
-    """One Ray task per image; results stream back with ray.wait; a progress display shows them."""
+    """One Ray task per bucket of images of one plan (pipeline.buckets); results stream back
+    with ray.wait, one per image, and a progress display shows them."""
     import ray
 
     resources = fleet.connect(args.verbose)
     gpus, slots = fleet.placement(resources, args.gpus_per_image, args.cpus_per_image)
-    remote = ray.remote(train_image).options(
+    per_task = args.images_per_task or IMAGES_PER_TASK["gpu" if gpus else "cpu"]
+    buckets = make_buckets(tasks, per_task)
+    print(f"{len(buckets)} Ray tasks of up to {per_task} images of one size and settings")
+    remote = ray.remote(train_bucket).options(
         num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,
-        retry_exceptions=[TransientError], name="train_image")
+        retry_exceptions=[TransientError], name="train_bucket")
     inception_ref = ray.put(inception)  # once, not once per task
 
-    def crashed(task, err: Exception) -> ImageResult:
-        return ImageResult(task.image_id, Status.FAILED, fleet.crash_reason(err), None, 0.0, None,
-                           None, ImageStore(settings.output, task.image_id).url, True,
-                           task=task.task)
+    def crashed(bucket, err: Exception) -> list[ImageResult]:
+        return [ImageResult(task.image_id, Status.FAILED, fleet.crash_reason(err), None, 0.0,
+                            None, None, ImageStore(settings.output, task.image_id).url, True,
+                            task=task.task) for task in bucket]
 
-    return fleet.stream(lambda task: remote.remote(task, settings, inception_ref), tasks,
+    return fleet.stream(lambda bucket: remote.remote(bucket, settings, inception_ref), buckets,
                         max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
                         progress=fleet.Progress(len(tasks), slots, describe))
 

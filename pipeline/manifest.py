@@ -6,6 +6,9 @@ the image's output folder) and `uri` (any fsspec URL of the image). Optional col
 keeps the job's value. Number fields take number columns, text fields (`padding`, `loss`) string
 columns, true/false fields (`noise_padding`) boolean columns or the strings "true" / "false".
 
+Optional `height` and `width` columns give the image's size (as training sees it, EXIF
+orientation applied), so that the job can bucket rows of one plan without reading headers.
+
 The optional `task` column says what a row does with its trained model (pipeline.tasks: `train`,
 the default, `sr` with an `sr_factor`, `animate` with optional `frames` and `fps`). A task's
 parameter columns are null on the rows of other tasks. `read_manifest` checks everything before
@@ -71,9 +74,13 @@ OVERRIDE_COLUMNS: tuple[str, ...] = (*_CONFIG_COLUMNS, "seed")
 
 # What a row does with its trained model (pipeline.tasks), and the tasks' parameter columns.
 TASK_COLUMNS: tuple[str, ...] = ("task", *tasks.PARAM_KINDS)
+# The image's size as training sees it (EXIF orientation applied), when known: the job buckets
+# rows of one plan without reading every image's header (jobs/make_manifest.py writes them).
+SIZE_COLUMNS = ("height", "width")
 
-_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **tasks.PARAM_KINDS}
-OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS)
+_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **tasks.PARAM_KINDS,
+                 "height": "int", "width": "int"}
+OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS, *SIZE_COLUMNS)
 REQUIRED_COLUMNS = ("image_id", "uri")
 
 MAX_ID_LENGTH = 128
@@ -99,6 +106,8 @@ class ImageTask:
     # The task's parameters; filled in with their defaults and typed here (part of the
     # training's identity: an sr_factor of 4 and of 4.0 are the same row).
     params: Mapping[str, float] = field(default_factory=dict)
+    height: int | None = None  # the image's size, when the manifest says it (SIZE_COLUMNS)
+    width: int | None = None
 
     def __post_init__(self) -> None:
         _, params, problems = tasks.row_task({**self.params, "task": self.task})
@@ -231,11 +240,14 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
         row_problems += config_problems
         task, params, task_problems = tasks.row_task(row)
         row_problems += task_problems
+        size = {name: row.get(name) for name in SIZE_COLUMNS}
+        row_problems += [f"{name} must be a positive integer, got {value}"
+                         for name, value in size.items() if value is not None and value < 1]
 
         if not row_problems:
             image_task = ImageTask(image_id, uris[number], row_config,
                                    seed if seed is not None else seed_for(image_id),
-                                   task=task, params=params)
+                                   task=task, params=params, **size)
             task_config_problem = _task_config_problem(image_task)
             if task_config_problem:
                 row_problems.append(task_config_problem)

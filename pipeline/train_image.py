@@ -36,8 +36,8 @@ from pipeline.results import Status
 from pipeline.storage import ImageStore, TransientError, read_url, redact
 from pipeline.tracking import TRACKING, ImageRun, MetricsLog, is_artifact, point
 from singan import outputs
-from singan.api import sample, train
-from singan.base import Callback, IterationLog, Pyramid, package_version
+from singan.api import plan, sample, train_many
+from singan.base import Callback, Diverged, IterationLog, Pyramid, package_version
 from singan.config import Config
 from singan.errors import InputError, one_line
 from singan.image import load_image
@@ -67,6 +67,9 @@ class JobSettings:
     sifid_samples: int = 4  # samples per scale for its SIFID (when Inception weights are given)
     quality_samples: int = 2  # samples per scale for the weight-free patch metrics; 0 = none
     device: str | None = None  # default: CUDA when the task got a GPU, else CPU
+    # Names the job in each _SUCCESS it writes: an image finished by an earlier attempt of this
+    # job's task (a retried bucket) is reported done, not "already done".
+    job_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,39 +121,110 @@ def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None
     `inception`: the Inception stem's weights (pipeline.inception.stem_weights); with them, the
     SIFID of every scale is logged. None skips SIFID.
     """
+    return train_bucket([task], job, inception)[0]
+
+
+def train_bucket(bucket: list[ImageTask], job: JobSettings,
+                 inception: dict | None = None) -> list[ImageResult]:
+    """Train (or resume, or skip) a bucket of rows; one result per row, in order.
+
+    Rows whose training plans are equal (the driver buckets them so) and that stopped at the
+    same scale train together (singan.train_many); everything else stays per image: its folder,
+    scale files as each scale finishes, its MLflow run, _SUCCESS. Rows already done are skipped,
+    a bad image or a training whose losses diverge fails its own row, and storage that keeps
+    failing raises TransientError for the whole bucket (Ray retries it; every image resumes at
+    its last stored scale).
+    """
     start = time.perf_counter()
+    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    results: dict[int, ImageResult] = {}
+    ready: list[Prepared] = []
+    for index, task in enumerate(bucket):
+        outcome = _guarded(task, job, start, lambda t=task: _prepare(t, job, device, inception))
+        if isinstance(outcome, ImageResult):
+            results[index] = outcome
+        else:
+            ready.append(outcome)
+            outcome.index = index
+
+    # Images of equal settings, plan and progress train together.
+    groups: dict[tuple, list[Prepared]] = {}
+    for item in ready:
+        key = (item.config, plan(*item.image.shape[-2:], item.config),
+               len(item.resume.scales) if item.resume is not None else 0)
+        groups.setdefault(key, []).append(item)
+    for group in groups.values():
+        models = _guarded_group(group, job, start, device)
+        for item, model in zip(group, models, strict=True):
+            results[item.index] = model if isinstance(model, ImageResult) else _guarded(
+                item.task, job, start, lambda i=item, m=model: _finish(i, m, job, start))
+    return [results[index] for index in range(len(bucket))]
+
+
+@dataclass
+class Prepared:
+    """A row ready to train: its image, training config, resume point, run and recorder."""
+
+    task: ImageTask
+    store: ImageStore
+    image: torch.Tensor
+    config: Config
+    resume: Pyramid | None
+    run: ImageRun
+    recorder: StoreScales
+    index: int = 0
+
+
+def _failed(task: ImageTask, job: JobSettings, start: float, reason: str) -> ImageResult:
     store = ImageStore(job.output, task.image_id)
+    link = store.get_json(TRACKING) or {}
+    return ImageResult(task.image_id, Status.FAILED, reason, None, time.perf_counter() - start,
+                       None, link.get("run_id"), store.url, task=task.task)
 
-    def failed(reason: str) -> ImageResult:
-        link = store.get_json(TRACKING) or {}
-        return ImageResult(task.image_id, Status.FAILED, reason, None,
-                           time.perf_counter() - start, None, link.get("run_id"), store.url,
-                           task=task.task)
 
+def _guarded(task: ImageTask, job: JobSettings, start: float, step):
+    """step(), with a bad input or a bug turned into the row's failed result."""
     try:
-        return _train_image(task, job, store, start, inception)
+        return step()
     except TransientError:
         raise  # Ray retries the task; the retry resumes at the last finished scale
     except InputError as err:
         logger.warning("%s: %s", task.image_id, err)
-        return failed(one_line(err))
+        return _failed(task, job, start, one_line(err))
     except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
         logger.error("%s failed:\n%s", task.image_id, traceback.format_exc())
-        return failed(one_line(err))
+        return _failed(task, job, start, one_line(err))
 
 
-def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: float,
-                 inception: dict | None) -> ImageResult:
+def _guarded_group(group: list[Prepared], job: JobSettings, start: float,
+                   device: torch.device) -> list[Pyramid | ImageResult]:
+    """The group's models, trained together; a bug fails every row of the group, each with
+    its run ended as FAILED."""
+    try:
+        return _train_group(group, job, device)
+    except TransientError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        logger.error("a bucket of %d failed:\n%s", len(group), traceback.format_exc())
+        for item in group:
+            item.run.finish("FAILED", tags={"error": one_line(err)})
+        return [_failed(item.task, job, start, one_line(err)) for item in group]
+
+
+def _prepare(task: ImageTask, job: JobSettings, device: torch.device,
+             inception: dict | None) -> Prepared | ImageResult:
+    store = ImageStore(job.output, task.image_id)
     digest = config_hash(task)
     done = store.success()
     if done is not None and done.get("config_hash") == digest:
-        return ImageResult(task.image_id, Status.SKIPPED, None, done.get("num_scales"), 0.0,
+        ours = job.job_id is not None and done.get("job_id") == job.job_id
+        return ImageResult(task.image_id, Status.DONE if ours else Status.SKIPPED, None,
+                           done.get("num_scales"), done.get("seconds", 0.0) if ours else 0.0,
                            done.get("sifid"), done.get("run_id"), store.url, task=task.task)
 
     # 1. The image, through fsspec, and the config it trains with (super-resolution derives it
     #    from the image's size). A bad image fails the row in step 3, once its MLflow run
     #    exists, so that it shows there too.
-    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image = train_config = bad_input = None
     try:
         image = _read_image(task)
@@ -170,26 +244,58 @@ def _train_image(task: ImageTask, job: JobSettings, store: ImageStore, start: fl
     finished = len(resume.scales) if resume is not None else 0
     metrics = MetricsLog.load(store, keep_scales=finished)
 
-    # 3. The MLflow run (reused when a previous attempt created one); a failure below ends it
-    #    as FAILED with the reason, so that bad images show in MLflow too.
+    # 3. The MLflow run (reused when a previous attempt created one); a failure ends it as
+    #    FAILED with the reason, so that bad images show in MLflow too.
     run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id, job.experiment)
     try:
         if bad_input is not None:
             raise bad_input
         stem = load_stem(inception, device=device) if inception and job.sifid_samples else None
-        recorder = StoreScales(store, run, metrics, job, stem)
-        model = _train_into(store, run, recorder, task, job, image, train_config, device, resume)
+        height, width = image.shape[-2:]
+        run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height,
+                        "width": width, "seed": task.seed, "config_hash": digest,
+                        **_task_fields(task),
+                        **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
+        if resume is not None:
+            logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
     except BaseException as err:
         run.finish("FAILED", tags={"error": one_line(err)})
         raise
+    return Prepared(task, store, image, train_config, resume, run,
+                    StoreScales(store, run, metrics, job, stem))
 
-    # 6. _SUCCESS last: only now is the image done.
+
+def _train_group(group: list[Prepared], job: JobSettings,
+                 device: torch.device) -> list[Pyramid | ImageResult]:
+    """4. Train the group together, each image storing its scales as they finish."""
+    resume = [item.resume for item in group] if group[0].resume is not None else None
+    return train_many([item.image for item in group], group[0].config,
+                      seeds=[item.task.seed for item in group], device=device,
+                      callbacks=[[item.recorder] for item in group], resume=resume)
+
+
+def _finish(item: Prepared, model: Pyramid, job: JobSettings, start: float) -> ImageResult:
+    """5. The final pictures and the task's outputs, then _SUCCESS (only now is it done)."""
+    task, store, run, recorder = item.task, item.store, item.run, item.recorder
+    try:
+        if model.failure is not None:
+            raise Diverged(model.failure)
+        folder = TrackedFolder(store, run)
+        outputs.write_final(model, folder, job.num_samples)
+        names = tasks.task_named(task.task).write_outputs(model, folder, task.params)
+        if names:
+            logger.info("%s: %s written", task.image_id, ", ".join(names))
+    except BaseException as err:
+        run.finish("FAILED", tags={"error": one_line(err)})
+        raise
     run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
     seconds = time.perf_counter() - start
-    store.mark_success({"run_id": run.run_id, "config_hash": digest, "num_scales": model.num_scales,
-                        "seconds": round(seconds, 3), "uri": task.uri, "sifid": recorder.sifid,
+    store.mark_success({"run_id": run.run_id, "config_hash": config_hash(task),
+                        "num_scales": model.num_scales, "seconds": round(seconds, 3),
+                        "uri": task.uri, "sifid": recorder.sifid,
                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "package_version": package_version(), **_task_fields(task)})
+                        "job_id": job.job_id, "package_version": package_version(),
+                        **_task_fields(task)})
     return ImageResult(task.image_id, Status.DONE, None, model.num_scales, seconds, recorder.sifid,
                        run.run_id, store.url, run.complete, task=task.task)
 
@@ -208,29 +314,6 @@ def _read_image(task: ImageTask) -> torch.Tensor:
         raise InputError(f"{redact(task.uri)}: no such file") from err
     source.name = redact(task.uri)
     return load_image(source)
-
-
-def _train_into(store: ImageStore, run: ImageRun, recorder: StoreScales, task: ImageTask,
-                job: JobSettings, image: torch.Tensor, train_config: Config,
-                device: torch.device, resume: Pyramid | None) -> Pyramid:
-    height, width = image.shape[-2:]
-    run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height, "width": width,
-                    "seed": task.seed, "config_hash": config_hash(task), **_task_fields(task),
-                    **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
-
-    # 4. Train, storing each scale as it finishes; then the final pictures.
-    if resume is not None:
-        logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
-    model = train(image, train_config, device=device, seed=task.seed, callbacks=[recorder],
-                  resume=resume)
-    folder = TrackedFolder(store, run)
-    outputs.write_final(model, folder, job.num_samples)
-
-    # 5. The task's own outputs (super-resolution, animations), each also an MLflow artifact.
-    names = tasks.task_named(task.task).write_outputs(model, folder, task.params)
-    if names:
-        logger.info("%s: %s written", task.image_id, ", ".join(names))
-    return model
 
 
 class TrackedFolder:

@@ -103,6 +103,34 @@ def load_mask(
     return mask if device is None else mask.to(device)
 
 
+# EXIF orientations that turn the image a quarter (transpose, 90, transverse, 270).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def image_size(fp: IO[bytes], name: str = "<image>") -> tuple[int, int]:
+    """(height, width) of an image file as `load_image` would give it (EXIF orientation
+    applied), from its header alone: no pixel is decoded, and a file object reading from
+    remote storage fetches only the first blocks. Raises InputError for a file that is not an
+    image or has no size."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                width, height = img.size
+                try:
+                    orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+                except Exception:  # noqa: BLE001 - malformed EXIF: load_image keeps it as stored
+                    orientation = 1
+    except UnidentifiedImageError as err:
+        raise InputError(f"{name}: not an image (unknown format or corrupt header)") from err
+    except Exception as err:  # noqa: BLE001 - any parser failure means a corrupt header
+        raise InputError(f"{name}: cannot read image header ({one_line(err)})") from err
+    if width <= 0 or height <= 0:
+        raise InputError(f"{name}: image has zero size ({width}x{height})")
+    return (width, height) if orientation in _QUARTER_TURNS else (height, width)
+
+
 def _read(src: PathOrFile, max_pixels: int, caller: str) -> tuple[Image.Image, str]:
     """The decoded first frame of a path or file object, and the name to use in messages.
 

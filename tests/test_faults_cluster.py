@@ -40,9 +40,11 @@ HOST = "127.0.0.1"
 NUM_SCALES = 4
 # Tiny trainings as in test_job.py (4 scales up to 28 px, narrow networks), with more
 # iterations: a scale takes about a second, so that a fault lands between two stored scales
-# rather than after the last one.
+# rather than after the last one. One image per Ray task: these faults hit single trainings
+# (test_job.py kills a worker in the middle of a bucket).
 FAST = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
-        "--set", "max_nfc=16", "--set", "niter=16", "--num-samples", "1", "--sifid-samples", "0"]
+        "--set", "max_nfc=16", "--set", "niter=16", "--num-samples", "1", "--sifid-samples", "0",
+        "--images-per-task", "1"]
 # Worker processes on two shared cores: one torch thread each, and no cloud metadata probes.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "AWS_EC2_METADATA_DISABLED": "true"}
 SUBMISSION = "faults-driver"  # the submission ids of this module's jobs on the session cluster
@@ -235,7 +237,7 @@ def test_node_removed_mid_job_resumes_its_trainings_elsewhere(tmp_path, three_no
 
 def training_workers(gcs_address: str) -> list[int]:
     """PIDs of the processes running a train_image task under the raylets of the cluster at
-    `gcs_address` (Linux /proc; Ray titles a busy worker `ray::train_image`)."""
+    `gcs_address` (Linux /proc; Ray titles a busy worker `ray::train_bucket`)."""
     argv, parent = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -249,7 +251,7 @@ def training_workers(gcs_address: str) -> list[int]:
     raylets = {pid for pid, args in argv.items()
                if args[0].endswith("raylet") and f"--gcs-address={gcs_address}" in args}
     return [pid for pid, args in argv.items()
-            if args[0].strip().startswith("ray::train_image") and parent.get(pid) in raylets]
+            if args[0].strip().startswith("ray::train_bucket") and parent.get(pid) in raylets]
 
 
 def submit(ray_cluster, args: list[str], submission_id: str, wait: bool) -> tuple[int, str]:

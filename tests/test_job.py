@@ -196,3 +196,82 @@ def test_killed_worker_resumes_at_the_last_finished_scale(tmp_path, s3_server, m
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.image_id = 'stones'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert len(client.get_metric_history(runs[0].info.run_id, "noise_amp")) == 4
+
+
+def bucket_manifest(tmp_path: Path) -> tuple[Path, list[str]]:
+    """5 images of 28 x 36 (one of them a truncated PNG whose header still reads) and 2 of
+    40 x 48: with 4 images per task, buckets of 4 and 1 of the first size and 1 of 2."""
+    rows = []
+    for i in range(5):
+        path = tmp_path / f"small_{i}.png"
+        data = png(i)
+        path.write_bytes(data[:300] if i == 2 else data)
+        rows.append({"image_id": f"small_{i}", "uri": path.as_uri()})
+    for i in range(2):
+        path = tmp_path / f"large_{i}.png"
+        buffer = io.BytesIO()
+        to_pil(pebbles(40, 48, seed=20 + i)).save(buffer, format="PNG")
+        path.write_bytes(buffer.getvalue())
+        rows.append({"image_id": f"large_{i}", "uri": path.as_uri()})
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest(rows, str(manifest))
+    return manifest, [row["image_id"] for row in rows]
+
+
+def test_buckets_of_one_size_train_together_and_a_bad_image_fails_alone(
+        tmp_path, mlflow_server, ray_cluster):
+    manifest, ids = bucket_manifest(tmp_path)
+    output = tmp_path / "out"
+    code, logs = submit(ray_cluster, {}, "--manifest", str(manifest), "--output", str(output),
+                        "--tracking-uri", mlflow_server.url, "--experiment", "e2e-buckets",
+                        "--images-per-task", "4", *TINY, submission_id="e2e-buckets")
+    assert code == 1, logs  # the truncated image failed
+    assert "3 Ray tasks of up to 4 images" in logs, logs
+    assert "6 trained, 0 already done, 1 failed" in logs, logs
+    assert "failed small_2: " in logs and "truncated or corrupt image data" in logs
+    rows = {r["image_id"]: r for r in pq.read_table(output / "_results.parquet").to_pylist()}
+    assert {i: r["status"] for i, r in rows.items()} == {
+        i: "failed" if i == "small_2" else "done" for i in ids}
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("e2e-buckets")
+    for image_id in ids:  # each image: its own folder, scales, _SUCCESS and MLflow run
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.image_id = '{image_id}'")
+        assert len(runs) == 1, image_id
+        if image_id == "small_2":
+            assert runs[0].info.status == "FAILED" and not (output / image_id / "_SUCCESS").exists()
+            continue
+        assert runs[0].info.status == "FINISHED"
+        assert len(client.get_metric_history(runs[0].info.run_id, "noise_amp")) == 4
+        assert sorted(p.name for p in (output / image_id / "model").glob("scale_*.pt")) == [
+            f"scale_{k:02d}.pt" for k in range(4)]
+
+
+def test_a_worker_killed_mid_bucket_resumes_every_image_at_its_last_scale(
+        tmp_path, mlflow_server, ray_cluster):
+    """FAULT_ENV kills the worker once per image, right after it stores scale 1: the first kill
+    leaves the bucket's images at different scales, so retries resume them in sub-buckets."""
+    manifest, ids = bucket_manifest(tmp_path)
+    write_manifest([{"image_id": i, "uri": (tmp_path / f"{i}.png").as_uri()}
+                    for i in ids if i.startswith("small") and i != "small_2"], str(manifest))
+    output = tmp_path / "out"
+    code, logs = submit(ray_cluster, {FAULT_ENV: "1"}, "--manifest", str(manifest),
+                        "--output", str(output), "--tracking-uri", mlflow_server.url,
+                        "--experiment", "e2e-bucket-kill", "--images-per-task", "4",
+                        "--max-retries", "5", *TINY, submission_id="e2e-bucket-kill")
+    assert code == 0, logs
+    assert "4 trained, 0 already done, 0 failed" in logs, logs
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.get_experiment_by_name("e2e-bucket-kill")
+    for image_id in ("small_0", "small_1", "small_3", "small_4"):
+        root = output / image_id
+        fired = (root / ".fault-fired").stat().st_mtime_ns  # written just before its kill
+        mtimes = [(root / "model" / f"scale_{k:02d}.pt").stat().st_mtime_ns for k in range(4)]
+        assert mtimes[0] < fired and mtimes[1] < fired, image_id  # kept from before the kill
+        assert mtimes[2] > fired and mtimes[3] > fired, image_id  # trained by a retry
+        runs = client.search_runs([experiment.experiment_id],
+                                  filter_string=f"tags.image_id = '{image_id}'")
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED", image_id
+        assert [m.step for m in sorted(client.get_metric_history(runs[0].info.run_id,
+                                                                 "noise_amp"),
+                                       key=lambda m: m.step)] == [0, 1, 2, 3]

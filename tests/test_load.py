@@ -37,11 +37,12 @@ MiB = 1024 * 1024
 # fsspec): measured at about 370 MiB. A driver that kept images or models would grow far past
 # this with 200 rows.
 DRIVER_RSS_LIMIT = 800 * MiB
-# Two scales of 16-20 px, the narrowest networks, one iteration, no samples, no metrics.
+# Two scales of 16-20 px, the narrowest networks, one iteration, no samples, no metrics; one
+# image per Ray task, so that 200 tasks go through the driver's bound.
 TINY = ["--preset", "quick", "--set", "max_size=20", "--set", "min_size=12", "--set",
         "num_scales=2", "--set", "nfc=8", "--set", "max_nfc=8", "--set", "niter=1",
         "--num-samples", "0", "--sifid-samples", "0", "--quality-samples", "0",
-        "--gpus-per-image", "0", "--no-tracking"]
+        "--gpus-per-image", "0", "--no-tracking", "--images-per-task", "1"]
 
 # The wrapper: argv is REPORT SCRIPT ARGS... It patches fleet.stream to count, then runs the job
 # script as __main__; its exit status is the job's. The peak RSS is VmHWM from /proc, which
