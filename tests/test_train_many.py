@@ -158,3 +158,17 @@ def test_resume_a_batch_and_refuse_uneven_progress(tmp_path):
     del partial[0].scales[1:], partial[1].scales[2:]  # resumed in place: cut back unevenly
     with pytest.raises(InputError, match="finished different numbers of levels"):
         singan.train_many(photos, resume=partial, device="cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_batch_matches_each_image_alone():
+    """On the GPU too (float64; cuDNN may pick other algorithms for grouped convolutions)."""
+    cfg = config(niter=6)
+    photos = [x.cuda() for x in images(2)]
+    alone = [singan.train(p, cfg, device="cuda", dtype=torch.float64, seed=s)
+             for p, s in zip(photos, SEEDS)]
+    together = singan.train_many(photos, cfg, seeds=SEEDS[:2], device="cuda",
+                                 dtype=torch.float64)
+    for a, b in zip(alone, together):
+        for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+            torch.testing.assert_close(x, y, rtol=0, atol=1e-6)
