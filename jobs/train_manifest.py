@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 import uuid
@@ -172,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
                            quality_samples=args.quality_samples, job_id=uuid.uuid4().hex)
-    results = fan_out(tasks, settings, inception, args)
+    results, placement = fan_out(tasks, settings, inception, args)
+    order = {task.image_id: index for index, task in enumerate(tasks)}
+    results.sort(key=lambda result: order[result.image_id])  # the table in manifest order
 
     # 4. Replay tracking that did not make it during training, then the table and the summary.
     if tracking_uri is not None:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
               "run the job again to write it (finished images are skipped)", file=sys.stderr)
     seconds = time.perf_counter() - started
     if parent_run_id is not None:
-        tracking.end_job_run(tracking_uri, parent_run_id, results, seconds)
+        tracking.end_job_run(tracking_uri, parent_run_id, results, seconds, placement)
     print_summary(results, seconds, table_url, ui_hint)
     return 1 if table_url is None or any(r.status == Status.FAILED for r in results) else 0
 
@@ -226,8 +229,9 @@ def tracking_target(args) -> tuple[str | None, str | None]:
         return None, None
     uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
     if uri.startswith("sqlite:"):
-        return uri, (f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000  "
-                     "(then open http://127.0.0.1:5000)")
+        # The interpreter running this job has MLflow: the command works without an active venv.
+        return uri, (f"MLflow UI: {shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri "
+                     f"{uri} --port 5000  (then open http://127.0.0.1:5000)")
     return uri, f"MLflow: {redact(uri)}"
 
 
@@ -238,9 +242,11 @@ def local_artifacts(tracking_uri: str) -> str | None:
     return None
 
 
-def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[ImageResult]:
+def fan_out(tasks, settings: JobSettings, inception: dict | None,
+            args) -> tuple[list[ImageResult], dict]:
     """One Ray task per bucket of images of one plan (pipeline.buckets); results stream back
-    with ray.wait, one per image, and a progress display shows them."""
+    with ray.wait, one per image, and a progress display shows them. Returns the results and
+    what the job really used (GPUs per task: 0 without GPUs, images per task, tasks)."""
     import ray
 
     resources = fleet.connect(args.verbose)
@@ -258,9 +264,11 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args) -> list[
                             None, None, ImageStore(settings.output, task.image_id).url, True,
                             task=task.task) for task in bucket]
 
-    return fleet.stream(lambda bucket: remote.remote(bucket, settings, inception_ref), buckets,
-                        max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
-                        progress=fleet.Progress(len(tasks), slots, describe))
+    results = fleet.stream(lambda bucket: remote.remote(bucket, settings, inception_ref), buckets,
+                           max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
+                           progress=fleet.Progress(len(tasks), slots, describe))
+    return results, {"gpus_per_task_used": gpus, "images_per_task": per_task,
+                     "ray_tasks": len(buckets)}
 
 
 def describe(result: ImageResult) -> tuple[str, str]:

@@ -36,7 +36,7 @@ BATCH = 1000  # MLflow's limit of metrics per log_batch call
 TRACKING = "tracking.json"
 METRICS = "metrics.jsonl"
 # The files of an image's folder that its run holds as artifacts (same names), for the replay.
-ARTIFACTS = ("samples/scale_*.png", "sr/*.png", "animate/*/*.gif")
+ARTIFACTS = ("samples/*.png", "sr/*.png", "animate/*/*.gif")
 
 
 def is_artifact(name: str) -> bool:
@@ -371,8 +371,10 @@ def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | N
     return experiment_id, run.info.run_id
 
 
-def end_job_run(tracking_uri: str, run_id: str, results, seconds: float) -> None:
-    """Totals and failed ids on the parent run, then end it; tracking trouble is only logged."""
+def end_job_run(tracking_uri: str, run_id: str, results, seconds: float,
+                params: dict[str, Any] | None = None) -> None:
+    """Totals and failed ids on the parent run (and `params` known only at the end, such as the
+    GPUs really used), then end it; tracking trouble is only logged."""
     from mlflow.entities import Metric
 
     counts = {s: sum(r.status == s for r in results) for s in Status}
@@ -383,6 +385,8 @@ def end_job_run(tracking_uri: str, run_id: str, results, seconds: float) -> None
         client.log_batch(run_id, metrics=[
             *(Metric(f"images_{k}", v, stamp, 0) for k, v in counts.items()),
             Metric("job_seconds", seconds, stamp, 0)], synchronous=True)
+        if params:
+            _log_params(client, run_id, params)
         if failed:  # MLflow tags hold at most 8000 characters
             _set_tags(client, run_id, {"failed_ids": ",".join(failed)[:8000]})
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

@@ -11,6 +11,7 @@ import torch
 
 from singan.api import load, sample
 from singan.apps.cli import add_commands as add_app_commands
+from singan.base import package_version
 from singan.cli_common import add_training_options, resolve_device, train_into, training_config
 from singan.config import LOSSES, PADDINGS, config
 from singan.errors import InputError
@@ -67,11 +68,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class VerboseSubcommands:
+    """Subcommands that all take -v as well, so that `singan train -v ...` works like
+    `singan -v train ...`."""
+
+    def __init__(self, actions: argparse._SubParsersAction):
+        self.actions = actions
+        self.verbose = argparse.ArgumentParser(add_help=False)
+        # SUPPRESS: a subcommand without -v leaves the top-level value alone.
+        self.verbose.add_argument("-v", "--verbose", action="store_true",
+                                  default=argparse.SUPPRESS, help="log progress details")
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs["parents"] = [*kwargs.get("parents", []), self.verbose]
+        return self.actions.add_parser(name, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="singan", description="Learn a generative model from a single image (SinGAN).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version",
+                        version=f"singan-fleet {package_version()}")
+    commands = VerboseSubcommands(parser.add_subparsers(required=True, metavar="COMMAND"))
 
     p = commands.add_parser("train", help="train a SinGAN on one image",
                             description="Train a SinGAN on one image, coarse to fine.",

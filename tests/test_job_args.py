@@ -91,7 +91,7 @@ def test_storage_down_for_the_results_table_still_prints_the_summary(tmp_path, m
     manifest = tmp_path / "m.parquet"
     write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
     done = [ImageResult("a", "done", None, 2, 1.0, None, None, "out/a")]
-    monkeypatch.setattr(job, "fan_out", lambda *args: done)
+    monkeypatch.setattr(job, "fan_out", lambda *args: (done, {}))
 
     def storage_down(*args):
         raise TransientError("write out/_results.parquet: ConnectionResetError")
