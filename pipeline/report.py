@@ -1,5 +1,5 @@
 """The evaluation's tables and pictures: every sample's SIFID, the summary, an HTML report and a
-SIFID histogram (drawn with Pillow: no plotting library needed)."""
+SIFID histogram (matplotlib, which MLflow brings along)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,10 @@ import statistics
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw
 
 from pipeline.evaluate import ROWS, EvalResult
 from pipeline.results import Status
 from pipeline.storage import Storage
-
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
 
 
 def summarise(results: list[EvalResult], starts: list[str]) -> dict:
@@ -39,39 +36,23 @@ def summarise(results: list[EvalResult], starts: list[str]) -> dict:
             "failed": {r.image_id: r.error for r in results if r.status == Status.FAILED}}
 
 
-def histogram(rows: list[dict], starts: list[str], width: int = 640, height: int = 320) -> bytes:
-    """A PNG histogram of every sample's SIFID, one colour per start scale."""
-    values = [r["sifid"] for r in rows]
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    left, bottom, top = 50, height - 40, 30
-    if values:
-        low, high = min(values), max(values)
-        high = high if high > low else low + 1e-9
-        bins = 20
-        counts = {name: [0] * bins for name in starts}
-        for r in rows:
-            b = min(bins - 1, int((r["sifid"] - low) / (high - low) * bins))
-            counts[r["start"]][b] += 1
-        peak = max(max(c) for c in counts.values()) or 1
-        slot = (width - left - 20) / bins
-        bar = slot / max(1, len(starts))
-        for s, name in enumerate(starts):
-            for b, count in enumerate(counts[name]):
-                x0 = left + b * slot + s * bar
-                y0 = bottom - (bottom - top) * count / peak
-                draw.rectangle([x0, y0, x0 + bar - 1, bottom], fill=COLOURS[s % len(COLOURS)])
-        draw.text((left, bottom + 8), f"{low:.4g}", fill="black")
-        draw.text((width - 80, bottom + 8), f"{high:.4g}", fill="black")
-        draw.text((5, top), str(peak), fill="black")
-    draw.line([left, bottom, width - 20, bottom], fill="black")
-    draw.line([left, top, left, bottom], fill="black")
-    for s, name in enumerate(starts):
-        draw.rectangle([left + 10 + 90 * s, 8, left + 22 + 90 * s, 20], fill=COLOURS[s % 4])
-        draw.text((left + 26 + 90 * s, 8), f"start {name}", fill="black")
-    draw.text((width // 2 - 20, height - 18), "SIFID", fill="black")
+def histogram(rows: list[dict], starts: list[str]) -> bytes:
+    """A PNG histogram of every sample's SIFID, one colour per start scale (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: workers and CI render to files
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 3.2), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    values = [[r["sifid"] for r in rows if r["start"] == name] for name in starts]
+    if any(values):
+        axes.hist(values, bins=20, label=[f"start {name}" for name in starts])
+        axes.legend()
+    axes.set_xlabel("SIFID (lower: closer to the real image)")
+    axes.set_ylabel("samples")
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    figure.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
