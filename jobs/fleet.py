@@ -53,11 +53,13 @@ def placement(resources: dict, gpus_per_task: float, cpus_per_task: float,
 
 
 def stream(submit: Callable[[Any], Any], items: Iterable, *, max_in_flight: int,
-           on_crash: Callable[[Any, Exception], Any], progress: Progress) -> list:
+           on_crash: Callable[[Any, Exception], Any], progress: Progress,
+           tick: Callable[[], None] | None = None) -> list:
     """Submit `submit(item)` for each item (an ObjectRef each), at most `max_in_flight` at once,
     and collect the results as they finish (ray.wait). A task that raised through Ray (retries
     exhausted, worker lost) becomes `on_crash(item, error)`. A task whose result is a list (a
-    bucket of images) gives one result per element."""
+    bucket of images) gives one result per element. `tick()` runs at least every 5 seconds
+    (the driver's heartbeat)."""
     import ray
 
     results = []
@@ -81,6 +83,8 @@ def stream(submit: Callable[[Any], Any], items: Iterable, *, max_in_flight: int,
                 results.append(one)
                 progress.finished(one, len(in_flight))
         progress.show(len(in_flight))
+        if tick is not None:
+            tick()
     progress.close()
     return results
 

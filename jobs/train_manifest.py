@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
                            quality_samples=args.quality_samples, job_id=uuid.uuid4().hex)
-    results, placement = fan_out(tasks, settings, inception, args)
+    beat = Heartbeat(tracking_uri, parent_run_id, started)
+    results, placement = fan_out(tasks, settings, inception, args, beat)
     order = {task.image_id: index for index, task in enumerate(tasks)}
     results.sort(key=lambda result: order[result.image_id])  # the table in manifest order
 
@@ -242,8 +243,28 @@ def local_artifacts(tracking_uri: str) -> str | None:
     return None
 
 
-def fan_out(tasks, settings: JobSettings, inception: dict | None,
-            args) -> tuple[list[ImageResult], dict]:
+class Heartbeat:
+    """Tells MLflow that this driver lives (tracking.heartbeat), at most once a minute, so that a
+    later job can tell a killed job's run from a running one."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, started: float):
+        self.tracking_uri, self.run_id, self.started = tracking_uri, run_id, started
+        self.last = time.perf_counter()
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if self.run_id is None or now - self.last < tracking.HEARTBEAT_SECONDS:
+            return
+        self.last = now
+        try:
+            tracking.heartbeat(tracking.client_for(self.tracking_uri), self.run_id,
+                               now - self.started)
+        except Exception as err:  # noqa: BLE001 - tracking never stops a job
+            logger.info("MLflow heartbeat failed (%s)", one_line(err))
+
+
+def fan_out(tasks, settings: JobSettings, inception: dict | None, args,
+            tick=None) -> tuple[list[ImageResult], dict]:
     """One Ray task per bucket of images of one plan (pipeline.buckets); results stream back
     with ray.wait, one per image, and a progress display shows them. Returns the results and
     what the job really used (GPUs per task: 0 without GPUs, images per task, tasks)."""
@@ -266,7 +287,7 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None,
 
     results = fleet.stream(lambda bucket: remote.remote(bucket, settings, inception_ref), buckets,
                            max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
-                           progress=fleet.Progress(len(tasks), slots, describe))
+                           progress=fleet.Progress(len(tasks), slots, describe), tick=tick)
     return results, {"gpus_per_task_used": gpus, "images_per_task": per_task,
                      "ray_tasks": len(buckets)}
 

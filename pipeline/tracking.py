@@ -18,6 +18,7 @@ import fnmatch
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -168,6 +169,19 @@ class ImageRun:
             # the job's replay compares metrics.jsonl with the server at the end.
             self.client.update_run(self.run_id, status="RUNNING")
             self.needs_sync = True
+            self._join_job()
+
+    def _join_job(self) -> None:
+        """A run reused by another job (an image resumed by the next job after a kill) moves
+        under that job's run and lists every job it ran under (tag job_runs)."""
+        if not self.parent_run_id:
+            return
+        tags = self.client.get_run(self.run_id).data.tags
+        if tags.get("mlflow.parentRunId") == self.parent_run_id:
+            return
+        jobs = [j for j in tags.get("job_runs", tags.get("mlflow.parentRunId", "")).split(",") if j]
+        _set_tags(self.client, self.run_id, {"mlflow.parentRunId": self.parent_run_id,
+                                             "job_runs": ",".join([*jobs, self.parent_run_id])})
 
     def link(self, params: dict | None = None) -> dict:
         """What tracking.json holds: where the run lives, and the params to replay."""
@@ -256,7 +270,7 @@ def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: s
     """An image's child run (named and tagged by its id, under the job's run); its id."""
     tags = {"image_id": image_id, "claim": claim}
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags["mlflow.parentRunId"] = tags["job_runs"] = parent_run_id
     return client.create_run(experiment_id, tags=tags, run_name=image_id).info.run_id
 
 
@@ -360,15 +374,71 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
 
 # --- the job's parent run -------------------------------------------------------------------
 
+# A job's driver logs this metric every HEARTBEAT_SECONDS; a RUNNING job run without one for
+# STALE_SECONDS, or whose driver process on this machine is gone, was killed.
+HEARTBEAT_SECONDS = 60.0
+STALE_SECONDS = 600.0
+
+
 def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | None,
                   params: dict[str, Any]) -> tuple[str, str]:
-    """Create the job's parent run; returns (experiment id, run id). Raises when unreachable."""
+    """Create the job's parent run; returns (experiment id, run id). Raises when unreachable.
+
+    Earlier jobs' runs on the same output that are still RUNNING but whose driver is gone
+    (killed: it never ended them) are ended as KILLED, tagged with the run that superseded them.
+    """
     experiment_id = experiment_id_for(tracking_uri, experiment, artifact_location)
     client = client_for(tracking_uri)
-    run = client.create_run(experiment_id, tags={"kind": "job"},
+    run = client.create_run(experiment_id, tags={"kind": "job", "driver_host": socket.gethostname(),
+                                                 "driver_pid": str(os.getpid())},
                             run_name=f"job {time.strftime('%Y-%m-%d %H:%M:%S')}")
     _log_params(client, run.info.run_id, params)
+    heartbeat(client, run.info.run_id, 0.0)
+    end_abandoned_job_runs(client, experiment_id, params.get("output"), run.info.run_id)
     return experiment_id, run.info.run_id
+
+
+def heartbeat(client, run_id: str, seconds: float) -> None:
+    """The driver is alive: the `heartbeat` metric (seconds since the job started)."""
+    from mlflow.entities import Metric
+
+    client.log_batch(run_id, metrics=[Metric("heartbeat", seconds, now_ms(), 0)],
+                     synchronous=True)
+
+
+def end_abandoned_job_runs(client, experiment_id: str, output: str | None,
+                           superseded_by: str) -> list[str]:
+    """End as KILLED the RUNNING job runs of `output` whose driver is gone; their ids."""
+    if output is None:
+        return []
+    running = client.search_runs([experiment_id], "tags.kind = 'job' and "
+                                 "attributes.status = 'RUNNING'", max_results=1000)
+    ended = []
+    for run in running:
+        if run.info.run_id == superseded_by or run.data.params.get("output") != redact(output):
+            continue
+        if _driver_alive(client, run):
+            continue
+        _set_tags(client, run.info.run_id, {"superseded_by": superseded_by})
+        client.set_terminated(run.info.run_id, "KILLED")
+        logger.info("MLflow: job run %s had no live driver: ended as KILLED", run.info.run_id)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def _driver_alive(client, run) -> bool:
+    """Whether a job run's driver still runs: its process, when it ran on this machine; else
+    a heartbeat within STALE_SECONDS (or a start that recent, for runs of older versions)."""
+    tags = run.data.tags
+    if tags.get("driver_host") == socket.gethostname() and tags.get("driver_pid"):
+        try:
+            command = Path(f"/proc/{int(tags['driver_pid'])}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        return b"train_manifest" in command
+    beats = client.get_metric_history(run.info.run_id, "heartbeat")
+    last = max((beat.timestamp for beat in beats), default=run.info.start_time or 0)
+    return (now_ms() - last) / 1000 < STALE_SECONDS
 
 
 def end_job_run(tracking_uri: str, run_id: str, results, seconds: float,

@@ -370,9 +370,19 @@ def test_killed_driver_then_resubmit_trains_each_image_once(tmp_path, ray_cluste
     assert len(parents) == 2 and parents[1].info.status == "FINISHED"
     assert parents[1].data.metrics["images_skipped"] == len(finished)
     assert parents[1].data.metrics["images_done"] == rest
+    # The killed job's run was ended when the second job started (its driver was gone), and
+    # an image resumed by the second job is under it and lists both.
+    first_run, second_run = (p.info.run_id for p in parents)
+    killed_run = client.get_run(first_run)
+    assert killed_run.info.status == "KILLED"
+    assert killed_run.data.tags["superseded_by"] == second_run
+    for image_id in partial:
+        (run,) = client.search_runs([experiment_id], filter_string=f"tags.image_id = '{image_id}'")
+        assert run.data.tags["mlflow.parentRunId"] == second_run
+        assert run.data.tags["job_runs"] == f"{first_run},{second_run}"
     print(f"\ndriver killed: {images} images, {len(before_kill)} done at the kill "
           f"({len(finished) - len(before_kill)} more finished by orphans), orphaned trainings "
           f"stopped {orphans_gone_s:.1f} s after; resubmitted: {rest} trained ({len(partial)} "
           f"resumed at scales {sorted(len(s) for s in partial.values())}), {len(finished)} "
           f"skipped untouched; MLflow: {len(image_runs)} image runs for {images} images, all "
-          f"FINISHED; the killed job's parent run: {parents[0].info.status}")
+          f"FINISHED; the killed job's parent run: {killed_run.info.status}")

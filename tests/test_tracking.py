@@ -4,10 +4,12 @@ that a server that is down costs nothing but a replay, which never duplicates a 
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from mlflow import MlflowClient
 
+import pipeline.tracking as tracking
 from pipeline.manifest import ImageTask
 from pipeline.storage import ImageStore
 from pipeline.tracking import ImageRun, experiment_id_for, point, start_job_run, sync_image
@@ -117,8 +119,6 @@ class Killed(BaseException):
 @pytest.mark.parametrize("opener", ["worker", "sync"])
 def test_a_worker_killed_between_creating_and_recording_its_run_gets_no_second_run(
         tmp_path, mlflow_server, monkeypatch, opener):
-    import pipeline.tracking as tracking
-
     experiment = f"claimed-{opener}"
     experiment_id = experiment_id_for(mlflow_server.url, experiment)
     store = ImageStore(str(tmp_path), "img")
@@ -146,3 +146,32 @@ def test_a_worker_killed_between_creating_and_recording_its_run_gets_no_second_r
     runs = client.search_runs([experiment_id], "tags.image_id = 'img'")
     assert [r.info.run_id for r in runs] == [run_id]
     assert store.get_json("tracking.json")["run_id"] == run_id
+
+
+def test_a_new_job_ends_earlier_job_runs_whose_driver_is_gone(mlflow_server, monkeypatch):
+    """Gone: a driver on this machine whose process is not running, or one elsewhere whose
+    heartbeat is older than tracking.STALE_SECONDS. Other outputs and live drivers are left."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server.url)
+    experiment = client.create_experiment("abandoned")
+
+    def job_run(output: str, host: str, pid: str) -> str:
+        run = client.create_run(experiment, tags={"kind": "job", "driver_host": host,
+                                                  "driver_pid": pid})
+        client.log_param(run.info.run_id, "output", output)
+        tracking.heartbeat(client, run.info.run_id, 0.0)
+        return run.info.run_id
+
+    dead_here = job_run("out", socket.gethostname(), str(2**22 + 1))
+    other_output = job_run("other", socket.gethostname(), str(2**22 + 1))
+    stale_elsewhere = job_run("out", "far", "1")
+    time.sleep(1.5)
+    live_elsewhere = job_run("out", "elsewhere", "1")  # its heartbeat: just now
+    monkeypatch.setattr(tracking, "STALE_SECONDS", 1.0)
+    _, new = tracking.start_job_run(mlflow_server.url, "abandoned", None, {"output": "out"})
+    status = {run_id: client.get_run(run_id).info.status
+              for run_id in (dead_here, other_output, stale_elsewhere, live_elsewhere)}
+    assert status == {dead_here: "KILLED", other_output: "RUNNING", stale_elsewhere: "KILLED",
+                      live_elsewhere: "RUNNING"}
+    assert client.get_run(dead_here).data.tags["superseded_by"] == new
