@@ -12,15 +12,14 @@ speed, never correctness.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import fsspec
-
 from pipeline import tasks as task_registry
 from pipeline.manifest import ImageTask
-from pipeline.storage import redact, with_retries
+from pipeline.storage import read_url, redact
 from singan.api import plan
 from singan.errors import InputError
 from singan.image import image_size
@@ -51,7 +50,7 @@ def header_sizes(uris: Sequence[str]) -> list[tuple[int, int] | None]:
     where it cannot be read."""
     def size(uri: str) -> tuple[int, int] | None:
         try:
-            return with_retries(f"read the header of {redact(uri)}", lambda: _header_size(uri))
+            return _header_size(uri)
         except Exception as err:  # noqa: BLE001 - a bad image fails in its own bucket
             logger.info("%s: size unknown (%s)", redact(uri), err)
             return None
@@ -61,8 +60,7 @@ def header_sizes(uris: Sequence[str]) -> list[tuple[int, int] | None]:
 
 
 def _header_size(uri: str) -> tuple[int, int]:
-    with fsspec.open(uri, "rb", block_size=HEADER_BLOCK) as f:
-        return image_size(f, redact(uri))
+    return image_size(io.BytesIO(read_url(uri, end=HEADER_BLOCK)), redact(uri))
 
 
 def bucket_key(task: ImageTask, size: tuple[int, int] | None) -> tuple | None:

@@ -19,6 +19,7 @@ round, not one error at a time.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import tasks
-from pipeline.storage import redact
+from pipeline.storage import limits, read_url, redact
 from singan.config import Config, config
 from singan.errors import InputError, one_line
 from singan.image import IMAGE_SUFFIXES
@@ -376,8 +377,7 @@ def _unique(image_id: str, used: set[str]) -> str:
 def _read_table(url: str) -> pa.Table:
     """The whole manifest as an Arrow table, or a ManifestError saying why it cannot be read."""
     try:
-        with fsspec.open(url, "rb") as file:
-            return pq.read_table(file)
+        return pq.read_table(io.BytesIO(read_url(url)))
     except FileNotFoundError:
         reason = "the file does not exist"
     except IsADirectoryError:
@@ -506,7 +506,7 @@ def _missing_files(uris: dict[int, str]) -> dict[int, str]:
 
     def check(uri: str, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
         try:
-            info = fs.info(path)
+            info = fs.info(path, **limits(fs))
         except FileNotFoundError:
             return f"{uri} does not exist"
         except Exception as error:  # noqa: BLE001 - no credentials, access denied, network

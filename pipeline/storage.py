@@ -15,6 +15,11 @@ Layout (DESIGN.md):
 Every write is whole or absent: a temporary file renamed into place on local disk, a single PUT
 on object stores (an S3 object appears whole or not at all). `config.json` is written after the
 scale file it counts, so a reader never sees a finished scale without its file.
+
+Every remote operation has a time limit (`limits`): an endpoint that accepts connections and
+never answers would otherwise hold a write forever (aiohttp waits for S3's 100-continue reply
+with no limit of its own). A call that runs out of time counts as transient: it is retried, and
+when it keeps timing out the row's Ray task is retried; a write cut off midway leaves no object.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -29,6 +35,7 @@ from typing import Any, TypeVar
 
 import fsspec
 import torch
+from fsspec.asyn import AsyncFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from singan.api import load_files
@@ -44,6 +51,31 @@ T = TypeVar("T")
 SUCCESS = "_SUCCESS"
 RESULTS = "_results.parquet"  # beside the image folders; ids cannot start with "_"
 RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between attempts at one storage operation
+# Seconds one remote storage call may take, whole (connect, send, wait, read); enough for a
+# scale file of a few MB over a slow link. SINGAN_FLEET_STORAGE_TIMEOUT sets another.
+OPERATION_TIMEOUT = 120.0
+TIMEOUT_ENV = "SINGAN_FLEET_STORAGE_TIMEOUT"
+
+
+def operation_timeout() -> float:
+    """The time limit of one remote storage call, in seconds (OPERATION_TIMEOUT or the env)."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if not text:
+        return OPERATION_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{TIMEOUT_ENV}={text!r}: expected seconds") from None
+    if not value > 0:
+        raise InputError(f"{TIMEOUT_ENV}={text!r}: must be above 0")
+    return value
+
+
+def limits(fs: fsspec.AbstractFileSystem) -> dict[str, float]:
+    """Keyword arguments that bound one call of `fs` in time: fsspec runs an asynchronous
+    filesystem's calls (S3, GCS, HTTP...) on its event loop and cancels them after `timeout`
+    seconds (FSTimeoutError, a TimeoutError); local calls need none."""
+    return {"timeout": operation_timeout()} if isinstance(fs, AsyncFileSystem) else {}
 
 
 class TransientError(RuntimeError):
@@ -87,11 +119,12 @@ def with_retries(what: str, operation: Callable[[], T], delays=RETRY_DELAYS) -> 
     raise AssertionError("unreachable")
 
 
-def read_url(url: str) -> bytes:
-    """The bytes of any fsspec URL, with retries on transient failures."""
+def read_url(url: str, end: int | None = None) -> bytes:
+    """The bytes of any fsspec URL (its first `end` bytes when given), with a time limit and
+    retries on transient failures."""
     def read() -> bytes:
-        with fsspec.open(url, "rb") as f:
-            return f.read()
+        fs, path = fsspec.core.url_to_fs(url)
+        return fs.cat_file(path, start=None if end is None else 0, end=end, **limits(fs))
     return with_retries(f"read {redact(url)}", read)  # `what` is logged
 
 
@@ -158,20 +191,21 @@ class Storage:
             if isinstance(self.fs, LocalFileSystem):
                 atomic_write(path, lambda f: f.write(data))
             else:
-                self.fs.pipe_file(path, data)
+                self.fs.pipe_file(path, data, **limits(self.fs))
         with_retries(f"write {self.url_of(name)}", write)
 
     def get(self, name: str) -> bytes | None:
         """The bytes of `name`, or None when it does not exist."""
         def read() -> bytes | None:
             try:
-                return self.fs.cat_file(self.path(name))
+                return self.fs.cat_file(self.path(name), **limits(self.fs))
             except FileNotFoundError:
                 return None
         return with_retries(f"read {self.url_of(name)}", read)
 
     def exists(self, name: str) -> bool:
-        return with_retries(f"check {self.url_of(name)}", lambda: self.fs.exists(self.path(name)))
+        return with_retries(f"check {self.url_of(name)}",
+                            lambda: self.fs.exists(self.path(name), **limits(self.fs)))
 
     def put_json(self, name: str, value: Any) -> None:
         self.put(name, json.dumps(value, indent=2, sort_keys=True).encode())
@@ -189,8 +223,8 @@ class Storage:
     def remove_all(self) -> None:
         """Delete the folder and everything in it (no error when it does not exist)."""
         def remove() -> None:
-            if self.fs.exists(self.root):
-                self.fs.rm(self.root, recursive=True)
+            if self.fs.exists(self.root, **limits(self.fs)):
+                self.fs.rm(self.root, recursive=True, **limits(self.fs))
             # Object stores have no folders, and a local one may be left empty: both are fine.
         with_retries(f"remove {self.url}", remove)
 

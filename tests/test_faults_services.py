@@ -135,8 +135,9 @@ def tiny_manifest(folder: Path, count: int) -> Path:
 class FlakyProxy:
     """A TCP proxy on 127.0.0.1 to `port`, which `cut()` makes fail until `restore()`: open
     connections are reset, and new ones are either reset at once ("reset": the client cannot
-    connect) or read and closed without an answer ("drop": the server hangs up, as an
-    overloaded endpoint or a load balancer does)."""
+    connect), read and closed without an answer ("drop": the server hangs up, as an
+    overloaded endpoint or a load balancer does), or accepted and never answered ("hang": a
+    stalled endpoint, which only a client's own time limit ends)."""
 
     def __init__(self, port: int):
         self.target = ("127.0.0.1", port)
@@ -146,6 +147,7 @@ class FlakyProxy:
         self.failed_connections = 0
         self.lock = threading.Lock()
         self.open: set[socket.socket] = set()
+        self.hung: list[socket.socket] = []  # held open, unanswered, until restore()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -161,6 +163,10 @@ class FlakyProxy:
 
     def restore(self) -> None:
         self.mode = None
+        with self.lock:
+            hung, self.hung = self.hung, []
+        for sock in hung:
+            _reset(sock)
 
     def close(self) -> None:
         self.cut("reset")
@@ -177,6 +183,9 @@ class FlakyProxy:
                 self.failed_connections += 1
                 if mode == "reset":
                     _reset(client)
+                elif mode == "hang":
+                    with self.lock:
+                        self.hung.append(client)
                 else:
                     threading.Thread(target=_hang_up, args=(client,), daemon=True).start()
                 continue
@@ -597,3 +606,82 @@ def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, f
     fs.invalidate_cache()
     assert {path: fs.info(path)["LastModified"] for path in kept} == kept
     assert_done_images_load(output, ["img0"])
+
+
+STORAGE_TIMEOUT = 3.0  # seconds per storage call in these tests (SINGAN_FLEET_STORAGE_TIMEOUT)
+
+
+def test_s3_that_accepts_and_never_answers_times_out_and_is_retried(tmp_path, flaky_s3,
+                                                                    moto_env):
+    """The endpoint accepts connections and never answers for a while (reads and writes hang):
+    every call ends after the storage time limit and is retried, the job finishes soon after
+    the endpoint is back, every image done, never one marked done without its scale files."""
+    from pipeline import results as results_table
+    from pipeline.storage import TIMEOUT_ENV, Storage
+
+    server, proxy = flaky_s3
+    stall = 8.0  # seconds: each hung call times out after STORAGE_TIMEOUT and is retried
+    ids = [f"img{i}" for i in range(2)]
+    manifest = tiny_manifest(tmp_path / "images", len(ids))
+    output = f"s3://{BUCKET}/stalled"
+    args = ["--manifest", str(manifest), "--output", output, "--no-tracking", *TINY_JOB]
+    env = {**s3_job_env(proxy), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
+    with DoneWatch(server.endpoint_url, "stalled/") as watch, \
+            Job(args, tmp_path / "job.log", env) as job:
+        wait_until(watch.first_scale.is_set, "first scale file", job)
+        proxy.cut("hang")
+        try:
+            time.sleep(stall)
+        finally:
+            proxy.restore()
+        back = time.monotonic()
+        code, logs = job.wait()
+        after = time.monotonic() - back
+    retries = RETRY_LINE.findall(logs)
+    print(f"S3 stalled {stall:.0f} s, {len(retries)} retried calls; the job ended {after:.1f} s "
+          "after the endpoint was back")
+    assert code == 0, logs
+    assert "TimeoutError" in logs  # calls were cut by the time limit, then retried
+    assert not watch.violations and sorted(watch.scales) == ids
+    assert_done_images_load(output, ids)
+    assert set(results_table.read(Storage(output)).column("status").to_pylist()) == {"done"}
+    # The bound: a hung call ends within STORAGE_TIMEOUT, its retries back off at most 15.5 s,
+    # and what is left of two tiny trainings takes a few seconds more.
+    assert after < 60, after
+
+
+def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
+        tmp_path, flaky_s3, moto_env):
+    """Stalled for good: each attempt of a write is cut after the time limit, the retries run
+    out, the row fails with a one-line reason (a TransientError naming the URL) and is not
+    marked done, within 6 x STORAGE_TIMEOUT + 15.5 s of back-off after the stall began."""
+    import s3fs
+
+    from pipeline.storage import RETRY_DELAYS, TIMEOUT_ENV
+
+    server, proxy = flaky_s3
+    manifest = tiny_manifest(tmp_path / "images", 1)
+    output = f"s3://{BUCKET}/stalled-for-good"
+    args = ["--manifest", str(manifest), "--output", output, "--no-tracking",
+            "--max-retries", "0", *TINY_JOB]
+    env = {**s3_job_env(proxy), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
+    bound = (len(RETRY_DELAYS) + 1) * STORAGE_TIMEOUT + sum(RETRY_DELAYS)  # 33.5 s
+    with DoneWatch(server.endpoint_url, "stalled-for-good/") as watch, \
+            Job(args, tmp_path / "job.log", env) as job:
+        wait_until(watch.first_scale.is_set, "first scale file", job)
+        proxy.cut("hang")
+        try:
+            stalled = time.monotonic()
+            wait_until(lambda: "failed img0" in job.output(), "failed row", job, timeout=120)
+            failed_after = time.monotonic() - stalled
+        finally:
+            proxy.restore()
+        code, logs = job.wait()
+    print(f"stalled S3: the row failed {failed_after:.1f} s after the stall began "
+          f"(bound {bound:.1f} s plus the scale in progress)")
+    assert code == 1, logs
+    reason = re.search(r"failed img0: (.*)", logs).group(1)
+    assert reason.startswith("TransientError: ") and "s3://" in reason, reason
+    assert not watch.scales and not watch.violations
+    assert not s3fs.S3FileSystem().exists(f"{BUCKET}/stalled-for-good/img0/_SUCCESS")
+    assert failed_after < bound + 20, failed_after
