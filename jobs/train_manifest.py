@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
              if task_registry.any_besides_training(names) else ""))
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
-    tracking_uri, ui_hint = tracking_target(args)
+    tracking_uri = tracking_target(args)
     experiment_id = parent_run_id = None
     if tracking_uri is not None:
         try:
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                            for k, v in config(args.preset, **overrides).to_dict().items()}})
         except Exception as err:  # noqa: BLE001 - trainings go on; workers retry on their own
             logger.warning("MLflow at %s unreachable (%s); training without a parent run",
-                           redact(tracking_uri), tracking.one_line(err))
+                           redact(tracking_uri), one_line(err))
+    ui_hint = tracking_hint(tracking_uri, experiment_id)
 
     if args.force:
         with ThreadPoolExecutor(16) as pool:
@@ -224,16 +225,26 @@ def parse_sets(items: list[str]) -> dict:
     return overrides
 
 
-def tracking_target(args) -> tuple[str | None, str | None]:
-    """The tracking URI to use, and how to open its UI."""
+def tracking_target(args) -> str | None:
+    """The tracking URI to use: --tracking-uri, else a local sqlite database; None without."""
     if args.no_tracking:
-        return None, None
-    uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+        return None
+    return args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def tracking_hint(uri: str | None, experiment_id: str | None) -> str | None:
+    """How to see the job's runs: the experiment's page in the UI's model-training view, and
+    for a local database the command that serves it."""
+    if uri is None:
+        return None
     if uri.startswith("sqlite:"):
+        local = "http://127.0.0.1:5000"
+        page = tracking.experiment_url(local, experiment_id) if experiment_id else local
         # The interpreter running this job has MLflow: the command works without an active venv.
-        return uri, (f"MLflow UI: {shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri "
-                     f"{uri} --port 5000  (then open http://127.0.0.1:5000)")
-    return uri, f"MLflow: {redact(uri)}"
+        return (f"MLflow UI: {shlex.quote(sys.executable)} -m mlflow ui --backend-store-uri "
+                f"{uri} --port 5000  (then open {page})")
+    return "MLflow: " + redact(tracking.experiment_url(uri, experiment_id) if experiment_id
+                               else uri)
 
 
 def local_artifacts(tracking_uri: str) -> str | None:

@@ -95,19 +95,46 @@ def client_for(tracking_uri: str):
     return MlflowClient(tracking_uri)
 
 
+# MLflow's UI opens an experiment in its GenAI view (traces, evaluation runs, prompts) unless
+# told it holds model training: its "Machine learning" view lists the runs and their charts.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "singan-fleet: one parent run per job (kind = job: the manifest, the output, the "
+        "settings, totals and failed ids), one child run per image under it (params; per-scale "
+        "losses sNN/d_loss, sNN/g_loss, ... with the iteration as step; noise_amp, "
+        "scale_seconds, sifid, patch_swd with the scale as step; the pictures under "
+        "Artifacts > samples; the pyramid's URL in the tag pyramid_url)."),
+}
+
+
+def experiment_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The page of an experiment (or of one run's charts) on an MLflow server, in the UI's
+    model-training view: the UI opens in its GenAI view unless the link or the user asks."""
+    page = f"/runs/{run_id}/model-metrics" if run_id else ""
+    return (f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}{page}"
+            "?workflowType=machine_learning")
+
+
 def experiment_id_for(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created when missing. Raises when the server is unreachable."""
+    """The id of experiment `name`, created when missing (tagged EXPERIMENT_TAGS). Raises when
+    the server is unreachable."""
     client = client_for(tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except Exception:  # created meanwhile by another driver
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=artifact_location,
+                                                     tags=EXPERIMENT_TAGS)
+            return experiment_id
+        except Exception:  # created meanwhile by another driver
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    # An experiment made before these tags: add what it lacks (a user's own values are kept).
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 class ImageRun:

@@ -175,3 +175,19 @@ def test_a_new_job_ends_earlier_job_runs_whose_driver_is_gone(mlflow_server, mon
     assert status == {dead_here: "KILLED", other_output: "RUNNING", stale_elsewhere: "KILLED",
                       live_elsewhere: "RUNNING"}
     assert client.get_run(dead_here).data.tags["superseded_by"] == new
+
+
+def test_the_experiment_opens_as_model_training_in_the_ui(mlflow_server):
+    """MLflow's UI shows an untagged experiment as GenAI (traces, evaluations); ours says it
+    holds model training, also when it was made before (a user's own note is kept)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server.url)
+    made = client.get_experiment(experiment_id_for(mlflow_server.url, "kind-new"))
+    assert made.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "one child run per image" in made.tags["mlflow.note.content"]
+    old = client.create_experiment("kind-old", tags={"mlflow.note.content": "mine"})
+    assert experiment_id_for(mlflow_server.url, "kind-old") == old
+    tags = client.get_experiment(old).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == "mine"
