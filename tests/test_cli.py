@@ -116,3 +116,16 @@ def test_console_script_help_documents_every_option():
         result = subprocess.run([exe, command, "--help"], capture_output=True, text=True, check=True)
         for option in options:
             assert option in result.stdout, (command, option)
+
+
+def test_version_and_verbose_before_or_after_the_command(capsys):
+    from singan.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("singan-fleet ")
+    parser = build_parser()
+    assert parser.parse_args(["train", "x.png", "--out", "d", "-v"]).verbose
+    assert parser.parse_args(["-v", "train", "x.png", "--out", "d"]).verbose
+    assert not parser.parse_args(["train", "x.png", "--out", "d"]).verbose
+    assert parser.parse_args(["sample", "m", "--out", "d", "--verbose"]).verbose

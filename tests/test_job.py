@@ -229,11 +229,19 @@ def test_buckets_of_one_size_train_together_and_a_bad_image_fails_alone(
     assert "3 Ray tasks of up to 4 images" in logs, logs
     assert "6 trained, 0 already done, 1 failed" in logs, logs
     assert "failed small_2: " in logs and "truncated or corrupt image data" in logs
-    rows = {r["image_id"]: r for r in pq.read_table(output / "_results.parquet").to_pylist()}
+    table = pq.read_table(output / "_results.parquet").to_pylist()
+    assert [r["image_id"] for r in table] == ids  # in manifest order, whatever finished first
+    rows = {r["image_id"]: r for r in table}
     assert {i: r["status"] for i, r in rows.items()} == {
         i: "failed" if i == "small_2" else "done" for i in ids}
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("e2e-buckets")
+    assert (f"MLflow: {mlflow_server.url}/#/experiments/{experiment.experiment_id}"
+            "?workflowType=machine_learning") in logs
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.kind = 'job'")
+    assert parent.data.params["gpus_per_task_used"] == "0"  # what was used: no GPU here
+    assert parent.data.params["images_per_task"] == "4"
+    assert parent.data.params["ray_tasks"] == "3"
     for image_id in ids:  # each image: its own folder, scales, _SUCCESS and MLflow run
         runs = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.image_id = '{image_id}'")

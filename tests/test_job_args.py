@@ -103,3 +103,20 @@ def test_storage_down_for_the_results_table_still_prints_the_summary(tmp_path, m
     assert code == 1
     assert "the results table could not be written (write out/_results.parquet" in err
     assert "1 images in" in out and "1 trained" in out and "results:" not in out
+
+
+def test_the_printed_mlflow_hint_opens_the_model_training_view_and_runs_as_shown(tmp_path):
+    import shlex
+    import subprocess
+    import sys
+
+    hint = job.tracking_hint("http://127.0.0.1:5000", "7")
+    assert hint == "MLflow: http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert job.tracking_hint("http://user:secret@host:5000", None) == "MLflow: http://***@host:5000"
+    local = job.tracking_hint(f"sqlite:///{tmp_path}/mlflow.db", "1")
+    command = local.removeprefix("MLflow UI: ").split("  (then open ")[0]
+    assert command.startswith(shlex.quote(sys.executable) + " -m mlflow ui --backend-store-uri")
+    assert local.endswith("http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning)")
+    # The command works as printed, without an activated environment.
+    argv = shlex.split(command.split(" --backend-store-uri")[0]) + ["--help"]
+    assert subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
