@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shlex
 import sys
 import time
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images-per-task", type=int, metavar="K",
                    help="images of one size and settings trained together in one Ray task, in "
                         f"one set of kernels (default: {IMAGES_PER_TASK['gpu']} on GPUs, "
-                        f"{IMAGES_PER_TASK['cpu']} on CPUs)")
+                        f"{IMAGES_PER_TASK['cpu']} on CPUs, fewer when the images would not "
+                        "fill the cluster)")
     p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
                    help="GPUs per Ray task (one training of up to --images-per-task images); "
                         "fractions pack several tasks on one GPU; 0 = CPU. On a cluster "
@@ -283,7 +285,10 @@ def fan_out(tasks, settings: JobSettings, inception: dict | None, args,
 
     resources = fleet.connect(args.verbose)
     gpus, slots = fleet.placement(resources, args.gpus_per_image, args.cpus_per_image)
-    per_task = args.images_per_task or IMAGES_PER_TASK["gpu" if gpus else "cpu"]
+    # Unless told, as many as train best together, but no fewer tasks than the cluster's
+    # slots: a few images on many slots train side by side rather than in one task.
+    per_task = args.images_per_task or min(IMAGES_PER_TASK["gpu" if gpus else "cpu"],
+                                           max(1, math.ceil(len(tasks) / slots)))
     buckets = make_buckets(tasks, per_task)
     print(f"{len(buckets)} Ray tasks of up to {per_task} images of one size and settings")
     remote = ray.remote(train_bucket).options(
