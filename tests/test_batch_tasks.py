@@ -259,12 +259,12 @@ def test_replay_sends_the_task_outputs_the_server_missed(tmp_path, mlflow_server
     store = ImageStore(str(tmp_path), "img")
     run = ImageRun(store, dead, "0", None)
     run.log_params({"image_id": "img", "task": "animate"})
-    names = ["samples/scale_00.png", "sr/sr_x2.png", "sr/bicubic_x2.png",
+    names = ["samples/scale_00.png", "samples/sample_00.png", "sr/sr_x2.png", "sr/bicubic_x2.png",
              "animate/start_scale_0/beta_0.80.gif", "animate/start_scale_1/beta_0.95.gif"]
     for name in names:
         store.put(name, b"picture " + name.encode())
         run.log_artifact(name, b"picture")
-    store.put("samples/sample_00.png", b"not an artifact")
+    store.put("model/scale_00.pt", b"not an artifact")
     assert not run.complete
 
     report = sync_image(store, mlflow_server.url)

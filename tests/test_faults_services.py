@@ -279,7 +279,9 @@ def assert_points_once(client, output: Path, ids: list[str]) -> dict[str, int]:
         assert run.info.status == "FINISHED" and run.info.run_name == image_id
         scales = json.loads((folder / "_SUCCESS").read_text())["num_scales"]
         assert {k: str(v) for k, v in link["params"].items()}.items() <= run.data.params.items()
-        assert len(client.list_artifacts(run_id, "samples")) == scales
+        pictures = {f"samples/{p.name}" for p in (folder / "samples").glob("*.png")}
+        assert len(pictures) > scales  # one per scale, the reconstruction and the final samples
+        assert {f.path for f in client.list_artifacts(run_id, "samples")} == pictures, image_id
         counts[image_id] = len(on_server)
     return counts
 

@@ -129,7 +129,10 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
         assert sorted(m.step for m in sifids) == [0, 1, 2, 3]
         final = next(m.value for m in sifids if m.step == 3)
         assert final == pytest.approx(rows[run.info.run_name]["sifid"])
-        assert len(client.list_artifacts(run.info.run_id, "samples")) == 4
+        stored = {path.removeprefix(f"{BUCKET}/outputs/{run.info.run_name}/")
+                  for path in s3.glob(f"{BUCKET}/outputs/{run.info.run_name}/samples/*.png")}
+        assert {f"samples/scale_{k:02d}.png" for k in range(4)} < stored  # and the final ones
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "samples")} == stored
     seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
     assert seed_param["stones_2"] == "42"
 

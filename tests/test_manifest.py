@@ -102,10 +102,10 @@ def test_unknown_columns_are_refused_with_the_allowed_ones(tmp_path):
     [problem] = problems(url).problems
     assert problem.startswith("unknown columns: 'max_szie', 'log_every'; allowed besides "
                               "image_id and uri: min_size, max_size, scale_factor, ")
-    assert problem.endswith(", seed, task, sr_factor, frames, fps")
+    assert problem.endswith(", seed, task, sr_factor, frames, fps, height, width")
     allowed = problem.split("image_id and uri: ")[1].split(", ")
     assert set(allowed) == set(config().to_dict()) - {"log_every"} | {
-        "seed", "task", "sr_factor", "frames", "fps"}
+        "seed", "task", "sr_factor", "frames", "fps", "height", "width"}
 
 
 def test_an_empty_manifest(tmp_path):

@@ -445,8 +445,8 @@ def test_no_credentials_reach_mlflow_or_the_logs(s3_server, mlflow_server, tmp_p
         experiment = f"security-{uuid.uuid4().hex[:8]}"
         job = load_job("train_manifest")
         # The trainings in this process, one after the other, as Ray's workers would run them.
-        monkeypatch.setattr(job, "fan_out", lambda tasks, settings, inception, args: [
-            train_image(task, settings, inception) for task in tasks])
+        monkeypatch.setattr(job, "fan_out", lambda tasks, settings, inception, args, tick: ([
+            train_image(task, settings, inception) for task in tasks], {}))
         caplog.set_level(logging.INFO)
         code = job.main(["--manifest", f"{authed}/m.parquet", "--output", f"s3://{bucket}/out",
                          "--tracking-uri", f"http://tracker:{TRACKING_PASSWORD}@{host}",
