@@ -6,6 +6,7 @@ memory, as JSON; optionally against a reference-style baseline timed in the same
     python bench/train_speed.py --recipe singan,consingan --niter 50   # compare the recipes
     python bench/train_speed.py --image photo.jpg --preset paper --max-size 128 --niter 5 \\
         --baseline --threads 1                                # ours vs the reference's style
+    python bench/train_speed.py --preset paper --max-size 48 --images 4   # 4 images together
 
 Times a real training (the same code as `singan train`), synchronising the device only at scale
 boundaries. With --niter below the preset's, the per-iteration figures are measured on fewer
@@ -21,6 +22,13 @@ kernel selection), then --baseline-iters timed ones; a scale's seconds are the m
 back). ratio is in wall time (the speed issue's target: at most 0.5 at every scale); on the CPU
 also cpu_ratio, the same in process CPU time, which other processes on the machine disturb much
 less.
+
+--images K: K images trained together (singan.train_many: copies of the image with seeds
+seed .. seed + K - 1) against the same K trained one after another, at every scale, in the same
+run: the coarser scales are trained once (2 iterations each, quality does not matter for
+timing), then each round times the K together and the K in turn (alternating which goes first)
+for --warmup + --baseline-iters iterations; the median over --rounds rounds is kept. The totals
+are projected to the preset's iterations per scale, as images per hour each way.
 """
 
 from __future__ import annotations
@@ -212,6 +220,8 @@ def main() -> None:
                         help="untimed iterations before them, at least 1 (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds per scale; the median is kept (default: %(default)s)")
+    parser.add_argument("--images", type=int, metavar="K",
+                        help="time K images trained together against K one after another")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,7 +230,10 @@ def main() -> None:
 
     device = torch.device(args.device)
     image = singan.load_image(args.image) if args.image else pebbles(188, 250)
-    runs = [time_training(image, recipe, args, device) for recipe in args.recipe.split(",")]
+    if args.images:
+        runs = [time_batches(image, args, device)]
+    else:
+        runs = [time_training(image, recipe, args, device) for recipe in args.recipe.split(",")]
     result = {
         "benchmark": "train_speed",
         "image": args.image or "built-in example (pebbles 188x250)",
@@ -320,6 +333,67 @@ def summarise(rows: list[dict], niter: int, args: argparse.Namespace) -> dict:
         summary.update(cpu_ratio_total=round(ours_c / base_c, 3),
                        cpu_ratio_max=max(r["cpu_ratio"] for r in rows))
     return summary
+
+
+def time_batches(image: torch.Tensor, args: argparse.Namespace, device: torch.device) -> dict:
+    """K images with train_many against the same K one after another, per scale (--images)."""
+    count, warmup, iters = args.images, max(1, args.warmup), args.baseline_iters
+    preset = singan.config(args.preset)
+    overrides = {"max_size": args.max_size} if args.max_size else {}
+    frozen_cfg = singan.config(args.preset, niter=2, **overrides)
+    seeds = list(range(args.seed, args.seed + count))
+    models = singan.train_many([image] * count, frozen_cfg, seeds=seeds, device=device)
+    cfg = dataclasses.replace(frozen_cfg, niter=warmup + iters, lr_milestone=warmup + iters,
+                              log_every=warmup)
+    reals = [model.reals for model in models]
+    rows = []
+    for scale in range(models[0].num_scales):
+        times = {"together": [], "one_by_one": []}
+        for round_ in range(args.rounds):
+            order = ("together", "one_by_one") if round_ % 2 == 0 else ("one_by_one", "together")
+            for how in order:
+                groups = [list(range(count))] if how == "together" else [[k] for k in range(count)]
+                seconds, peak = 0.0, 0.0
+                for group in groups:
+                    timing = time_group([models[k] for k in group], scale,
+                                        [reals[k][scale] for k in group], cfg, warmup, iters)
+                    seconds += timing["wall"]
+                    peak = max(peak, timing["peak"] or 0.0)
+                times[how].append((seconds, peak))
+        h, w = models[0].plan.shapes[scale]
+        together = statistics.median(t for t, _ in times["together"])
+        one_by_one = statistics.median(t for t, _ in times["one_by_one"])
+        row = {"scale": scale, "height": h, "width": w, "channels": cfg.channels(scale),
+               "together_seconds_per_iteration": round(together, 5),
+               "one_by_one_seconds_per_iteration": round(one_by_one, 5),
+               "speedup": round(one_by_one / together, 3)}
+        if device.type == "cuda":
+            row["together_peak_memory_mb"] = max(p for _, p in times["together"])
+            row["one_image_peak_memory_mb"] = max(p for _, p in times["one_by_one"])
+        rows.append(row)
+    together = sum(r["together_seconds_per_iteration"] for r in rows) * preset.niter
+    one_by_one = sum(r["one_by_one_seconds_per_iteration"] for r in rows) * preset.niter
+    return {"images": count, "max_size": frozen_cfg.max_size, "scales": rows,
+            "warmup": warmup, "iterations_timed": iters, "rounds": args.rounds,
+            "projected_total_seconds_together": round(together, 1),
+            "projected_total_seconds_one_by_one": round(one_by_one, 1),
+            "images_per_hour_together": round(3600 * count / together, 2),
+            "images_per_hour_one_by_one": round(3600 * count / one_by_one, 2),
+            "time_ratio_together_over_one_by_one": round(together / one_by_one, 3)}
+
+
+def time_group(models, scale: int, reals, cfg, warmup: int, iters: int) -> dict:
+    """Seconds per iteration of train_scale on `models` together (throwaway copies sharing
+    their frozen coarser scales), and peak CUDA MB."""
+    scratches = []
+    for model in models:
+        scratch = singan.SinGAN(cfg, model.plan, model.seed).to(reals[0].device)
+        scratch.scales.extend(list(model.scales[:scale]))
+        scratches.append(scratch)
+    stamps = Stamps(reals[0].device)
+    reset_peak(reals[0].device)
+    train_scale(scratches, scale, reals, [[stamps]] + [[] for _ in scratches[1:]])
+    return stamps.per_iteration(warmup, iters)
 
 
 def generator_parameters(model) -> int:
