@@ -59,7 +59,10 @@ class Config:
     lambda_grad: float = 0.1  # gradient-penalty weight
     alpha: float = 10.0  # reconstruction-loss weight
     noise_amp: float = 0.1  # noise amplitude = noise_amp * RMSE(real, upsampled reconstruction)
-    z_star: ZStar = "fixed"  # SinGAN: z* drawn once, or redrawn every iteration (the official code)
+    # z* at the coarsest scale: redrawn every iteration, the last draw kept (the official code,
+    # which made the paper's figures; measured closer to the photo, docs/faithfulness.md), or
+    # fixed, drawn once (the paper's text).
+    z_star: ZStar = "redrawn"
 
     # Variants (the seed study and the applications); the defaults are the reference's.
     padding: Padding = "zero"  # border of G's inputs and D's input: zero | circular | reflect

@@ -2,9 +2,10 @@
 (reference/SINGAN.md s. 4), and the SinGAN `Recipe` (singan.recipe) that ties its modules
 (models, sample, this one) together. singan.train runs the outer loop over scales.
 
-Decisions where the reference and the paper differ (each keeps the paper's algorithm):
-- z* (the coarsest reconstruction noise) is drawn once and kept fixed, as in the paper; the
-  reference redraws it every iteration and stores the last draw.
+Decisions where the reference and the paper differ:
+- z* (the coarsest reconstruction noise) is redrawn every iteration and the last draw stored,
+  as the reference does (its figures came from that; bench/fidelity.py measured our samples
+  closer to the photo with it); `Config.z_star = "fixed"` gives the paper's text, drawn once.
 - The generator steps recompute `fake` with the current weights for each step; the reference
   reuses the graph of the last discriminator step, which modern PyTorch rejects.
 - Every resize and random draw happens on the training device; the reference round-trips
@@ -114,8 +115,8 @@ def train_scale(models: Sequence[SinGAN], scale: int, reals: Sequence[Tensor],
 
     prev_rec = pad(prev_rec, config)
     rec_input = amp_map * padded_noise(z_rec, config, images) + prev_rec
-    # z* fixed (the paper) or redrawn every iteration (the official code: the coarsest generator
-    # then learns to reconstruct the image from any noise; the last draw is kept).
+    # z* redrawn every iteration (the default, as the official code: the coarsest generator then
+    # learns to reconstruct the image from any noise; the last draw is kept) or fixed (the paper).
     redraw_z_star = scale == 0 and config.z_star == "redrawn"
     failed: dict[int, str] = {}  # image -> why it stopped
 

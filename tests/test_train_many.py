@@ -77,9 +77,9 @@ def test_images_trained_together_get_the_models_they_get_alone(loss):
                            together[1][0].scales[2].generator.tail.weight)
 
 
-def test_z_star_redrawn_and_warm_started_widths_batch_too():
-    """Widths that double (fresh networks) and stay (warm start), and z* redrawn."""
-    cfg = config(num_scales=4, nfc_double_every=2, niter=8, z_star="redrawn")
+def test_z_star_fixed_and_warm_started_widths_batch_too():
+    """Widths that double (fresh networks) and stay (warm start), and z* fixed (not the default)."""
+    cfg = config(num_scales=4, nfc_double_every=2, niter=8, z_star="fixed")
     alone, together = alone_and_together(cfg, images(2))
     for a, b in zip(alone, together, strict=True):
         assert_same(a, b)
