@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -46,10 +47,6 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 import singan
-import singan.adversary
-import singan.pyramid
-import singan.sample
-import singan.train
 from singan.image import load_image
 from singan.quality import nn_patch_distance, patch_swd
 from singan.recipe import recipe_named
@@ -99,12 +96,17 @@ def all_parameters(module):
     return list(module.parameters())
 
 
+def module(name: str):
+    """The module `name` (singan.sample and singan.train are also functions of the package)."""
+    return importlib.import_module(name)
+
+
 # Quirk -> the patches that put it into our training (module, attribute, replacement).
 QUIRKS = {
-    "uint8": [(singan.pyramid, "imresize", through_uint8(singan.pyramid.imresize)),
-              (singan.sample, "imresize", through_uint8(singan.sample.imresize))],
-    "biases": [(singan.train, "trainable", all_parameters),
-               (singan.adversary, "trainable", all_parameters)],
+    "uint8": [(module(name), "imresize", through_uint8(module(name).imresize))
+              for name in ("singan.pyramid", "singan.sample")],
+    "biases": [(module(name), "trainable", all_parameters)
+               for name in ("singan.train", "singan.adversary")],
 }
 
 
