@@ -114,7 +114,10 @@ def parse_sets(items: list[str]) -> dict:
     values = {}
     for item in items:
         name, _, text = item.partition("=")
-        values[name] = json.loads(text) if text[:1] in "0123456789-[{tfn" else text
+        try:
+            values[name] = json.loads(text)  # numbers, true / false, lists
+        except json.JSONDecodeError:
+            values[name] = text  # a word: fixed, redrawn, ...
     return values
 
 
