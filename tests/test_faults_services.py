@@ -555,6 +555,18 @@ def test_s3_outage_mid_job_is_retried(tmp_path, flaky_s3, moto_env):
     assert set(table.column("status").to_pylist()) == {"done"}
 
 
+def down_until_failed(proxy, mode: str, job) -> float:
+    """Cut S3 (`mode`: "reset" or "hang") until the job reports img0 failed, then restore it;
+    the seconds it was down."""
+    proxy.cut(mode)
+    try:
+        down = time.monotonic()
+        wait_until(lambda: "failed img0" in job.output(), "failed row", job, timeout=120)
+        return time.monotonic() - down
+    finally:
+        proxy.restore()
+
+
 def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, flaky_s3,
                                                                    moto_env):
     """The endpoint refuses connections for longer than the job's retries last: the row fails
@@ -574,14 +586,8 @@ def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, f
     with DoneWatch(server.endpoint_url, "outlasted/") as watch, \
             Job(args, tmp_path / "job.log", s3_job_env(proxy)) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
-        proxy.cut("reset")
-        try:
-            down = time.monotonic()
-            # Down until the driver reports the row: then it writes the results table.
-            wait_until(lambda: "failed img0" in job.output(), "failed row", job, timeout=120)
-            outage = time.monotonic() - down
-        finally:
-            proxy.restore()
+        # Down until the driver reports the row: then it writes the results table.
+        outage = down_until_failed(proxy, "reset", job)
         code, logs = job.wait()
     retries = RETRY_LINE.findall(logs)
     print(f"1 image, S3 down {outage:.1f} s, {len(retries)} retried storage operations logged")
@@ -671,13 +677,7 @@ def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
     with DoneWatch(server.endpoint_url, "stalled-for-good/") as watch, \
             Job(args, tmp_path / "job.log", env) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
-        proxy.cut("hang")
-        try:
-            stalled = time.monotonic()
-            wait_until(lambda: "failed img0" in job.output(), "failed row", job, timeout=120)
-            failed_after = time.monotonic() - stalled
-        finally:
-            proxy.restore()
+        failed_after = down_until_failed(proxy, "hang", job)
         code, logs = job.wait()
     print(f"stalled S3: the row failed {failed_after:.1f} s after the stall began "
           f"(bound {bound:.1f} s plus the scale in progress)")
