@@ -158,11 +158,12 @@ def config(preset: str = "paper", **overrides: Any) -> Config:
     recipe="consingan" (an override like any other) starts from that recipe's defaults
     (its Recipe.defaults), then applies the preset's values, then the other overrides.
 
-    Overriding `niter` without `lr_milestone` keeps the learning-rate drop at 80% of the
-    iterations, where the reference puts it (1600 of 2000).
+    Overriding `niter` without `lr_milestone` leaves the learning-rate drop where the recipe's
+    reference code has it: SinGAN's at iteration 1600 whatever niter is (so `niter=300` never
+    drops, as `main_train.py --niter 300`), ConSinGAN's at 80% of niter.
 
-    >>> c = config("quick", niter=50); c.niter, c.lr_milestone
-    (50, 40)
+    >>> config(niter=300).lr_milestone, config(recipe="consingan", niter=500).lr_milestone
+    (1600, 400)
     """
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -170,7 +171,8 @@ def config(preset: str = "paper", **overrides: Any) -> Config:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InputError(f"unknown config fields: {', '.join(unknown)}")
-    if "niter" in overrides and "lr_milestone" not in overrides and isinstance(overrides["niter"], int):
-        overrides["lr_milestone"] = max(1, round(0.8 * overrides["niter"]))
     recipe = recipe_named(overrides.get("recipe", "singan"))
+    niter = overrides.get("niter")
+    if recipe.lr_drop_at is not None and isinstance(niter, int) and "lr_milestone" not in overrides:
+        overrides["lr_milestone"] = max(1, round(recipe.lr_drop_at * niter))
     return Config(**{**recipe.defaults, **PRESETS[preset], **overrides})

@@ -430,11 +430,13 @@ class ConSinGANRecipe(Recipe):
 
     name = "consingan"
     # The official ConSinGAN code's defaults (generation mode), applied before a preset's and
-    # the user's overrides. The lr drop stays at 80% of niter, as in SinGAN.
+    # the user's overrides.
     defaults: dict[str, Any] = dict(
         num_scales=6, nfc=64, max_nfc=64, num_layer=3, leaky_slope=0.05, batch_norm=False,
         niter=1000, lr_milestone=800, lr_g=5e-4, lr_d=5e-4, beta1=0.5, beta2=0.999, alpha=10.0,
         lambda_grad=0.1, d_steps=3, g_steps=3, noise_amp=0.1, min_size=25, max_size=250)
+    # Its official code drops the learning rate at 0.8 * niter, for any niter.
+    lr_drop_at = 0.8
 
     def config_problems(self, config: Config) -> list[str]:
         """What ConSinGAN does not implement: the variants that belong to the SinGAN recipe."""

@@ -31,6 +31,10 @@ class Recipe:
     defaults: Mapping[str, Any] = {}
     # Whether several images of one plan train together in one set of kernels (train_many).
     batches: bool = False
+    # Where the learning rate drops when a user sets niter and not lr_milestone, as a fraction
+    # of niter, as the recipe's reference code computes it; None: the milestone stays where
+    # `defaults` put it (the official SinGAN code drops at iteration 1600 whatever niter is).
+    lr_drop_at: float | None = None
 
     def config_problems(self, config: Config) -> list[str]:
         """What in `config` this recipe cannot train with (Config refuses it with these)."""

@@ -34,7 +34,7 @@ def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, t
     assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
     model = singan.load(out)
     n = model.num_scales
-    assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 3
+    assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 1600
     assert sorted(p.name for p in (out / "reals").iterdir()) == [f"scale_{i:02d}.png" for i in range(n)]
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert samples == ["reconstruction.png", "sample_00.png", "sample_01.png"] + [

@@ -322,11 +322,15 @@ def test_seed_for_is_stable_and_in_range():
     assert all(0 <= seed_for(f"img{n}") < 2**31 - 1 for n in range(1000))
 
 
-def test_overriding_niter_moves_the_learning_rate_drop_to_80_percent(tmp_path):
+def test_overriding_niter_keeps_the_learning_rate_drop_where_the_recipes_code_has_it(tmp_path):
+    """SinGAN's reference drops at iteration 1600 whatever niter is; ConSinGAN's at 80 %."""
     uris = images(tmp_path, "a.png", "b.png", "c.png")
     url = write_table(tmp_path, {"image_id": ["a", "b", "c"], "uri": uris,
                                  "niter": [None, 10, 100], "lr_milestone": [None, None, 30]})
     tasks = read_manifest(url, overrides={"niter": 50})
+    assert [(t.config.niter, t.config.lr_milestone) for t in tasks] == [(50, 1600), (10, 1600),
+                                                                         (100, 30)]
+    tasks = read_manifest(url, overrides={"niter": 50, "recipe": "consingan"})
     assert [(t.config.niter, t.config.lr_milestone) for t in tasks] == [(50, 40), (10, 8),
                                                                          (100, 30)]
 
