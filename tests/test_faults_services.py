@@ -519,42 +519,6 @@ def assert_done_images_load(output: str, ids: list[str]) -> None:
         assert model.num_scales == record["num_scales"] == len(model.scales), image_id
 
 
-def test_s3_outage_mid_job_is_retried(tmp_path, flaky_s3, moto_env):
-    """The endpoint hangs up on every request for a few seconds as the first scale is stored:
-    the writes are retried, every image is done, and at no moment is an image marked done
-    without every scale file (checked by listing moto throughout)."""
-    from pipeline import results as results_table
-    from pipeline.storage import Storage
-
-    server, proxy = flaky_s3
-    outage = 6.0  # seconds: well inside with_retries' 15.5 s of back-off
-    ids = [f"img{i}" for i in range(3)]
-    manifest = tiny_manifest(tmp_path / "images", len(ids))
-    output = f"s3://{BUCKET}/retried"
-    args = ["--manifest", str(manifest), "--output", output, "--no-tracking", *TINY_JOB]
-    with DoneWatch(server.endpoint_url, "retried/") as watch, \
-            Job(args, tmp_path / "job.log", s3_job_env(proxy)) as job:
-        wait_until(watch.first_scale.is_set, "first scale file", job)
-        proxy.cut("drop")
-        try:
-            time.sleep(outage)
-        finally:
-            proxy.restore()
-        code, logs = job.wait()
-    retries = RETRY_LINE.findall(logs)
-    print(f"{len(ids)} images, S3 down {outage:.0f} s, {proxy.failed_connections} connections "
-          f"hung up on, {len(retries)} retried storage operations logged, "
-          f"{watch.listings} listings checked")
-    assert code == 0, logs
-    assert f"{len(ids)} trained" in logs
-    assert retries, logs  # the outage met the job's writes, which were retried
-    assert not watch.violations, watch.violations
-    assert sorted(watch.scales) == ids
-    assert_done_images_load(output, ids)
-    table = results_table.read(Storage(output))
-    assert set(table.column("status").to_pylist()) == {"done"}
-
-
 def down_until_failed(proxy, mode: str, job) -> float:
     """Cut S3 (`mode`: "reset" or "hang") until the job reports img0 failed, then restore it;
     the seconds it was down."""
@@ -619,24 +583,35 @@ def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, f
 STORAGE_TIMEOUT = 3.0  # seconds per storage call in these tests (SINGAN_FLEET_STORAGE_TIMEOUT)
 
 
-def test_s3_that_accepts_and_never_answers_times_out_and_is_retried(tmp_path, flaky_s3,
-                                                                    moto_env):
-    """The endpoint accepts connections and never answers for a while (reads and writes hang):
-    every call ends after the storage time limit and is retried, the job finishes soon after
-    the endpoint is back, every image done, never one marked done without its scale files."""
+def test_s3_that_hangs_up_then_stalls_mid_job_is_retried(tmp_path, flaky_s3, moto_env):
+    """One job meets two outages: first the endpoint hangs up on every request for a few
+    seconds as the first scale is stored, then, once the job has stored more, it accepts
+    connections and never answers for a while (reads and writes hang until the storage time
+    limit cuts them). Every call is retried, the job finishes soon after the endpoint is back,
+    every image is done, and at no moment is an image marked done without every scale file
+    (checked by listing moto throughout)."""
     from pipeline import results as results_table
     from pipeline.storage import TIMEOUT_ENV, Storage
 
     server, proxy = flaky_s3
+    outage = 6.0  # seconds of hanging up: well inside with_retries' 15.5 s of back-off
     stall = 8.0  # seconds: each hung call times out after STORAGE_TIMEOUT and is retried
-    ids = [f"img{i}" for i in range(2)]
+    ids = [f"img{i}" for i in range(4)]  # two rounds of two: the job outlasts both outages
     manifest = tiny_manifest(tmp_path / "images", len(ids))
-    output = f"s3://{BUCKET}/stalled"
+    output = f"s3://{BUCKET}/retried"
     args = ["--manifest", str(manifest), "--output", output, "--no-tracking", *TINY_JOB]
     env = {**s3_job_env(proxy), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
-    with DoneWatch(server.endpoint_url, "stalled/") as watch, \
+    with DoneWatch(server.endpoint_url, "retried/") as watch, \
             Job(args, tmp_path / "job.log", env) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
+        proxy.cut("drop")
+        try:
+            time.sleep(outage)
+        finally:
+            proxy.restore()
+        hung_up = RETRY_LINE.findall(job.output())
+        listed = watch.listings
+        wait_until(lambda: watch.listings > listed + 3, "listings after the first outage", job)
         proxy.cut("hang")
         try:
             time.sleep(stall)
@@ -646,15 +621,21 @@ def test_s3_that_accepts_and_never_answers_times_out_and_is_retried(tmp_path, fl
         code, logs = job.wait()
         after = time.monotonic() - back
     retries = RETRY_LINE.findall(logs)
-    print(f"S3 stalled {stall:.0f} s, {len(retries)} retried calls; the job ended {after:.1f} s "
-          "after the endpoint was back")
+    print(f"{len(ids)} images, S3 hung up for {outage:.0f} s ({len(hung_up)} retried storage "
+          f"operations logged), then stalled {stall:.0f} s ({len(retries) - len(hung_up)} more); "
+          f"{proxy.failed_connections} connections failed, {watch.listings} listings checked; "
+          f"the job ended {after:.1f} s after the endpoint was back")
     assert code == 0, logs
+    assert f"{len(ids)} trained" in logs
+    assert hung_up, logs  # the first outage met the job's writes, which were retried
     assert "TimeoutError" in logs  # calls were cut by the time limit, then retried
-    assert not watch.violations and sorted(watch.scales) == ids
+    assert not watch.violations, watch.violations
+    assert sorted(watch.scales) == ids
     assert_done_images_load(output, ids)
-    assert set(results_table.read(Storage(output)).column("status").to_pylist()) == {"done"}
+    table = results_table.read(Storage(output))
+    assert set(table.column("status").to_pylist()) == {"done"}
     # The bound: a hung call ends within STORAGE_TIMEOUT, its retries back off at most 15.5 s,
-    # and what is left of two tiny trainings takes a few seconds more.
+    # and what is left of the tiny trainings takes a few seconds more.
     assert after < 60, after
 
 

@@ -1,8 +1,8 @@
 """End to end, as a user runs it: `ray start --head` on 127.0.0.1, `ray job submit --working-dir .`
 of jobs/train_manifest.py, manifest and outputs on moto's S3 server, tracking to a real
-`mlflow server`. Then a second submit (everything skipped), a manifest with a corrupt image (the
-others finish, the bad one is reported, the job fails), and a worker SIGKILLed mid-training (the
-Ray retry resumes at the last finished scale)."""
+`mlflow server`. Then a second submit with a corrupt image added (the others skipped, the bad one
+reported, the job fails), and a worker SIGKILLed mid-training (the Ray retry resumes at the last
+finished scale)."""
 
 from __future__ import annotations
 
@@ -136,30 +136,26 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
     assert seed_param["stones_2"] == "42"
 
-    # 2. Second submit: nothing to do, no new child runs.
+    # 2. Second submit, of the same images and a corrupt one: the three are skipped (nothing
+    #    written, no new child runs), the bad one fails its own row, and the job exits non-zero.
     stamp = s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"]
-    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-again")
-    assert code == 0, logs
-    assert "3 already done" in logs
-    assert s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"] == stamp
-    table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
-    assert set(table.column("status").to_pylist()) == {"skipped"}
-    total = client.search_runs([experiment.experiment_id], filter_string="tags.image_id != ''")
-    assert len(total) == 3
-
-    # 3. A manifest with a corrupt image: the others are done, the bad one fails its own row,
-    #    and the job exits non-zero.
     write_manifest([*good, {"image_id": "broken", "uri": f"s3://{BUCKET}/corrupt/broken.png"}],
                    f"s3://{BUCKET}/with-broken.parquet")
     args[1] = f"s3://{BUCKET}/with-broken.parquet"
-    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-broken")
+    code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-again")
     assert code != 0
+    assert "3 already done" in logs
     assert "failed broken: s3://singan-e2e/corrupt/broken.png:" in logs
+    assert s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"] == stamp
     table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
     status = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
     assert status == {"stones_0": "skipped", "stones_1": "skipped", "stones_2": "skipped",
                       "broken": "failed"}
     assert not s3.exists(f"{BUCKET}/outputs/broken/_SUCCESS")
+    total = client.search_runs([experiment.experiment_id], filter_string="tags.image_id != ''")
+    assert sorted(r.info.run_name for r in total) == ["broken", "stones_0", "stones_1",
+                                                      "stones_2"]
+    assert next(r for r in total if r.info.run_name == "broken").info.status == "FAILED"
 
 
 def test_bad_manifest_is_refused_before_any_training(s3, s3_server, ray_cluster):
@@ -172,33 +168,6 @@ def test_bad_manifest_is_refused_before_any_training(s3, s3_server, ray_cluster)
     assert code != 0
     assert "row 0 (image_id '../escape')" in logs and "row 1 (image_id 'missing')" in logs
     assert not s3.exists(f"{BUCKET}/bad-out")
-
-
-def test_killed_worker_resumes_at_the_last_finished_scale(tmp_path, s3_server, mlflow_server,
-                                                         ray_cluster):
-    image = tmp_path / "stones.png"
-    image.write_bytes(png(5))
-    manifest = tmp_path / "manifest.parquet"
-    write_manifest([{"image_id": "stones", "uri": image.as_uri()}], str(manifest))
-    output = tmp_path / "out"
-    code, logs = submit(ray_cluster, {FAULT_ENV: "1"}, "--manifest", str(manifest),
-                        "--output", str(output), "--tracking-uri", mlflow_server.url,
-                        "--experiment", "e2e-kill", "--max-retries", "2", *TINY,
-                        submission_id="e2e-kill")
-    assert code == 0, logs
-    root = output / "stones"
-    fired = (root / ".fault-fired").stat().st_mtime_ns  # written just before the SIGKILL
-    mtimes = {k: (root / "model" / f"scale_{k:02d}.pt").stat().st_mtime_ns for k in range(4)}
-    assert mtimes[0] < fired and mtimes[1] < fired  # kept from the killed attempt
-    assert mtimes[2] > fired and mtimes[3] > fired  # trained by the retry
-    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
-    assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
-    # One MLflow run for the image, reused by the retry, with each point once.
-    client = MlflowClient(mlflow_server.url)
-    experiment = client.get_experiment_by_name("e2e-kill")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.image_id = 'stones'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    assert len(client.get_metric_history(runs[0].info.run_id, "noise_amp")) == 4
 
 
 def bucket_manifest(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -258,32 +227,38 @@ def test_buckets_of_one_size_train_together_and_a_bad_image_fails_alone(
             f"scale_{k:02d}.pt" for k in range(4)]
 
 
-def test_a_worker_killed_mid_bucket_resumes_every_image_at_its_last_scale(
-        tmp_path, mlflow_server, ray_cluster):
-    """FAULT_ENV kills the worker once per image, right after it stores scale 1: the first kill
-    leaves the bucket's images at different scales, so retries resume them in sub-buckets."""
+def test_killed_workers_resume_every_image_at_its_last_scale(tmp_path, mlflow_server,
+                                                            ray_cluster):
+    """FAULT_ENV kills the worker once per image, right after it stores scale 1. large_0 (a size
+    of its own) trains alone in its task; small_0 and small_1 share a bucket, which the first
+    kill leaves at different scales, so retries resume them in sub-buckets. Every image keeps
+    the scales stored before its kill, a retry trains the rest, and its one MLflow run is reused
+    with each point once."""
     manifest, _ = bucket_manifest(tmp_path)
-    trained = ["small_0", "small_1"]  # one bucket; the first kill leaves them 2 scales apart
+    trained = ["small_0", "small_1", "large_0"]
     write_manifest([{"image_id": i, "uri": (tmp_path / f"{i}.png").as_uri()} for i in trained],
                    str(manifest))
     output = tmp_path / "out"
     code, logs = submit(ray_cluster, {FAULT_ENV: "1"}, "--manifest", str(manifest),
                         "--output", str(output), "--tracking-uri", mlflow_server.url,
-                        "--experiment", "e2e-bucket-kill", "--images-per-task", "4",
-                        "--max-retries", "3", *TINY, submission_id="e2e-bucket-kill")
+                        "--experiment", "e2e-kill", "--images-per-task", "4",
+                        "--max-retries", "3", *TINY, submission_id="e2e-kill")
     assert code == 0, logs
-    assert "2 trained, 0 already done, 0 failed" in logs, logs
+    assert "2 Ray tasks of up to 4 images" in logs, logs
+    assert "3 trained, 0 already done, 0 failed" in logs, logs
     client = MlflowClient(mlflow_server.url)
-    experiment = client.get_experiment_by_name("e2e-bucket-kill")
+    experiment = client.get_experiment_by_name("e2e-kill")
     for image_id in trained:
         root = output / image_id
         fired = (root / ".fault-fired").stat().st_mtime_ns  # written just before its kill
         mtimes = [(root / "model" / f"scale_{k:02d}.pt").stat().st_mtime_ns for k in range(4)]
         assert mtimes[0] < fired and mtimes[1] < fired, image_id  # kept from before the kill
         assert mtimes[2] > fired and mtimes[3] > fired, image_id  # trained by a retry
+        points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+        assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3], image_id
         runs = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.image_id = '{image_id}'")
         assert len(runs) == 1 and runs[0].info.status == "FINISHED", image_id
         assert [m.step for m in sorted(client.get_metric_history(runs[0].info.run_id,
                                                                  "noise_amp"),
-                                       key=lambda m: m.step)] == [0, 1, 2, 3]
+                                       key=lambda m: m.step)] == [0, 1, 2, 3], image_id
