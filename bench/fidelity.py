@@ -31,6 +31,7 @@ import importlib
 import json
 import os
 import platform
+import random
 import shutil
 import statistics
 import subprocess
@@ -213,12 +214,25 @@ def picture(photo: Path, cfg: singan.Config, sides: list[torch.Tensor], path: Pa
     singan.save_image(torch.nn.functional.interpolate(grid, scale_factor=3, mode="nearest"), path)
 
 
-def summary(rows: list[dict]) -> dict:
-    """Means of each side's metrics over `rows`, and ours / official of those means."""
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Ours / official of each metric's mean over `rows`."""
+    return {m: statistics.fmean(r["ours"][m] for r in rows)
+            / statistics.fmean(r["official"][m] for r in rows) for m in METRICS}
+
+
+def summary(rows: list[dict], resamples: int = 0) -> dict:
+    """Means of each side's metrics over `rows`, and ours / official of those means; with
+    `resamples`, a 95 % bootstrap interval of each ratio (runs drawn with replacement, a fixed
+    seed): how far the seeds' noise alone moves it."""
     means = {side: {m: statistics.fmean(r[side][m] for r in rows) for m in METRICS}
              for side in ("official", "ours")}
-    ratio = {m: means["ours"][m] / means["official"][m] for m in METRICS}
-    return {**means, "ratio": ratio}
+    result = {**means, "ratio": ratios(rows)}
+    if resamples:
+        rng = random.Random(0)
+        draws = [ratios(rng.choices(rows, k=len(rows))) for _ in range(resamples)]
+        result["ratio_95"] = {m: [round(q, 4) for q in statistics.quantiles(
+            [d[m] for d in draws], n=40)[::38]] for m in METRICS}  # the 2.5th and 97.5th
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "torch": torch.__version__},
         "photos": {photo.name: summary([r for r in rows if r["photo"] == photo.name])
                    for photo in photos},
-        "overall": summary(rows), "runs": rows,
+        "overall": summary(rows, resamples=2000), "runs": rows,
     }
     text = json.dumps(result, indent=2)
     if args.out:

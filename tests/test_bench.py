@@ -175,3 +175,19 @@ def test_packing_ks_1_and_2(tiny_photo):
         assert run["threads_per_training"] == max(1, result["cores"] // run["k"])
     assert result["runs"][0]["aggregate_speedup"] == 1.0
     assert result["best_k"] in (1, 2)
+
+
+def test_fidelity_summary_gives_ratios_of_means_and_a_seeded_bootstrap_interval():
+    import fidelity
+
+    pairs = [(1.0, 1.0), (2.0, 1.0), (3.0, 2.0), (2.0, 2.0)]  # (ours, official) patch SWD
+    rows = [{side: {"patch_swd": value, "nn_patch": 0.1, "diversity": 0.4}
+             for side, value in zip(("ours", "official"), pair)} for pair in pairs]
+    result = fidelity.summary(rows, resamples=500)
+    assert result["ours"]["patch_swd"] == 2.0 and result["official"]["patch_swd"] == 1.5
+    assert result["ratio"]["patch_swd"] == pytest.approx(4 / 3)
+    low, high = result["ratio_95"]["patch_swd"]
+    assert 1.0 <= low < 4 / 3 < high <= 2.0  # the extremes of any resample of these runs
+    assert result["ratio_95"]["nn_patch"] == [1.0, 1.0]  # no spread, no interval
+    assert fidelity.summary(rows, resamples=500) == result  # the same draws every time
+    assert "ratio_95" not in fidelity.summary(rows)
