@@ -4,7 +4,7 @@ the finest scale: patch SWD (7x7 patches), nearest-patch distance, and the paper
 (per-pixel standard deviation over the samples, averaged, over the real image's standard
 deviation). Prints JSON (and writes it with --out).
 
-    python bench/fidelity.py --out bench/results/fidelity_48px.json        # 6 photos x 2 seeds
+    python bench/fidelity.py --out bench/results/fidelity_48px_default.json  # 6 photos x 4 seeds
     python bench/fidelity.py --set z_star=fixed --label z_fixed --out ...   # one change of ours
     python bench/fidelity.py --photos 2 --seeds 1 --samples 8               # a quick look
     python bench/fidelity.py --quirk uint8 --label uint8 --out ...          # a reference quirk
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=6, help="how many photos (sorted by name)")
     p.add_argument("--photo-dir", type=Path, default=DEFAULT_PHOTOS)
-    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--seeds", default="1,2,3,4", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--max-size", type=int, default=48)
     p.add_argument("--niter", type=int, default=300, help="iterations per scale")
     p.add_argument("--samples", type=int, default=20, help="samples per run, from scale 0")
