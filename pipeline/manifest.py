@@ -469,7 +469,8 @@ def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None,
     if problems:
         return None, None, problems
     try:
-        # Only the keys actually set, so that config() derives lr_milestone from niter where the recipe does.
+        # Only the keys actually set, so that config() can derive lr_milestone from niter
+        # where the recipe does.
         return config(preset, **{**overrides, **row_overrides}), seed, []
     except InputError as error:
         return None, None, [str(error)]

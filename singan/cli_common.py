@@ -35,7 +35,7 @@ def training_config(args: argparse.Namespace, **fields) -> Config:
     if args.max_size is not None:
         fields.setdefault("max_size", args.max_size)
     if args.niter is not None:
-        fields["niter"] = args.niter  # config() puts the learning-rate drop where the recipe's code does
+        fields["niter"] = args.niter  # config() puts the drop where the recipe's code does
     return config(args.preset, **fields)
 
 

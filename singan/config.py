@@ -173,6 +173,7 @@ def config(preset: str = "paper", **overrides: Any) -> Config:
         raise InputError(f"unknown config fields: {', '.join(unknown)}")
     recipe = recipe_named(overrides.get("recipe", "singan"))
     niter = overrides.get("niter")
-    if recipe.lr_drop_at is not None and isinstance(niter, int) and "lr_milestone" not in overrides:
+    derives_drop = recipe.lr_drop_at is not None and "lr_milestone" not in overrides
+    if derives_drop and isinstance(niter, int):
         overrides["lr_milestone"] = max(1, round(recipe.lr_drop_at * niter))
     return Config(**{**recipe.defaults, **PRESETS[preset], **overrides})

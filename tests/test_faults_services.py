@@ -519,6 +519,15 @@ def assert_done_images_load(output: str, ids: list[str]) -> None:
         assert model.num_scales == record["num_scales"] == len(model.scales), image_id
 
 
+def down_for(proxy, mode: str, seconds: float) -> None:
+    """Cut S3 (`mode`: "drop" or "hang") for `seconds`, then restore it."""
+    proxy.cut(mode)
+    try:
+        time.sleep(seconds)
+    finally:
+        proxy.restore()
+
+
 def down_until_failed(proxy, mode: str, job) -> float:
     """Cut S3 (`mode`: "reset" or "hang") until the job reports img0 failed, then restore it;
     the seconds it was down."""
@@ -604,19 +613,11 @@ def test_s3_that_hangs_up_then_stalls_mid_job_is_retried(tmp_path, flaky_s3, mot
     with DoneWatch(server.endpoint_url, "retried/") as watch, \
             Job(args, tmp_path / "job.log", env) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
-        proxy.cut("drop")
-        try:
-            time.sleep(outage)
-        finally:
-            proxy.restore()
+        down_for(proxy, "drop", outage)
         hung_up = RETRY_LINE.findall(job.output())
         listed = watch.listings
         wait_until(lambda: watch.listings > listed + 3, "listings after the first outage", job)
-        proxy.cut("hang")
-        try:
-            time.sleep(stall)
-        finally:
-            proxy.restore()
+        down_for(proxy, "hang", stall)
         back = time.monotonic()
         code, logs = job.wait()
         after = time.monotonic() - back
