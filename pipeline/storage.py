@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -50,11 +51,29 @@ T = TypeVar("T")
 
 SUCCESS = "_SUCCESS"
 RESULTS = "_results.parquet"  # beside the image folders; ids cannot start with "_"
-RETRY_DELAYS = (0.5, 1, 2, 4, 8)  # seconds between attempts at one storage operation
+# Seconds between attempts at one storage operation: 15.5 s of back-off rides out a short
+# outage or throttling. SINGAN_FLEET_STORAGE_RETRY_DELAYS sets others ("1,5,30": longer).
+RETRY_DELAYS = (0.5, 1, 2, 4, 8)
+RETRY_DELAYS_ENV = "SINGAN_FLEET_STORAGE_RETRY_DELAYS"
 # Seconds one remote storage call may take, whole (connect, send, wait, read); enough for a
 # scale file of a few MB over a slow link. SINGAN_FLEET_STORAGE_TIMEOUT sets another.
 OPERATION_TIMEOUT = 120.0
 TIMEOUT_ENV = "SINGAN_FLEET_STORAGE_TIMEOUT"
+
+
+def _env_seconds(name: str, text: str, positive: bool) -> tuple[float, ...]:
+    """The comma-separated seconds in `text`, the value of the environment variable `name`."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"{name}={text!r}: {part.strip()!r} is not seconds") from None
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "above 0" if positive else "0 or more"
+            raise InputError(f"{name}={text!r}: {part.strip()!r} must be {bound} and finite")
+        values.append(value)
+    return tuple(values)
 
 
 def operation_timeout() -> float:
@@ -62,13 +81,17 @@ def operation_timeout() -> float:
     text = os.environ.get(TIMEOUT_ENV)
     if not text:
         return OPERATION_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{TIMEOUT_ENV}={text!r}: expected seconds") from None
-    if not value > 0:
-        raise InputError(f"{TIMEOUT_ENV}={text!r}: must be above 0")
-    return value
+    values = _env_seconds(TIMEOUT_ENV, text, positive=True)
+    if len(values) != 1:
+        raise InputError(f"{TIMEOUT_ENV}={text!r}: expected one number of seconds")
+    return values[0]
+
+
+def retry_delays() -> tuple[float, ...]:
+    """The seconds between attempts at one storage operation: RETRY_DELAYS, or the env's comma-
+    separated list (n delays, n + 1 attempts)."""
+    text = os.environ.get(RETRY_DELAYS_ENV)
+    return _env_seconds(RETRY_DELAYS_ENV, text, positive=False) if text else RETRY_DELAYS
 
 
 def limits(fs: fsspec.AbstractFileSystem) -> dict[str, float]:
@@ -102,10 +125,12 @@ def is_transient(err: BaseException) -> bool:
                              "HTTPClientError"}))
 
 
-def with_retries(what: str, operation: Callable[[], T], delays=RETRY_DELAYS) -> T:
-    """Run `operation`, retrying transient failures with back-off; raise TransientError when they
-    persist and the original error at once when it is not transient."""
-    for attempt, delay in enumerate((*delays, None)):
+def with_retries(what: str, operation: Callable[[], T],
+                 delays: tuple[float, ...] | None = None) -> T:
+    """Run `operation`, retrying transient failures with back-off (`delays`, by default
+    retry_delays()); raise TransientError when they persist and the original error at once when
+    it is not transient."""
+    for attempt, delay in enumerate((*(retry_delays() if delays is None else delays), None)):
         try:
             return operation()
         except Exception as err:

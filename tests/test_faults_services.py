@@ -32,7 +32,9 @@ from pipeline.manifest import write_manifest
 from tests.services import local_services, make_bucket
 from tests.test_job import TINY, png
 
-pytestmark = pytest.mark.slow
+# One worker under pytest-xdist runs this module's tests, one after the other: they share
+# its own servers, which they stop and cut.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("own-services")]
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "train_manifest.py"
@@ -499,10 +501,21 @@ def moto_env(flaky_s3, monkeypatch):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-def s3_job_env(proxy: FlakyProxy) -> dict:
+# Seconds between storage attempts where S3 fails for good: a test waits out the whole schedule
+# (3 s instead of the default 15.5 s) before the row fails.
+SHORT_RETRIES = (0.2, 0.4, 0.8, 1.6)
+
+
+def s3_job_env(proxy: FlakyProxy, retries: tuple[float, ...] | None = None) -> dict:
+    """The job's environment to S3 through `proxy`, with another retry schedule if given."""
+    from pipeline.storage import RETRY_DELAYS_ENV
+
     # One attempt per request inside botocore (its default is five, with back-off): the job's own
     # retries (pipeline.storage.with_retries) are what an outage meets, and what the logs show.
-    return job_env(**local_services.s3_env(proxy.url), AWS_MAX_ATTEMPTS="1")
+    env = job_env(**local_services.s3_env(proxy.url), AWS_MAX_ATTEMPTS="1")
+    if retries is not None:
+        env[RETRY_DELAYS_ENV] = ",".join(map(str, retries))
+    return env
 
 
 def assert_done_images_load(output: str, ids: list[str]) -> None:
@@ -557,14 +570,16 @@ def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, f
             "--max-retries", "0", *TINY_JOB]
     fs = s3fs.S3FileSystem()
     with DoneWatch(server.endpoint_url, "outlasted/") as watch, \
-            Job(args, tmp_path / "job.log", s3_job_env(proxy)) as job:
+            Job(args, tmp_path / "job.log", s3_job_env(proxy, SHORT_RETRIES)) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
         # Down until the driver reports the row: then it writes the results table.
         outage = down_until_failed(proxy, "reset", job)
         code, logs = job.wait()
     retries = RETRY_LINE.findall(logs)
-    print(f"1 image, S3 down {outage:.1f} s, {len(retries)} retried storage operations logged")
+    print(f"1 image, S3 down {outage:.1f} s, {len(retries)} retried storage operations logged "
+          f"({sum(SHORT_RETRIES):g} s of back-off each)")
     assert code == 1, logs
+    assert f"attempt {len(SHORT_RETRIES)}, retrying in {SHORT_RETRIES[-1]}s" in logs, logs
     reason = re.search(r"failed img0: (.*)", logs).group(1)
     assert reason.startswith("TransientError: ") and "s3://" in reason, reason
     assert not watch.scales and not watch.violations  # never marked done
@@ -644,18 +659,18 @@ def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
         tmp_path, flaky_s3, moto_env):
     """Stalled for good: each attempt of a write is cut after the time limit, the retries run
     out, the row fails with a one-line reason (a TransientError naming the URL) and is not
-    marked done, within 6 x STORAGE_TIMEOUT + 15.5 s of back-off after the stall began."""
+    marked done, within 5 x STORAGE_TIMEOUT + 3 s of back-off after the stall began."""
     import s3fs
 
-    from pipeline.storage import RETRY_DELAYS, TIMEOUT_ENV
+    from pipeline.storage import TIMEOUT_ENV
 
     server, proxy = flaky_s3
     manifest = tiny_manifest(tmp_path / "images", 1)
     output = f"s3://{BUCKET}/stalled-for-good"
     args = ["--manifest", str(manifest), "--output", output, "--no-tracking",
             "--max-retries", "0", *TINY_JOB]
-    env = {**s3_job_env(proxy), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
-    bound = (len(RETRY_DELAYS) + 1) * STORAGE_TIMEOUT + sum(RETRY_DELAYS)  # 33.5 s
+    env = {**s3_job_env(proxy, SHORT_RETRIES), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
+    bound = (len(SHORT_RETRIES) + 1) * STORAGE_TIMEOUT + sum(SHORT_RETRIES)  # 18 s
     with DoneWatch(server.endpoint_url, "stalled-for-good/") as watch, \
             Job(args, tmp_path / "job.log", env) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,13 @@ import torch
 
 import singan
 from pipeline import results as results_table
+from pipeline import storage
 from pipeline.manifest import ImageTask
 from pipeline.storage import ImageStore, Storage, TransientError, is_transient, with_retries
 from pipeline.tracking import MetricsLog
 from pipeline.train_image import JobSettings, StoreScales, config_hash, train_image
 from singan import outputs
+from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import save_image
 from tests.conftest import tiny_config
@@ -63,6 +66,32 @@ def test_retries_transient_errors_only():
     with pytest.raises(FileNotFoundError):  # not transient: no retry
         with_retries("op", lambda: missing.append(1) or os.stat("/nonexistent/x"), delays=(0, 0))
     assert len(missing) == 1
+
+
+def test_retry_schedule_and_time_limit_from_the_environment(monkeypatch):
+    delays, timeout = storage.RETRY_DELAYS_ENV, storage.TIMEOUT_ENV
+    monkeypatch.delenv(delays, raising=False)
+    monkeypatch.delenv(timeout, raising=False)
+    assert storage.retry_delays() == storage.RETRY_DELAYS == (0.5, 1, 2, 4, 8)
+    assert storage.operation_timeout() == 120
+    monkeypatch.setenv(delays, "0, 0.25,30")
+    monkeypatch.setenv(timeout, "2.5")
+    assert storage.retry_delays() == (0, 0.25, 30) and storage.operation_timeout() == 2.5
+    attempts = []
+    monkeypatch.setenv(delays, "0,0")  # with_retries reads it at each operation
+    with pytest.raises(TransientError):
+        with_retries("op", lambda: attempts.append(1) or (_ for _ in ()).throw(TimeoutError()))
+    assert len(attempts) == 3
+    for name, text, problem in [(delays, "1,,2", "'' is not seconds"),
+                                (delays, "1, -2", "'-2' must be 0 or more and finite"),
+                                (delays, "inf", "'inf' must be 0 or more and finite"),
+                                (timeout, "0", "'0' must be above 0 and finite"),
+                                (timeout, "soon", "'soon' is not seconds"),
+                                (timeout, "1,2", "expected one number of seconds")]:
+        monkeypatch.setenv(name, text)
+        with pytest.raises(InputError, match=re.escape(f"{name}={text!r}: {problem}")):
+            storage.retry_delays() if name == delays else storage.operation_timeout()
+        monkeypatch.delenv(name)
 
 
 def test_which_storage_errors_are_transient():
