@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+# Two workers (pytest-xdist): the tests of the shared services run on one, the rest beside them
+# (tests/services.py); half the suite's time is spent waiting on services and jobs.
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The main job on embedded defaults: procedural images -> manifest -> a local Ray -> outputs,
 # tracked in a local MLflow database.
