@@ -191,8 +191,8 @@ _FIXTURE_NAMES = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """`make test` runs the suite on two pytest-xdist workers (--dist loadgroup): every test that
-    uses a shared service goes to the same one, so that the services start once, and two
-    end-to-end jobs never compete for the cores while the other worker runs the rest."""
+    uses a shared service goes to the same one, so that the services start once and their jobs
+    run one at a time; the other worker runs the rest meanwhile."""
     for item in items:
         if _FIXTURE_NAMES.keys() & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("shared-services"))
