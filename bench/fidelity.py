@@ -226,13 +226,34 @@ def percentiles_2_5_and_97_5(values: list[float]) -> list[float]:
     return [round(cuts[0], 4), round(cuts[-1], 4)]
 
 
+# A run has failed when its patch SWD is above FAILED x the median of the other side's runs on
+# the same photo: a training that ended on a bad step, which the mean of a few seeds cannot tell
+# from a small steady difference.
+FAILED = 2.0
+
+
+def failed_runs(rows: list[dict]) -> dict[str, list[str]]:
+    """Per side, its failed runs among `rows` ("photo:seed")."""
+    failed = {"official": [], "ours": []}
+    for photo in sorted({r["photo"] for r in rows}):
+        same = [r for r in rows if r["photo"] == photo]
+        for side, other in (("official", "ours"), ("ours", "official")):
+            bar = FAILED * statistics.median(r[other]["patch_swd"] for r in same)
+            failed[side] += [f"{photo}:{r['seed']}" for r in same if r[side]["patch_swd"] > bar]
+    return failed
+
+
 def summary(rows: list[dict], resamples: int = 0) -> dict:
-    """Means of each side's metrics over `rows`, and ours / official of those means; with
+    """Means of each side's metrics over `rows`, and ours / official of those means; the median
+    of the runs' own ratios and the failed runs (which a few of move the means); with
     `resamples`, a 95 % bootstrap interval of each ratio (runs drawn with replacement, a fixed
     seed): how far the seeds' noise alone moves it."""
     means = {side: {m: statistics.fmean(r[side][m] for r in rows) for m in METRICS}
              for side in ("official", "ours")}
-    result = {**means, "ratio": ratios(rows)}
+    result = {**means, "ratio": ratios(rows),
+              "median_run_ratio": {m: statistics.median(r["ours"][m] / r["official"][m]
+                                                        for r in rows) for m in METRICS},
+              "failed_runs": failed_runs(rows)}
     if resamples:
         rng = random.Random(0)
         draws = [ratios(rng.choices(rows, k=len(rows))) for _ in range(resamples)]

@@ -181,11 +181,19 @@ def test_fidelity_summary_gives_ratios_of_means_and_a_seeded_bootstrap_interval(
     import fidelity
 
     pairs = [(1.0, 1.0), (2.0, 1.0), (3.0, 2.0), (2.0, 2.0)]  # (ours, official) patch SWD
-    rows = [{side: {"patch_swd": value, "nn_patch": 0.1, "diversity": 0.4}
-             for side, value in zip(("ours", "official"), pair)} for pair in pairs]
+    rows = [{"photo": "a.png" if i < 2 else "b.png", "seed": i,
+             **{side: {"patch_swd": value, "nn_patch": 0.1, "diversity": 0.4}
+                for side, value in zip(("ours", "official"), pair)}}
+            for i, pair in enumerate(pairs)]
     result = fidelity.summary(rows, resamples=500)
     assert result["ours"]["patch_swd"] == 2.0 and result["official"]["patch_swd"] == 1.5
     assert result["ratio"]["patch_swd"] == pytest.approx(4 / 3)
+    assert result["median_run_ratio"]["patch_swd"] == pytest.approx(1.25)  # of 1, 2, 1.5, 1
+    # a.png: ours 1 and 2 against the official median 1: 2 is not above twice it; b.png: none.
+    assert result["failed_runs"] == {"official": [], "ours": []}
+    rows[1]["ours"]["patch_swd"] = 2.5
+    assert fidelity.summary(rows)["failed_runs"] == {"official": [], "ours": ["a.png:1"]}
+    rows[1]["ours"]["patch_swd"] = 2.0
     low, high = result["ratio_95"]["patch_swd"]
     assert 1.0 <= low < 4 / 3 < high <= 2.0  # the extremes of any resample of these runs
     assert result["ratio_95"]["nn_patch"] == [1.0, 1.0]  # no spread, no interval
