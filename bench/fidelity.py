@@ -8,6 +8,7 @@ deviation). Prints JSON (and writes it with --out).
     python bench/fidelity.py --set z_star=fixed --label z_fixed --out ...   # one change of ours
     python bench/fidelity.py --photos 2 --seeds 1 --samples 8               # a quick look
     python bench/fidelity.py --quirk uint8 --label uint8 --out ...          # a reference quirk
+    python bench/fidelity.py --combine a.json b.json --out ab.json          # one report of both
 
 The official code runs from a copy of ../shared/reference/official-singan (--official) in a
 temporary folder; besides torch it needs numpy, scipy, matplotlib, scikit-image and scikit-learn
@@ -76,6 +77,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", type=Path, default=ROOT / "bench" / ".fidelity-cache")
     p.add_argument("--threads", type=int, default=2, help="torch threads (both sides)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                   help="train nothing: one report of the runs of these reports (the same "
+                        "settings, no photo and seed twice), e.g. seeds run in two sessions")
     p.add_argument("--picture", type=Path, metavar="PNG",
                    help="also write the first photo's real image beside 6 samples of each side "
                         "(first seed): official above, ours below")
@@ -262,8 +266,36 @@ def summary(rows: list[dict], resamples: int = 0) -> dict:
     return result
 
 
+# What must agree between reports whose runs are combined.
+SAME_IN_COMBINED = ("settings", "ours_overrides", "ours_quirks", "ours_config")
+
+
+def combine(paths: list[Path], label: str) -> dict:
+    """One report of the runs of the reports at `paths`."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    for path, report in zip(paths[1:], reports[1:]):
+        for key in SAME_IN_COMBINED:
+            if report[key] != reports[0][key]:
+                raise SystemExit(f"{path}: its {key} differs from {paths[0]}'s")
+    rows = [row for report in reports for row in report["runs"]]
+    seen = set()
+    for row in rows:
+        if (row["photo"], row["seed"]) in seen:
+            raise SystemExit(f"{row['photo']} seed {row['seed']} is in more than one report")
+        seen.add((row["photo"], row["seed"]))
+    photos = sorted({row["photo"] for row in rows})
+    return {"bench": "fidelity", "label": label, "combined": [path.name for path in paths],
+            **{key: reports[0][key] for key in SAME_IN_COMBINED},
+            "machine": [report["machine"] for report in reports],
+            "photos": {photo: summary([r for r in rows if r["photo"] == photo])
+                       for photo in photos},
+            "overall": summary(rows, resamples=2000), "runs": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.combine:
+        return output(combine(args.combine, args.label), args.out)
     torch.set_num_threads(args.threads)
     cfg = our_config(args)
     photos = sorted(p for p in args.photo_dir.iterdir()
@@ -310,10 +342,15 @@ def main(argv: list[str] | None = None) -> dict:
                    for photo in photos},
         "overall": summary(rows, resamples=2000), "runs": rows,
     }
+    return output(result, args.out)
+
+
+def output(result: dict, out: Path | None) -> dict:
+    """Print `result` as JSON, and write it to `out` if given."""
     text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
     return result
 

@@ -199,3 +199,29 @@ def test_fidelity_summary_gives_ratios_of_means_and_a_seeded_bootstrap_interval(
     assert result["ratio_95"]["nn_patch"] == [1.0, 1.0]  # no spread, no interval
     assert fidelity.summary(rows, resamples=500) == result  # the same draws every time
     assert "ratio_95" not in fidelity.summary(rows)
+
+
+def test_fidelity_reports_of_two_sessions_combine_into_one(tmp_path):
+    import fidelity
+
+    def report(seeds, niter=300):
+        runs = [{"photo": "a.png", "seed": seed,
+                 **{side: {"patch_swd": 0.01 * seed, "nn_patch": 0.1, "diversity": 0.4}
+                    for side in ("ours", "official")}} for seed in seeds]
+        return {"settings": {"max_size": 48, "niter": niter, "samples": 20},
+                "ours_overrides": {}, "ours_quirks": [], "ours_config": {"niter": niter},
+                "machine": {"threads": 1}, "runs": runs}
+
+    paths = [tmp_path / name for name in ("first.json", "second.json", "other.json", "again.json")]
+    for path, value in zip(paths, (report([1, 2]), report([3]), report([4], niter=100),
+                                   report([2]))):
+        path.write_text(json.dumps(value))
+    combined = fidelity.combine(paths[:2], "both")
+    assert [run["seed"] for run in combined["runs"]] == [1, 2, 3]
+    assert combined["combined"] == ["first.json", "second.json"] and combined["label"] == "both"
+    assert combined["overall"]["ratio"]["patch_swd"] == pytest.approx(1.0)
+    assert set(combined["photos"]) == {"a.png"} and len(combined["machine"]) == 2
+    with pytest.raises(SystemExit, match="other.json: its settings differs"):
+        fidelity.combine([paths[0], paths[2]], "x")
+    with pytest.raises(SystemExit, match="a.png seed 2 is in more than one report"):
+        fidelity.combine([paths[0], paths[3]], "x")
