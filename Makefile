@@ -18,8 +18,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # Two workers (pytest-xdist): the tests of the shared services run on one, the rest beside them
-# (tests/services.py). With one worker the two cores were busy 48 % of the time (services and
-# jobs starting, outages waited out); with two, 89 %.
+# (tests/services.py). With one worker the two cores were busy 55 % of the time (services and
+# jobs starting, outages waited out); with two, 91 %.
 TEST_WORKERS ?= 2
 
 test: install
