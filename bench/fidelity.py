@@ -283,11 +283,15 @@ def combine(paths: list[Path], label: str) -> dict:
         if (row["photo"], row["seed"]) in seen:
             raise SystemExit(f"{row['photo']} seed {row['seed']} is in more than one report")
         seen.add((row["photo"], row["seed"]))
-    photos = sorted({row["photo"] for row in rows})
     return {"bench": "fidelity", "label": label, "combined": [path.name for path in paths],
             **{key: reports[0][key] for key in SAME_IN_COMBINED},
-            "machine": [report["machine"] for report in reports],
-            "photos": {photo: summary([r for r in rows if r["photo"] == photo])
+            "machine": [report["machine"] for report in reports], **summaries(rows)}
+
+
+def summaries(rows: list[dict]) -> dict:
+    """A report's results: the summary of each photo's runs and of all, and the runs."""
+    photos = sorted({row["photo"] for row in rows})
+    return {"photos": {photo: summary([r for r in rows if r["photo"] == photo])
                        for photo in photos},
             "overall": summary(rows, resamples=2000), "runs": rows}
 
@@ -338,9 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ours_config": cfg.to_dict(),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__},
-        "photos": {photo.name: summary([r for r in rows if r["photo"] == photo.name])
-                   for photo in photos},
-        "overall": summary(rows, resamples=2000), "runs": rows,
+        **summaries(rows),
     }
     return output(result, args.out)
 
