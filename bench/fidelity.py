@@ -19,9 +19,11 @@ so that ablations of ours reuse the official runs and a report can be rebuilt qu
 Samples are compared as 8-bit images, as the official code writes them (PNG).
 
 --quirk puts one of the reference's quirks that are not config fields (no user wants them) into
-our training, for this process only, to measure what it changes: `uint8` (every resize of the
-pyramid and of `prev` goes through uint8, truncating, as the reference's does) and `biases`
-(the conv biases that BatchNorm cancels are trained, on their rounding noise).
+our training and sampling, for this process only, to measure what it changes: `uint8` (every
+resize of the pyramid and of `prev` goes through uint8, truncating, as the reference's does),
+`biases` (the conv biases that BatchNorm cancels are trained, on their rounding noise),
+`borders` (the resize drops the taps beyond the top/left border, as the reference's does) and `plus_one`
+(a side shrunk to max_size may come out max_size + 1, as the reference's float error gives it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import hashlib
 import importlib
 import json
+import math
 import os
 import platform
 import random
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -107,13 +110,47 @@ def module(name: str):
     return importlib.import_module(name)
 
 
+def unsigned_taps(tap_weights):
+    """`tap_weights` (singan.resize's) as the reference computes them: the tap indices are cast
+    to unsigned 64-bit integers first, so a tap beyond the top/left border (a negative index)
+    lies 2**64 pixels away and gets weight 0; the taps left are renormalised. (Our resize mirrors
+    those taps, as MATLAB does; the two differ by up to 1.5 grey levels in the first rows and
+    columns.)"""
+    def unsigned(kernel, centre, index):
+        return tap_weights(kernel, centre, torch.where(index < 0, index + 2.0**64, index))
+    return unsigned
+
+
+def unclamped_shape(height, width, scale1, max_size):
+    """The reference's shrink to max_size: the plain ceil of the float product, max_size + 1
+    included (650 x 48/650 = 48.00000000000001 gives 49)."""
+    return math.ceil(height * scale1), math.ceil(width * scale1)
+
+
+RESIZE = module("singan.resize")
+
 # Quirk -> the patches that put it into our training (module, attribute, replacement).
 QUIRKS = {
     "uint8": [(module(name), "imresize", through_uint8(module(name).imresize))
               for name in ("singan.pyramid", "singan.sample")],
     "biases": [(module(name), "trainable", all_parameters)
                for name in ("singan.train", "singan.adversary")],
+    "borders": [(RESIZE, "_tap_weights", unsigned_taps(RESIZE._tap_weights))],
+    "plus_one": [(module("singan.pyramid"), "shrunk_shape", unclamped_shape)],
 }
+
+
+@contextmanager
+def quirks_on(names: list[str]):
+    """The quirks `names` put into singan for the duration; the resize matrices built meanwhile
+    (cached by singan.resize) are dropped on the way in and out, so none outlives its quirk."""
+    with ExitStack() as patches:
+        for name in names:
+            for owner, attribute, value in QUIRKS[name]:
+                patches.enter_context(mock.patch.object(owner, attribute, value))
+        RESIZE._weight_matrix.cache_clear()
+        patches.callback(RESIZE._weight_matrix.cache_clear)
+        yield
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -184,10 +221,7 @@ def run_official(photo: Path, seed: int, args: argparse.Namespace) -> dict:
 
 
 def run_ours(photo: Path, seed: int, cfg: singan.Config, args: argparse.Namespace) -> dict:
-    with ExitStack() as patches:
-        for quirk in args.quirk:
-            for module, name, value in QUIRKS[quirk]:
-                patches.enter_context(mock.patch.object(module, name, value))
+    with quirks_on(args.quirk):
         start = time.perf_counter()
         model = singan.train(load_image(photo), cfg, device="cpu", seed=seed)
         seconds = time.perf_counter() - start

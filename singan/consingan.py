@@ -45,7 +45,7 @@ from singan.base import (
 from singan.config import Config
 from singan.errors import InputError
 from singan.layers import ConvBlock, init_weights, trainable
-from singan.pyramid import PyramidPlan
+from singan.pyramid import PyramidPlan, shrunk_shape
 from singan.recipe import Recipe
 from singan.resize import imresize
 from singan.streams import scale_generator
@@ -78,8 +78,7 @@ def plan_consingan(height: int, width: int, config: Config) -> PyramidPlan:
 
     # The same shrink to max_size as SinGAN's pyramid, with its guard against max_size + 1.
     scale1 = min(config.max_size / max(height, width), 1.0)
-    real_shape = (min(math.ceil(height * scale1), config.max_size),
-                  min(math.ceil(width * scale1), config.max_size))
+    real_shape = shrunk_shape(height, width, scale1, config.max_size)
     if min(real_shape) < config.min_size:
         raise InputError(f"{size} shrinks to {real_shape[0]}x{real_shape[1]} to fit "
                          f"max_size={config.max_size}, below min_size={config.min_size} on its "
@@ -119,8 +118,7 @@ def build_consingan_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     Each level is resized straight from the finest one, with the MATLAB-style bicubic imresize.
     """
     height, width = image.shape[-2:]
-    limit = max(plan.real_shape)
-    if tuple(min(math.ceil(side * plan.scale1), limit) for side in (height, width)) != plan.real_shape:
+    if shrunk_shape(height, width, plan.scale1, max(plan.real_shape)) != plan.real_shape:
         raise InputError(f"image {height}x{width} does not match the plan (made for an image that "
                          f"resizes to {plan.real_shape[0]}x{plan.real_shape[1]})")
     real = image if plan.scale1 == 1 else imresize(image, scale=plan.scale1, shape=plan.real_shape)

@@ -56,6 +56,13 @@ class PyramidPlan:
                    shapes=tuple(tuple(s) for s in values["shapes"]))
 
 
+def shrunk_shape(height: int, width: int, scale1: float, max_size: int) -> tuple[int, int]:
+    """The size an image is shrunk to by `scale1` to fit `max_size`: the reference's resize gives
+    the plain ceil of the float product, and float error can round a side shrunk to max_size up
+    to max_size + 1 (1920 * 250/1920 > 250, 650 * 48/650 > 48); that side is kept at max_size."""
+    return (min(math.ceil(height * scale1), max_size), min(math.ceil(width * scale1), max_size))
+
+
 def plan_pyramid(height: int, width: int, config: Config | None = None) -> PyramidPlan:
     """Plan the pyramid of a `height` x `width` image with the reference SinGAN's arithmetic.
 
@@ -85,12 +92,7 @@ def plan_pyramid(height: int, width: int, config: Config | None = None) -> Pyram
     stop_scale = num_scales - scale2stop
     scale1 = min(cfg.max_size / long, 1.0)
 
-    # Output size of the reference's resize: plain ceil of the float product. The one guard:
-    # float error can round a side shrunk to max_size up to max_size + 1 (1920 * 250/1920 > 250).
-    real_shape = (
-        min(math.ceil(height * scale1), cfg.max_size),
-        min(math.ceil(width * scale1), cfg.max_size),
-    )
+    real_shape = shrunk_shape(height, width, scale1, cfg.max_size)
     real_size = f"{real_shape[0]}x{real_shape[1]}"
 
     if cfg.num_scales is not None:
@@ -149,8 +151,7 @@ def build_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     height, width = image.shape[-2], image.shape[-1]
     # Redo the plan's shrink (max(real_shape) is max_size whenever a side was clamped) to catch
     # a plan made for another image.
-    limit = max(plan.real_shape)
-    expected = tuple(min(math.ceil(side * plan.scale1), limit) for side in (height, width))
+    expected = shrunk_shape(height, width, plan.scale1, max(plan.real_shape))
     if expected != plan.real_shape:
         raise InputError(
             f"image {height}x{width} does not match the plan (made for an image that resizes to "

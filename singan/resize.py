@@ -50,10 +50,7 @@ def _weight_matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool)
     taps = int(math.ceil(width)) + 2
     # 0-based input index of every tap; the "- 1" converts MATLAB's 1-based positions.
     index = left[:, None] + torch.arange(taps, dtype=torch.float64)[None, :] - 1.0
-    weights = kernel(centre[:, None] - index - 1.0)
-    total = weights.sum(dim=1, keepdim=True)
-    total[total == 0] = 1.0  # cannot happen with enough taps; guards against dividing by zero
-    weights = weights / total
+    weights = _tap_weights(kernel, centre, index)
 
     # Mirror out-of-range taps with period 2n: 0..n-1 then n-1..0 (edge pixel repeated).
     index = index.to(torch.int64).remainder(2 * in_len)
@@ -64,6 +61,15 @@ def _weight_matrix_cpu(in_len: int, out_len: int, scale: float, antialias: bool)
     # Several taps can land on the same pixel after mirroring: accumulate, do not overwrite.
     matrix.index_put_((rows.reshape(-1), index.reshape(-1)), weights.reshape(-1), accumulate=True)
     return matrix
+
+
+def _tap_weights(kernel, centre: Tensor, index: Tensor) -> Tensor:
+    """The weight of each tap (0-based input `index`, one row per output pixel) for output pixels
+    centred at `centre` (1-based input coordinates); each row normalised to sum 1."""
+    weights = kernel(centre[:, None] - index - 1.0)
+    total = weights.sum(dim=1, keepdim=True)
+    total[total == 0] = 1.0  # cannot happen with enough taps; guards against dividing by zero
+    return weights / total
 
 
 @functools.lru_cache(maxsize=512)

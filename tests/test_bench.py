@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import singan
 from singan.examples import pebbles
+from singan.pyramid import build_pyramid
 from singan.resize import imresize
 from tests.conftest import tiny_config
 
@@ -226,3 +227,35 @@ def test_fidelity_reports_of_two_sessions_combine_into_one(tmp_path):
         fidelity.combine([paths[0], paths[2]], "x")
     with pytest.raises(SystemExit, match="a.png seed 2 is in more than one report"):
         fidelity.combine([paths[0], paths[3]], "x")
+
+
+def test_fidelity_borders_quirk_is_the_reference_resize_at_every_pixel():
+    # The reference casts tap indices to unsigned integers before weighting them, so the taps
+    # beyond the top/left border weigh nothing: with the quirk our resize gives the reference's
+    # fixture outputs everywhere, border included; without it they differ there (we mirror).
+    import fidelity
+
+    data = np.load(FIXTURES / "imresize_cases.npz")
+    for i in range(int(data["n"])):
+        image, expected, scale = data[f"in_{i}"], data[f"out_{i}"], float(data[f"scale_{i}"])
+        x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+        size = {"shape": expected.shape[:2]} if scale == -1 else {"scale": scale}
+        with fidelity.quirks_on(["borders"]):
+            theirs = imresize(x, **size)[0].permute(1, 2, 0).numpy()
+        assert np.abs(theirs - expected).max() < 1e-9, i
+        # The quirk's weights did not outlive it.
+        ours = np.abs(imresize(x, **size)[0].permute(1, 2, 0).numpy() - expected)
+        assert ours.max() > 0.05 and ours[MARGIN:-MARGIN, MARGIN:-MARGIN].max() < 1e-9, i
+
+
+def test_fidelity_plus_one_quirk_keeps_the_references_max_size_plus_one():
+    import fidelity
+
+    cfg = singan.config("paper", max_size=48)
+    assert 650 * (48 / 650) > 48  # float error: the reference's ceil gives 49
+    assert singan.plan(433, 650, cfg).real_shape == (32, 48)
+    with fidelity.quirks_on(["plus_one"]):
+        plan = singan.plan(433, 650, cfg)
+        levels = build_pyramid(torch.zeros(1, 3, 433, 650), plan)
+    assert plan.real_shape == (32, 49) and levels[-1].shape[-2:] == (32, 49)
+    assert singan.plan(433, 650, cfg).real_shape == (32, 48)
