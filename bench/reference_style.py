@@ -75,7 +75,7 @@ def _axis_taps(n_in: int, n_out: int, scale: float) -> tuple[np.ndarray, np.ndar
     total[total == 0] = 1.0
     weights = weights / total
     # Mirror out-of-range taps: 0..n-1, n-1..0 (period 2n). The reference's unsigned cast at the
-    # top/left border is not reproduced: it costs the same and gives wrong pixels.
+    # top/left border (those taps weigh 0) is not reproduced: it costs the same either way.
     index = (position - 1).astype(np.int64) % (2 * n_in)
     index = np.where(index >= n_in, 2 * n_in - 1 - index, index)
     # Taps whose weight is zero for every output pixel are dropped (the reference does too; with

@@ -29,7 +29,7 @@ import train_speed  # noqa: E402
 from reference_style import ReferenceStyleScale, matlab_imresize, reference_resize  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
-MARGIN = 4  # the reference's own values are only right away from the border (SINGAN.md s. 2)
+MARGIN = 4  # ours and the reference agree to float precision away from the top/left border
 
 
 def smooth_image(h: int, w: int) -> np.ndarray:

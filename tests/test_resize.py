@@ -13,7 +13,8 @@ from singan.resize import imresize
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Away from the border the reference's values are matched to float precision; at the top/left
-# border it reads wrong pixels (unsigned-int cast of negative indices), which we do not copy.
+# border it weighs the taps beyond the edge 0 (an unsigned-int cast of their negative indices
+# before weighting), where we mirror them; bench/fidelity.py's `borders` quirk reproduces it.
 MARGIN = 4
 # Worst mean |ours - reference| over the whole image, 0..255 scale, measured at 0.0607 (the
 # 25x31 -> 13x12 case, where the border is a large share of the image).
