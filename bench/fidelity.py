@@ -22,8 +22,9 @@ Samples are compared as 8-bit images, as the official code writes them (PNG).
 our training and sampling, for this process only, to measure what it changes: `uint8` (every
 resize of the pyramid and of `prev` goes through uint8, truncating, as the reference's does),
 `biases` (the conv biases that BatchNorm cancels are trained, on their rounding noise),
-`borders` (the resize drops the taps beyond the top/left border, as the reference's does) and `plus_one`
-(a side shrunk to max_size may come out max_size + 1, as the reference's float error gives it).
+`borders` (the resize weighs the taps beyond the top/left border 0, as the reference's does)
+and `plus_one` (a side shrunk to max_size may come out max_size + 1, as the reference's float
+error gives it).
 """
 
 from __future__ import annotations
