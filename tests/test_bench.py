@@ -55,19 +55,31 @@ def test_numpy_resize_matches_torch_antialiased_bicubic(scale):
     assert np.abs(ours - theirs)[m:-m, m:-m].max() < 1e-6
 
 
-def test_numpy_resize_matches_the_reference_fixtures_and_the_device_resize():
+def reference_resize_cases():
+    """The reference's resize fixtures: (case, uint8 H x W x 3 input, its float64 output, the
+    scale, or -1 where the output shape was asked for)."""
     data = np.load(FIXTURES / "imresize_cases.npz")
     for i in range(int(data["n"])):
-        image, expected, scale = data[f"in_{i}"], data[f"out_{i}"], float(data[f"scale_{i}"])
+        yield i, data[f"in_{i}"], data[f"out_{i}"], float(data[f"scale_{i}"])
+
+
+def device_resize(image: np.ndarray, **size) -> np.ndarray:
+    """singan.resize (the device resize our training uses) of an H x W x 3 array, in float64."""
+    x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+    return imresize(x, **size)[0].permute(1, 2, 0).numpy()
+
+
+def test_numpy_resize_matches_the_reference_fixtures_and_the_device_resize():
+    for i, image, expected, scale in reference_resize_cases():
         shape = expected.shape[:2] if scale == -1 else None
         ours = matlab_imresize(image, 1.0 if shape else scale, shape)
         assert ours.shape == expected.shape, i
-        # The reference's own output, away from its broken top/left border.
+        # The reference's own output, away from the top/left border (where it weighs 0 the taps
+        # beyond the edge, which we mirror).
         assert np.abs(ours - expected)[MARGIN:-MARGIN, MARGIN:-MARGIN].max() < 1e-9, i
-        # singan.resize (the device resize our training uses) everywhere.
-        x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
-        device = (imresize(x, shape=shape) if shape else imresize(x, scale=scale))
-        assert np.abs(ours - device[0].permute(1, 2, 0).numpy()).max() < 1e-9, i
+        # singan.resize everywhere.
+        device = device_resize(image, shape=shape) if shape else device_resize(image, scale=scale)
+        assert np.abs(ours - device).max() < 1e-9, i
 
 
 def test_reference_resize_differs_from_ours_only_by_the_uint8_round_trip():
@@ -235,16 +247,12 @@ def test_fidelity_borders_quirk_is_the_reference_resize_at_every_pixel():
     # fixture outputs everywhere, border included; without it they differ there (we mirror).
     import fidelity
 
-    data = np.load(FIXTURES / "imresize_cases.npz")
-    for i in range(int(data["n"])):
-        image, expected, scale = data[f"in_{i}"], data[f"out_{i}"], float(data[f"scale_{i}"])
-        x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+    for i, image, expected, scale in reference_resize_cases():
         size = {"shape": expected.shape[:2]} if scale == -1 else {"scale": scale}
         with fidelity.quirks_on(["borders"]):
-            theirs = imresize(x, **size)[0].permute(1, 2, 0).numpy()
-        assert np.abs(theirs - expected).max() < 1e-9, i
+            assert np.abs(device_resize(image, **size) - expected).max() < 1e-9, i
         # The quirk's weights did not outlive it.
-        ours = np.abs(imresize(x, **size)[0].permute(1, 2, 0).numpy() - expected)
+        ours = np.abs(device_resize(image, **size) - expected)
         assert ours.max() > 0.05 and ours[MARGIN:-MARGIN, MARGIN:-MARGIN].max() < 1e-9, i
 
 
