@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch
 
-from pipeline.manifest import manifest_rows_from, read_manifest, write_manifest
+from pipeline.catalog import manifest_rows_from, write_manifest
+from pipeline.manifest import read_manifest
 from pipeline.train_image import JobSettings, train_image
 from singan.examples import pebbles
 from singan.image import save_image

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import fsspec
 
 from pipeline.buckets import header_sizes
-from pipeline.manifest import manifest_rows_from, write_manifest
+from pipeline.catalog import manifest_rows_from, write_manifest
 from pipeline.storage import check_credentials
 from pipeline.tasks import TASKS, row_task, task_named
 from singan.errors import InputError

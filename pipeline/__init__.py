@@ -1,6 +1,7 @@
 """Everything around one image, as the jobs fan it out (DESIGN.md: jobs -> pipeline -> singan).
 
-manifest     the Parquet manifest: read, check every row, build one from a folder or bucket
+manifest     the Parquet manifest: its columns, read and check every row
+catalog      making a manifest: the images of a folder, bucket prefix or glob, written as Parquet
 storage      one image's folder at any fsspec URL: whole-or-absent writes, retries, model files
 tracking     MLflow runs that never fail a training; metrics.jsonl replay without duplicates
 train_image  the per-image training task: resume, skip, failure isolation, per-scale metrics

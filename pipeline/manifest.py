@@ -26,11 +26,9 @@ import os
 import re
 import types
 import typing
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 import fsspec
@@ -41,7 +39,6 @@ from pipeline import tasks
 from pipeline.storage import limits, read_url, redact
 from singan.config import Config, config
 from singan.errors import InputError, one_line
-from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +76,7 @@ TASK_COLUMNS: tuple[str, ...] = ("task", *tasks.PARAM_KINDS)
 # rows of one plan without reading every image's header (jobs/make_manifest.py writes them).
 SIZE_COLUMNS = ("height", "width")
 
-_COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **tasks.PARAM_KINDS,
+COLUMN_KINDS = {**_CONFIG_COLUMNS, "seed": "int", "task": "str", **tasks.PARAM_KINDS,
                  "height": "int", "width": "int"}
 OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS, *SIZE_COLUMNS)
 REQUIRED_COLUMNS = ("image_id", "uri")
@@ -91,8 +88,6 @@ MAX_LISTED_PROBLEMS = 50
 NOMINAL_SIZE = 250  # px: the image size a task's config is checked with before images are read
 # Existence checks are network round trips on object stores: overlap them.
 CHECK_THREADS = 16
-
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # what `singan` reads from a folder too
 
 
 @dataclass(frozen=True)
@@ -272,108 +267,6 @@ def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = N
     return image_tasks
 
 
-def write_manifest(rows: list[dict], url: str) -> None:
-    """Write rows (dicts of `image_id`, `uri` and optional OPTIONAL_COLUMNS) as a Parquet manifest
-    at `url` (any fsspec URL). A missing or None value is written as null (the job's value).
-    Integer columns are int64, float columns float64, text columns string, true/false columns
-    bool, so `read_manifest` accepts what this writes.
-    """
-    allowed = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-    unknown = sorted({key for row in rows for key in row} - set(allowed))
-    if unknown:
-        raise InputError(f"unknown manifest columns: {', '.join(unknown)}; "
-                         f"allowed: {', '.join(allowed)}")
-    columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if any(c in row for row in rows))]
-    arrow_types = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
-                   "bool": pa.bool_()}
-    arrays = {}
-    for column in columns:
-        kind = _COLUMN_KINDS.get(column)
-        arrow_type = pa.string() if kind is None else arrow_types[kind]
-        try:
-            arrays[column] = pa.array([row.get(column) for row in rows], type=arrow_type)
-        except (pa.ArrowException, TypeError, ValueError) as error:
-            raise InputError(f"manifest column {column!r}: {one_line(error)}") from error
-    table = pa.table(arrays)
-
-    fs, path = fsspec.core.url_to_fs(url)
-    if _is_local(fs):
-        # Whole or absent: a reader never sees a half-written local file.
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open(temporary, "wb") as file:
-            pq.write_table(table, file)
-        os.replace(temporary, path)
-    else:
-        # Object stores publish an object only when its upload completes.
-        with fs.open(path, "wb") as file:
-            pq.write_table(table, file)
-
-
-def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
-    """Manifest rows (`image_id`, `uri`) for the images at `source`, sorted by path.
-
-    `source` is a local folder, an fsspec folder URL (s3://bucket/prefix) or a glob
-    (photos/*.jpg, s3://b/p/**/*.png; `recursive` is then ignored, the glob says). Images are
-    files with an extension in IMAGE_EXTENSIONS, in any case. Hidden files and folders (names
-    starting with '.', such as macOS's ._photo.jpg) are skipped. The id is the file stem made
-    path-safe (see `safe_image_id`); stems that collide get '-2', '-3', ... in path order.
-    The uri is the full URL, with its protocol.
-    """
-    fs, path = fsspec.core.url_to_fs(source)
-    if _is_local(fs):
-        path = os.path.normpath(path)  # fsspec keeps '..' in local paths; URIs should not
-    if any(char in path for char in "*?["):
-        paths = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
-        relative_parts = [(PurePosixPath(p).name,) for p in paths]
-    else:
-        try:
-            is_folder = fs.isdir(path)
-        except Exception as error:  # credentials, network, bad URL: say so in one line
-            raise InputError(f"cannot list {source}: {one_line(error)}") from error
-        if not is_folder:
-            what = "is not a folder" if fs.exists(path) else "does not exist"
-            raise InputError(f"{source} {what}; give a folder or a glob such as photos/*.jpg")
-        if recursive:
-            paths = fs.find(path)
-        else:
-            paths = [info["name"] for info in fs.ls(path, detail=True) if info["type"] == "file"]
-        root = PurePosixPath(path)
-        relative_parts = [PurePosixPath(p).relative_to(root).parts for p in paths]
-
-    images = sorted(
-        p for p, parts in zip(paths, relative_parts, strict=True)
-        if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS
-        and not any(part.startswith(".") for part in parts)
-    )
-    rows, used = [], set()
-    for image_path in images:
-        image_id = _unique(safe_image_id(PurePosixPath(image_path).stem), used)
-        used.add(image_id)
-        rows.append({"image_id": image_id, "uri": fs.unstrip_protocol(image_path)})
-    logger.info("found %d images at %s", len(rows), redact(source))
-    return rows
-
-
-def safe_image_id(stem: str) -> str:
-    """An id that passes `check_image_id`, made from a file stem: characters outside
-    [A-Za-z0-9._-] become '_', leading characters other than letters and digits go, the rest is
-    cut to 128 characters, and an empty result becomes 'image'."""
-    image_id = re.sub(r"[^A-Za-z0-9._-]", "_", stem)
-    image_id = re.sub(r"^[^A-Za-z0-9]+", "", image_id)[:MAX_ID_LENGTH]
-    return image_id or "image"
-
-
-def _unique(image_id: str, used: set[str]) -> str:
-    """`image_id`, or the first of image_id-2, image_id-3, ... not in `used` (cut to fit)."""
-    candidate, number = image_id, 1
-    while candidate in used:
-        number += 1
-        suffix = f"-{number}"
-        candidate = image_id[: MAX_ID_LENGTH - len(suffix)] + suffix
-    return candidate
-
-
 def _read_table(url: str) -> pa.Table:
     """The whole manifest as an Arrow table, or a ManifestError saying why it cannot be read."""
     try:
@@ -404,7 +297,7 @@ def _schema_problems(table: pa.Table) -> list[str]:
             if not _is_string(column.type):
                 problems.append(f"column {column.name!r} must be a string column, "
                                 f"got {column.type}")
-        elif column.name in _COLUMN_KINDS:
+        elif column.name in COLUMN_KINDS:
             problem = _type_problem(column.name, column.type)
             if problem:
                 problems.append(problem)
@@ -426,7 +319,7 @@ def _type_problem(name: str, arrow_type: pa.DataType) -> str | None:
     """Why an optional column of this Arrow type cannot hold its values, or None."""
     if pa.types.is_null(arrow_type):
         return None  # an all-null column keeps the job's values
-    kind = _COLUMN_KINDS[name]
+    kind = COLUMN_KINDS[name]
     if kind == "int":
         ok, wanted = pa.types.is_integer(arrow_type), "an integer column"
     elif kind == "float":
@@ -521,11 +414,6 @@ def _missing_files(uris: dict[int, str]) -> dict[int, str]:
                            strict=True))
     problems.update({number: text for number, text in results.items() if text})
     return problems
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols
 
 
 def _in_row(number: int, image_id: Any, problem: str) -> str:

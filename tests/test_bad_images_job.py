@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
 from singan.examples import pebbles
 from singan.image import to_pil

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 import singan
-from pipeline.manifest import ImageTask, ManifestError, read_manifest, seed_for, write_manifest
+from pipeline.catalog import write_manifest
+from pipeline.manifest import ImageTask, ManifestError, read_manifest, seed_for
 from pipeline.storage import ImageStore
 from pipeline.tracking import ImageRun, start_job_run, sync_image
 from pipeline.train_image import JobSettings, config_hash, train_image

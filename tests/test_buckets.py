@@ -12,7 +12,8 @@ from PIL import Image
 
 import singan
 from pipeline.buckets import header_sizes, image_sizes, make_buckets
-from pipeline.manifest import ImageTask, ManifestError, read_manifest, write_manifest
+from pipeline.catalog import write_manifest
+from pipeline.manifest import ImageTask, ManifestError, read_manifest
 from pipeline.train_image import JobSettings, train_bucket, train_image
 from singan.errors import InputError
 from singan.examples import pebbles

@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from singan.examples import pebbles
 from singan.image import to_pil
 

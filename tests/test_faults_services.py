@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from tests.services import local_services, make_bucket
 from tests.test_job import TINY, png
 

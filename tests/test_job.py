@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from pipeline.train_image import FAULT_ENV
 from singan.examples import pebbles
 from singan.image import to_pil

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from singan.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

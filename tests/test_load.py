@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import fleet
-from pipeline.manifest import write_manifest
+from pipeline.catalog import write_manifest
 from singan.examples import pebbles
 from singan.image import to_pil
 

@@ -13,16 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline.catalog import manifest_rows_from, safe_image_id, write_manifest
 from pipeline.manifest import (
     OVERRIDE_COLUMNS,
     ImageTask,
     ManifestError,
     check_image_id,
-    manifest_rows_from,
     read_manifest,
-    safe_image_id,
     seed_for,
-    write_manifest,
 )
 from singan.config import config
 from singan.errors import InputError

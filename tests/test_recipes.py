@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import singan
+from pipeline.catalog import write_manifest
 from pipeline.evaluate import EvalSettings, evaluate_image
-from pipeline.manifest import ImageTask, read_manifest, write_manifest
+from pipeline.manifest import ImageTask, read_manifest
 from pipeline.storage import ImageStore
 from pipeline.train_image import FAULT_ENV, JobSettings, train_image
 from singan.cli import main

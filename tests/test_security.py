@@ -37,8 +37,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import singan
+from pipeline.catalog import write_manifest
 from pipeline.inception import stem_weights
-from pipeline.manifest import ManifestError, check_image_id, read_manifest, write_manifest
+from pipeline.manifest import ManifestError, check_image_id, read_manifest
 from pipeline.storage import RESULTS, SUCCESS, ImageStore, Storage, redact
 from pipeline.tracking import METRICS, TRACKING
 from pipeline.train_image import FAULT_MARKER, train_image
