@@ -451,6 +451,9 @@ class ConSinGANRecipe(Recipe):
     def plan(self, height: int, width: int, config: Config) -> PyramidPlan:
         return plan_consingan(height, width, config)
 
+    def critic_patch(self, config: Config) -> int:
+        return (config.num_layer + 2) * (config.kernel_size - 1) + 1  # head, num_layer, tail
+
     def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
         return build_consingan_pyramid(image, plan)
 

@@ -44,6 +44,11 @@ class Recipe:
         """The levels' sizes for a `height` x `width` image."""
         raise NotImplementedError
 
+    def critic_patch(self, config: Config) -> int:
+        """The side of the patch the critic scores, in pixels: it convolves without padding, so
+        a level smaller than this leaves it nothing to judge (singan.pyramid.critic_fit_problem)."""
+        raise NotImplementedError
+
     def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
         """The image resized to every level of `plan`, coarsest first."""
         raise NotImplementedError

@@ -240,6 +240,9 @@ class SinGANRecipe(Recipe):
     def plan(self, height: int, width: int, config: Config) -> PyramidPlan:
         return plan_pyramid(height, width, config)
 
+    def critic_patch(self, config: Config) -> int:
+        return config.num_layer * (config.kernel_size - 1) + 1  # head, body, tail: num_layer convs
+
     def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
         return build_pyramid(image, plan)
 

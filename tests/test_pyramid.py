@@ -174,3 +174,28 @@ def test_build_pyramid_refuses_a_plan_for_another_image():
         build_pyramid(torch.rand(1, 3, 100, 100), plan_pyramid(188, 250))
     with pytest.raises(InputError, match="N x C x H x W"):
         build_pyramid(torch.rand(3, 188, 250), plan_pyramid(188, 250))
+
+
+@pytest.mark.parametrize("recipe, patch", [("singan", 11), ("consingan", 11)])
+def test_a_coarsest_scale_smaller_than_the_critics_patch_is_refused_before_training(recipe, patch):
+    """max_size=16, min_size=8 gives a 9x9 (SinGAN) or 8x8 (ConSinGAN) coarsest scale: the
+    critic's BatchNorm would fail
+    there mid-training ("Expected more than 1 value per channel"); the plan refuses it."""
+    import singan
+
+    cfg = singan_config(recipe, max_size=16, min_size=8, niter=1)
+    with pytest.raises(InputError, match=rf"image 40x40: the coarsest scale would be \d+x\d+ "
+                                         rf"px, smaller than the {patch}x{patch} px the critic "
+                                         rf"scores .*; raise min_size to at least {patch}"):
+        singan.train(torch.zeros(1, 3, 40, 40), cfg)
+    assert pyramid_shapes(40, 40, singan_config(recipe, max_size=20, min_size=11,
+                                                num_scales=3))[0] == (11, 11)
+    # Without a critic (a patch loss), or with a padded critic, small scales are fine.
+    assert pyramid_shapes(40, 40, singan_config("singan", max_size=16, min_size=8,
+                                                loss="nnpl"))[0] == (9, 9)
+
+
+def singan_config(recipe: str, **overrides) -> Config:
+    from singan.config import config
+
+    return config(recipe=recipe, **overrides)
