@@ -16,7 +16,7 @@ from singan.base import Callback, Diverged, Pyramid, read_metadata, resumable, s
 from singan.config import Config
 from singan.errors import InputError
 from singan.image import load_image
-from singan.pyramid import PyramidPlan, critic_fit_problem
+from singan.pyramid import PyramidPlan
 from singan.recipe import recipe_named
 
 
@@ -24,12 +24,7 @@ def plan(height: int, width: int, config: Config | None = None) -> PyramidPlan:
     """The pyramid plan of a `height` x `width` image under `config`'s recipe (default: the
     paper's config)."""
     config = config or Config()
-    recipe = recipe_named(config.recipe)
-    levels = recipe.plan(height, width, config)
-    problem = critic_fit_problem(levels, config, recipe.critic_patch(config))
-    if problem:
-        raise InputError(f"image {height}x{width}: {problem}")
-    return levels
+    return recipe_named(config.recipe).plan(height, width, config)
 
 
 def pyramid_shapes(height: int, width: int, config: Config | None = None) -> list[tuple[int, int]]:
@@ -109,7 +104,7 @@ def train_many(images: Sequence[Image], config: Config | None = None, *,
     if count > 1 and not recipe.batches:
         raise InputError(f"recipe {config.recipe!r} trains one image at a time: call "
                          "singan.train for each image")
-    plans = [plan(image.shape[-2], image.shape[-1], config) for image in images]
+    plans = [recipe.plan(image.shape[-2], image.shape[-1], config) for image in images]
     _check_same_plan(images, plans)
     levels = plans[0]
     reals = [recipe.build_pyramid(image.to(device=device, dtype=dtype), levels)

@@ -115,7 +115,10 @@ class Config:
         if not isinstance(self.recipe, str) or self.recipe not in RECIPES:
             problems.append(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         else:
-            problems.extend(RECIPES[self.recipe].config_problems(self))
+            recipe = RECIPES[self.recipe]
+            problems.extend(recipe.config_problems(self))
+            if not problems:  # the critic's patch is only defined for otherwise valid settings
+                problems.extend(filter(None, [recipe.critic_problem(self)]))
         if problems:
             raise InputError("invalid config: " + "; ".join(problems))
 

@@ -137,26 +137,6 @@ def plan_pyramid(height: int, width: int, config: Config | None = None) -> Pyram
     )
 
 
-def critic_fit_problem(plan: PyramidPlan, config: Config, patch: int) -> str | None:
-    """Why the critic, which scores `patch` x `patch` pixels, cannot judge the coarsest level of
-    `plan`, or None.
-
-    The WGAN-GP critic convolves its input without padding (zero padding, the reference's), each
-    convolution taking kernel_size - 1 pixels off: a level whose short side is below the patch
-    leaves it no pixel (and its BatchNorm one value per channel, which PyTorch refuses only once
-    training reaches that scale). Patch losses have no critic; circular and reflect padding give
-    the critic the generator's border, so it keeps the input's size.
-    """
-    if config.loss != "wgan_gp" or config.padding != "zero":
-        return None
-    height, width = plan.shapes[0]
-    if min(height, width) >= patch:
-        return None
-    return (f"the coarsest scale would be {height}x{width} px, smaller than the "
-            f"{patch}x{patch} px the critic scores (num_layer {config.num_layer}, kernel_size "
-            f"{config.kernel_size}); raise min_size to at least {patch}")
-
-
 def build_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     """Resize `image` (N x C x H x W, any value range) to every level of `plan`, coarsest first.
 

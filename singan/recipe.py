@@ -45,9 +45,27 @@ class Recipe:
         raise NotImplementedError
 
     def critic_patch(self, config: Config) -> int:
-        """The side of the patch the critic scores, in pixels: it convolves without padding, so
-        a level smaller than this leaves it nothing to judge (singan.pyramid.critic_fit_problem)."""
+        """The side, in pixels, of the patch the critic scores (its receptive field)."""
         raise NotImplementedError
+
+    def critic_problem(self, config: Config) -> str | None:
+        """Why the critic could not judge the coarsest scale, or None (Config refuses it).
+
+        The WGAN-GP critic convolves without padding (zero padding, the reference's), each
+        convolution taking kernel_size - 1 pixels off, and the coarsest scale's short side is
+        min_size (or one more, by rounding): below the critic's patch it leaves the critic no
+        pixel, and its BatchNorm one value per channel, which PyTorch refuses only once training
+        reaches that scale. Patch losses have no critic; circular and reflect padding give the
+        critic the generator's border, so it keeps the input's size.
+        """
+        if config.loss != "wgan_gp" or config.padding != "zero":
+            return None
+        patch = self.critic_patch(config)
+        if config.min_size >= patch:
+            return None
+        return (f"min_size ({config.min_size}) is below the {patch}x{patch} px the critic scores "
+                f"(num_layer {config.num_layer}, kernel_size {config.kernel_size}): the coarsest "
+                f"scale would leave it nothing to judge; raise min_size to at least {patch}")
 
     def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
         """The image resized to every level of `plan`, coarsest first."""

@@ -176,26 +176,19 @@ def test_build_pyramid_refuses_a_plan_for_another_image():
         build_pyramid(torch.rand(3, 188, 250), plan_pyramid(188, 250))
 
 
-@pytest.mark.parametrize("recipe, patch", [("singan", 11), ("consingan", 11)])
-def test_a_coarsest_scale_smaller_than_the_critics_patch_is_refused_before_training(recipe, patch):
-    """max_size=16, min_size=8 gives a 9x9 (SinGAN) or 8x8 (ConSinGAN) coarsest scale: the
-    critic's BatchNorm would fail
-    there mid-training ("Expected more than 1 value per channel"); the plan refuses it."""
-    import singan
 
-    cfg = singan_config(recipe, max_size=16, min_size=8, niter=1)
-    with pytest.raises(InputError, match=rf"image 40x40: the coarsest scale would be \d+x\d+ "
-                                         rf"px, smaller than the {patch}x{patch} px the critic "
-                                         rf"scores .*; raise min_size to at least {patch}"):
-        singan.train(torch.zeros(1, 3, 40, 40), cfg)
-    assert pyramid_shapes(40, 40, singan_config(recipe, max_size=20, min_size=11,
-                                                num_scales=3))[0] == (11, 11)
-    # Without a critic (a patch loss), or with a padded critic, small scales are fine.
-    assert pyramid_shapes(40, 40, singan_config("singan", max_size=16, min_size=8,
-                                                loss="nnpl"))[0] == (9, 9)
-
-
-def singan_config(recipe: str, **overrides) -> Config:
+@pytest.mark.parametrize("recipe", ["singan", "consingan"])
+def test_a_min_size_below_the_critics_patch_is_refused_by_the_config(recipe):
+    """max_size=16, min_size=8 gives a 9x9 (SinGAN) or 8x8 (ConSinGAN) coarsest scale, where the
+    critic's BatchNorm fails mid-training ("Expected more than 1 value per channel"); the config
+    refuses it, saying what to change."""
     from singan.config import config
 
-    return config(recipe=recipe, **overrides)
+    with pytest.raises(InputError, match=r"min_size \(8\) is below the 11x11 px the critic scores "
+                                         r"\(num_layer \d, kernel_size 3\).*raise min_size to "
+                                         r"at least 11"):
+        config(recipe=recipe, max_size=16, min_size=8)
+    assert config(recipe=recipe, max_size=16, min_size=11).min_size == 11
+    # Without a critic (a patch loss), or with a padded critic, small scales are fine.
+    assert pyramid_shapes(40, 40, config(max_size=16, min_size=8, loss="nnpl"))[0] == (9, 9)
+    assert config(max_size=16, min_size=8, padding="reflect").min_size == 8
