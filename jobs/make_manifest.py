@@ -14,16 +14,15 @@ with them); with --task, every row also gets that task and its parameters. Add o
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
-import fsspec
-
 from pipeline.buckets import header_sizes
 from pipeline.catalog import manifest_rows_from, write_manifest
-from pipeline.storage import check_credentials
+from pipeline.storage import TransientError, check_credentials, exists
 from pipeline.tasks import TASKS, row_task, task_named
 from singan.errors import InputError
 
@@ -47,14 +46,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="animate: frames per GIF (default: the job's, 100)")
     parser.add_argument("--fps", type=float, metavar="FPS",
                         help="animate: GIF frame rate (default: the job's, 10)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log each storage retry and each image whose size is unknown")
     args = parser.parse_args(argv)
+    # Quiet by default: a failure is the one line below, whatever retries led to it.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(levelname)s %(name)s: %(message)s")
 
     try:
         params = task_params(args)
         check_credentials(args.source)  # S3 without credentials: one line, not a traceback
         check_credentials(args.out)
-        fs, out_path = fsspec.core.url_to_fs(args.out)
-        if not args.overwrite and fs.exists(out_path):
+        if not args.overwrite and exists(args.out):
             raise InputError(f"{args.out} already exists; pass --overwrite to replace it")
         rows = manifest_rows_from(args.source, recursive=args.recursive)
         if not rows:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = header_sizes([row["uri"] for row in rows])
         write_manifest([{**row, **params, **size_columns(size)}
                         for row, size in zip(rows, sizes, strict=True)], args.out)
-    except InputError as error:
+    except (InputError, TransientError) as error:  # bad input, or storage that kept failing
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{len(rows)} images -> {args.out}" + (f" (task {args.task})" if params else ""))

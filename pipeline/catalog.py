@@ -4,23 +4,22 @@ path-safe id, written as a Parquet manifest that `pipeline.manifest` reads back.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import uuid
 from pathlib import PurePosixPath
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.manifest import COLUMN_KINDS, MAX_ID_LENGTH, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
-from pipeline.storage import redact
+from pipeline.storage import full_url, glob_files, kind, list_files, redact, write_url
 from singan.errors import InputError, one_line
 from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # what `singan` reads from a folder too
+# Rows per Parquet row group: readers stream a manifest one group at a time.
+ROW_GROUP_ROWS = 65_536
 
 
 def write_manifest(rows: list[dict], url: str) -> None:
@@ -46,19 +45,9 @@ def write_manifest(rows: list[dict], url: str) -> None:
         except (pa.ArrowException, TypeError, ValueError) as error:
             raise InputError(f"manifest column {column!r}: {one_line(error)}") from error
     table = pa.table(arrays)
-
-    fs, path = fsspec.core.url_to_fs(url)
-    if _is_local(fs):
-        # Whole or absent: a reader never sees a half-written local file.
-        fs.makedirs(os.path.dirname(path), exist_ok=True)
-        temporary = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open(temporary, "wb") as file:
-            pq.write_table(table, file)
-        os.replace(temporary, path)
-    else:
-        # Object stores publish an object only when its upload completes.
-        with fs.open(path, "wb") as file:
-            pq.write_table(table, file)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP_ROWS)
+    write_url(url, sink.getvalue().to_pybytes())  # whole or absent: readers never see half
 
 
 def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
@@ -71,37 +60,29 @@ def manifest_rows_from(source: str, recursive: bool = False) -> list[dict]:
     path-safe (see `safe_image_id`); stems that collide get '-2', '-3', ... in path order.
     The uri is the full URL, with its protocol.
     """
-    fs, path = fsspec.core.url_to_fs(source)
-    if _is_local(fs):
-        path = os.path.normpath(path)  # fsspec keeps '..' in local paths; URIs should not
-    if any(char in path for char in "*?["):
-        paths = [p for p, info in fs.glob(path, detail=True).items() if info["type"] == "file"]
-        relative_parts = [(PurePosixPath(p).name,) for p in paths]
+    if any(char in source for char in "*?["):
+        uris = glob_files(source)
+        relative_parts = [(PurePosixPath(uri).name,) for uri in uris]
     else:
-        try:
-            is_folder = fs.isdir(path)
-        except Exception as error:  # credentials, network, bad URL: say so in one line
-            raise InputError(f"cannot list {source}: {one_line(error)}") from error
-        if not is_folder:
-            what = "is not a folder" if fs.exists(path) else "does not exist"
-            raise InputError(f"{source} {what}; give a folder or a glob such as photos/*.jpg")
-        if recursive:
-            paths = fs.find(path)
-        else:
-            paths = [info["name"] for info in fs.ls(path, detail=True) if info["type"] == "file"]
-        root = PurePosixPath(path)
-        relative_parts = [PurePosixPath(p).relative_to(root).parts for p in paths]
+        found = kind(source)
+        if found != "directory":
+            what = "is not a folder" if found else "does not exist"
+            raise InputError(f"{redact(source)} {what}; give a folder or a glob such as "
+                             "photos/*.jpg")
+        uris = list_files(source, recursive=recursive)
+        folder = full_url(source)
+        relative_parts = [PurePosixPath(uri[len(folder):].lstrip("/")).parts for uri in uris]
 
     images = sorted(
-        p for p, parts in zip(paths, relative_parts, strict=True)
-        if PurePosixPath(p).suffix.lower() in IMAGE_EXTENSIONS
+        uri for uri, parts in zip(uris, relative_parts, strict=True)
+        if PurePosixPath(uri).suffix.lower() in IMAGE_EXTENSIONS
         and not any(part.startswith(".") for part in parts)
     )
     rows, used = [], set()
-    for image_path in images:
-        image_id = _unique(safe_image_id(PurePosixPath(image_path).stem), used)
+    for uri in images:
+        image_id = _unique(safe_image_id(PurePosixPath(uri).stem), used)
         used.add(image_id)
-        rows.append({"image_id": image_id, "uri": fs.unstrip_protocol(image_path)})
+        rows.append({"image_id": image_id, "uri": uri})
     logger.info("found %d images at %s", len(rows), redact(source))
     return rows
 
@@ -123,8 +104,3 @@ def _unique(image_id: str, used: set[str]) -> str:
         suffix = f"-{number}"
         candidate = image_id[: MAX_ID_LENGTH - len(suffix)] + suffix
     return candidate
-
-
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    return "file" in protocols

@@ -1,6 +1,7 @@
-"""One image's folder under the output URL, through fsspec (local disk, S3, any fsspec URL).
+"""All remote storage of the project goes through this module: the only one that imports fsspec
+(and, through it, s3fs and botocore). Local disk, S3, any fsspec URL.
 
-Layout (DESIGN.md):
+One image's folder under the output URL (DESIGN.md):
 
     {output}/{image_id}/model/config.json      config, pyramid plan, seed, finished_scales
     {output}/{image_id}/model/scale_00.pt ...  one file per finished scale (the resume point)
@@ -16,22 +17,42 @@ Every write is whole or absent: a temporary file renamed into place on local dis
 on object stores (an S3 object appears whole or not at all). `config.json` is written after the
 scale file it counts, so a reader never sees a finished scale without its file.
 
-Every remote operation has a time limit (`limits`): an endpoint that accepts connections and
-never answers would otherwise hold a write forever (aiohttp waits for S3's 100-continue reply
-with no limit of its own). A call that runs out of time counts as transient: it is retried, and
-when it keeps timing out the row's Ray task is retried; a write cut off midway leaves no object.
+Time limits and retries, one layer (ours):
+- `filesystem` makes every filesystem. On S3 it turns s3fs's own retry loop and botocore's off
+  (one attempt per request; stacked, they turned one stalled write into 413 s and two
+  tracebacks) and caps s3fs's connect and read timeouts at the per-call limit.
+- Each remote call has a time limit, SINGAN_FLEET_STORAGE_TIMEOUT (60 s): fsspec cancels an
+  asynchronous filesystem's call after it (an endpoint that accepts connections and never
+  answers would otherwise hold a write forever: aiohttp waits for S3's 100-continue reply with no
+  limit of its own).
+- `with_retries` tries a failing operation again after the pauses of
+  SINGAN_FLEET_STORAGE_RETRY_DELAYS (0.5, 1, 2, 4, 8 s), each times a random factor in
+  [0.5, 1.5] (workers that failed together do not retry together), and starts no attempt that
+  could end after the operation's deadline: DEADLINE_ATTEMPTS (4) x the per-call limit plus room
+  for the pauses (1.5 x their sum), 240 + 23 s by default. Fast failures (refused connections,
+  5xx) get the whole schedule; an endpoint that never answers gets 4 attempts of 60 s and ends
+  the operation after about 4 minutes (reads and checks give up sooner: botocore stops waiting
+  for an answer after s3fs's 15 s read timeout, 6 attempts in under 2 minutes). Then it raises TransientError, one line naming the URL
+  and the variable to change; Ray retries the row's task on it, and a write cut off midway
+  leaves no object.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import logging
 import math
 import os
+import posixpath
+import random
 import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, TypeVar
 
 import fsspec
@@ -41,7 +62,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from singan.api import load_files
 from singan.base import Pyramid, scale_file_name
-from singan.errors import InputError
+from singan.errors import InputError, one_line
 from singan.files import atomic_write
 from singan.image import png_bytes
 
@@ -55,10 +76,25 @@ RESULTS = "_results.parquet"  # beside the image folders; ids cannot start with 
 # outage or throttling. SINGAN_FLEET_STORAGE_RETRY_DELAYS sets others ("1,5,30": longer).
 RETRY_DELAYS = (0.5, 1, 2, 4, 8)
 RETRY_DELAYS_ENV = "SINGAN_FLEET_STORAGE_RETRY_DELAYS"
+# Each pause is the schedule's times a factor drawn in this range, so that the workers that one
+# outage failed together do not all come back in the same instant.
+JITTER = (0.5, 1.5)
 # Seconds one remote storage call may take, whole (connect, send, wait, read); enough for a
-# scale file of a few MB over a slow link. SINGAN_FLEET_STORAGE_TIMEOUT sets another.
-OPERATION_TIMEOUT = 120.0
+# scale file of a few MB over a slow link, or a 100 MB manifest at 2 MB/s. Slower links:
+# SINGAN_FLEET_STORAGE_TIMEOUT sets another.
+OPERATION_TIMEOUT = 60.0
 TIMEOUT_ENV = "SINGAN_FLEET_STORAGE_TIMEOUT"
+# An operation (all its attempts and pauses) ends within this many per-call limits plus room for
+# its pauses: no attempt starts that could end later. An endpoint that never answers costs
+# 4 x 60 s and 3 pauses, about 4 minutes; fast failures get the whole schedule.
+DEADLINE_ATTEMPTS = 4
+S3_PROTOCOLS = ("s3", "s3a")
+# Keys per S3 LIST and DeleteObjects request (S3's maximum), and names per page on other disks.
+PAGE = 1000
+DOWNLOAD_CHUNK = 8 * 2**20  # bytes per request of `download`: its memory, whatever the size
+# What botocore must do with a request: send it once (its "max_attempts" option means retries,
+# so 1 there would be 2 attempts; "total_max_attempts" counts the first one).
+ONE_ATTEMPT = {"total_max_attempts": 1, "mode": "standard"}
 
 
 def _env_seconds(name: str, text: str, positive: bool) -> tuple[float, ...]:
@@ -87,11 +123,27 @@ def operation_timeout() -> float:
     return values[0]
 
 
+def operation_deadline(delays: tuple[float, ...] | None = None) -> float:
+    """The seconds within which one storage operation ends, all attempts and pauses included:
+    DEADLINE_ATTEMPTS x the per-call limit, plus the longest the pauses of `delays` (by default
+    retry_delays()) can take with jitter."""
+    delays = retry_delays() if delays is None else delays
+    return DEADLINE_ATTEMPTS * operation_timeout() + JITTER[1] * sum(delays)
+
+
 def retry_delays() -> tuple[float, ...]:
     """The seconds between attempts at one storage operation: RETRY_DELAYS, or the env's comma-
-    separated list (n delays, n + 1 attempts)."""
+    separated list (n delays, at most n + 1 attempts), before jitter."""
     text = os.environ.get(RETRY_DELAYS_ENV)
     return _env_seconds(RETRY_DELAYS_ENV, text, positive=False) if text else RETRY_DELAYS
+
+
+_jitter = random.Random()  # its own generator: seeding the global one elsewhere changes nothing
+
+
+def backoff(delay: float) -> float:
+    """The pause before the next attempt: `delay` times a random factor in JITTER."""
+    return delay * _jitter.uniform(*JITTER)
 
 
 def limits(fs: fsspec.AbstractFileSystem) -> dict[str, float]:
@@ -99,6 +151,63 @@ def limits(fs: fsspec.AbstractFileSystem) -> dict[str, float]:
     filesystem's calls (S3, GCS, HTTP...) on its event loop and cancels them after `timeout`
     seconds (FSTimeoutError, a TimeoutError); local calls need none."""
     return {"timeout": operation_timeout()} if isinstance(fs, AsyncFileSystem) else {}
+
+
+def _s3_options() -> dict[str, Any]:
+    """s3fs options that leave retrying to `with_retries`, on top of what the user configured
+    through fsspec's configuration (fsspec.config.conf, FSSPEC_S3_* variables); credentials,
+    endpoint (AWS_ENDPOINT_URL) and region still come from the AWS_* variables and ~/.aws."""
+    cls = fsspec.get_filesystem_class("s3")
+    configured: dict[str, Any] = {}
+    for protocol in S3_PROTOCOLS:
+        configured.update(fsspec.config.conf.get(protocol, {}))
+    config = dict(configured.get("config_kwargs") or {})
+    limit = operation_timeout()
+    # s3fs's defaults are 5 s to connect and 15 s between bytes read: kept when shorter.
+    for name in ("connect_timeout", "read_timeout"):
+        config[name] = min(config.get(name, getattr(cls, name)), limit)
+    config["retries"] = dict(ONE_ATTEMPT)
+    # No listing cache: a long-running worker would hold every listing it ever made, and answer
+    # later questions from stale ones.
+    return {"use_listings_cache": False, **configured, "config_kwargs": config}
+
+
+def split_protocol(url: str) -> tuple[str | None, str]:
+    """(protocol, rest) of `url`; the protocol is None for a plain local path."""
+    return fsspec.core.split_protocol(url)
+
+
+def is_local(url: str) -> bool:
+    """Whether `url` is on local disk (a plain path or file://)."""
+    return split_protocol(url)[0] in (None, "file", "local")
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return bool(set(protocols) & set(S3_PROTOCOLS))
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of `url` and the path in it: the one place where filesystems are made.
+
+    On S3, each request is sent once (s3fs's and botocore's retries off) and s3fs waits no
+    longer than the per-call limit to connect or between bytes read; `with_retries` is the only
+    retry layer. A local path comes back absolute and normalised (fsspec keeps '..'). A URL
+    whose protocol is unknown, or whose driver is not installed, is an InputError naming it.
+    """
+    protocol, _ = split_protocol(url)
+    try:
+        if protocol in S3_PROTOCOLS:
+            fs, path = fsspec.core.url_to_fs(url, **_s3_options())
+            # A class attribute of s3fs (5), read at each request: one attempt per request.
+            fs.retries = 1
+        else:
+            fs, path = fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as err:
+        raise InputError(f"{redact(url)}: cannot open ({one_line(err)})") from err
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.normpath(path)
+    return fs, path
 
 
 class TransientError(RuntimeError):
@@ -117,7 +226,7 @@ def is_transient(err: BaseException) -> bool:
     # s3fs and most fsspec backends report network and 5xx trouble as OSError subclasses;
     # aiohttp's and botocore's own connection errors are matched by name to avoid importing them.
     # botocore's HTTPClientError is the base of its ConnectionClosedError (the server hung up
-    # without an answer), which s3fs passes on untranslated once its own retries are spent.
+    # without an answer), which s3fs passes on untranslated.
     names = {cls.__name__ for cls in type(err).__mro__}
     return (isinstance(err, (ConnectionError, TimeoutError, OSError))
             or bool(names & {"ClientConnectionError", "ServerDisconnectedError", "EndpointConnectionError",
@@ -125,32 +234,189 @@ def is_transient(err: BaseException) -> bool:
                              "HTTPClientError"}))
 
 
+def _is_timeout(err: BaseException) -> bool:
+    """Whether `err` says the other side did not answer in time (ours, aiohttp's or botocore's
+    time limit)."""
+    names = {cls.__name__ for cls in type(err).__mro__}
+    return isinstance(err, TimeoutError) or bool(names & {"ConnectTimeoutError",
+                                                          "ReadTimeoutError"})
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
 def with_retries(what: str, operation: Callable[[], T],
                  delays: tuple[float, ...] | None = None) -> T:
-    """Run `operation`, retrying transient failures with back-off (`delays`, by default
-    retry_delays()); raise TransientError when they persist and the original error at once when
-    it is not transient."""
-    for attempt, delay in enumerate((*(retry_delays() if delays is None else delays), None)):
+    """Run `operation`, retrying transient failures after the pauses of `delays` (by default
+    retry_delays()), each jittered (`backoff`), for as long as the next attempt can end within
+    operation_deadline(delays) of the start. Raise the original error at once when it is not
+    transient, and TransientError, one line starting with `what` (redacted), when they persist.
+    """
+    delays = retry_delays() if delays is None else delays
+    limit, deadline = operation_timeout(), operation_deadline(delays)
+    what = redact(what)
+    start = time.monotonic()
+    for attempt in range(1, len(delays) + 2):
         try:
             return operation()
         except Exception as err:
             if not is_transient(err):
                 raise
-            if delay is None:
-                raise TransientError(f"{what}: {type(err).__name__}: {err}") from err
-            logger.warning("%s failed (%s: %s); attempt %d, retrying in %ss", what,
-                           type(err).__name__, err, attempt + 1, delay)
-            time.sleep(delay)
+            elapsed = time.monotonic() - start
+            pause = backoff(delays[attempt - 1]) if attempt <= len(delays) else None
+            if pause is None or elapsed + pause + limit > deadline:
+                raise TransientError(_gave_up(what, err, attempt, elapsed, limit)) from err
+            logger.warning("%s failed (%s); attempt %d, retrying in %.2fs", what, one_line(err),
+                           attempt, pause)
+            time.sleep(pause)
     raise AssertionError("unreachable")
+
+
+def _gave_up(what: str, err: BaseException, attempts: int, elapsed: float, limit: float) -> str:
+    """The one line of a TransientError: what failed, how often, and which variable to change."""
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    if _is_timeout(err):
+        return (f"{what}: no answer within {_seconds(elapsed)} s ({tries} of up to "
+                f"{_seconds(limit)} s; {TIMEOUT_ENV} sets the limit per attempt)")
+    return (f"{what}: {one_line(err)} ({tries} in {_seconds(elapsed)} s; {RETRY_DELAYS_ENV} "
+            f"sets the pauses between attempts)")
+
+
+def _retried(what: str, url: str, operation: Callable[[], T]) -> T:
+    """`with_retries` for the module's functions: a refused permission becomes one InputError
+    line naming `url` (bad input: retrying will not help, and a traceback says less)."""
+    try:
+        return with_retries(f"{what} {url}", operation)
+    except PermissionError as err:
+        raise InputError(f"{redact(url)}: permission denied ({one_line(err)})") from err
 
 
 def read_url(url: str, end: int | None = None) -> bytes:
     """The bytes of any fsspec URL (its first `end` bytes when given), with a time limit and
     retries on transient failures."""
-    def read() -> bytes:
-        fs, path = fsspec.core.url_to_fs(url)
-        return fs.cat_file(path, start=None if end is None else 0, end=end, **limits(fs))
-    return with_retries(f"read {redact(url)}", read)  # `what` is logged
+    fs, path = filesystem(url)
+    return with_retries(f"read {url}", partial(
+        fs.cat_file, path, start=None if end is None else 0, end=end, **limits(fs)))
+
+
+def _write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """One attempt at writing `data` to `path`, whole or not at all."""
+    if isinstance(fs, LocalFileSystem):
+        atomic_write(path, lambda f: f.write(data))
+    else:
+        fs.pipe_file(path, data, **limits(fs))  # one PUT: the object appears whole or not at all
+
+
+def write_url(url: str, data: bytes) -> None:
+    """Write `data` to `url`, whole or not at all (a temporary file renamed on local disk, one
+    PUT on object stores), with the time limit and retries."""
+    fs, path = filesystem(url)
+    _retried("write", url, partial(_write, fs, path, data))
+
+
+def exists(url: str) -> bool:
+    """Whether a file or folder exists at `url`."""
+    fs, path = filesystem(url)
+    return _retried("check", url, partial(fs.exists, path, **limits(fs)))
+
+
+def _kind(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str | None:
+    def info() -> str | None:
+        try:
+            found = fs.info(path, **limits(fs))
+        except FileNotFoundError:
+            return None
+        return "directory" if found["type"] == "directory" else "file"
+    return _retried("check", url, info)
+
+
+def kind(url: str) -> str | None:
+    """"file", "directory" (a folder, or a prefix with objects under it), or None when nothing is
+    at `url`."""
+    return _kind(*filesystem(url), url)
+
+
+def download(url: str, local_path: str | os.PathLike) -> None:
+    """Copy the file at `url` to `local_path`, whole or not at all, DOWNLOAD_CHUNK bytes per
+    request: memory stays at one chunk whatever the size, and each request has the time limit
+    and its own retries. FileNotFoundError when nothing is at `url`, IsADirectoryError when it
+    is a folder."""
+    fs, path = filesystem(url)
+    info = _retried("check", url, partial(fs.info, path, **limits(fs)))
+    if info["type"] == "directory":
+        raise IsADirectoryError(errno.EISDIR, "is a folder", redact(url))
+    size = info["size"]
+
+    def copy(file) -> None:
+        for start in range(0, size, DOWNLOAD_CHUNK):
+            end = min(start + DOWNLOAD_CHUNK, size)
+            chunk = _retried("read", url, partial(fs.cat_file, path, start=start, end=end,
+                                                  **limits(fs)))
+            if len(chunk) != end - start:
+                raise InputError(f"{redact(url)} changed while it was read (bytes {start}-{end} "
+                                 f"of {size} gave {len(chunk)})")
+            file.write(chunk)
+    atomic_write(local_path, copy)
+
+
+@contextlib.contextmanager
+def local_copy(url: str) -> Iterator[str]:
+    """A local path holding the file at `url` while the block runs: the file itself on local
+    disk, else a temporary `download`, deleted afterwards. FileNotFoundError when nothing is at
+    `url`, IsADirectoryError when it is a folder."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", redact(url))
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "no such file", redact(url))
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="singan-fleet-") as folder:
+        local = os.path.join(folder, posixpath.basename(path.rstrip("/")) or "download")
+        download(url, local)
+        yield local
+
+
+def glob_files(pattern: str) -> list[str]:
+    """The full URLs (with their protocol) of the files matching `pattern` (photos/*.jpg,
+    s3://b/p/**/*.png), sorted; folders are left out."""
+    fs, path = filesystem(pattern)
+    found = _retried("list", pattern, partial(fs.glob, path, detail=True, **limits(fs)))
+    return sorted(fs.unstrip_protocol(name) for name, info in found.items()
+                  if info["type"] == "file")
+
+
+def list_files(url: str, recursive: bool = False) -> list[str]:
+    """The full URLs of the files in the folder `url` (and in its subfolders when `recursive`),
+    sorted. InputError, naming `url`, when it does not exist or is a file."""
+    fs, path = filesystem(url)
+    found = _kind(fs, path, url)
+    if found != "directory":
+        raise InputError(f"{redact(url)} {'is not a folder' if found else 'does not exist'}")
+
+    def listing() -> list[str]:
+        if recursive:
+            return fs.find(path, **limits(fs))
+        return [info["name"] for info in fs.ls(path, detail=True, **limits(fs))
+                if info["type"] == "file"]
+    return sorted(fs.unstrip_protocol(name) for name in _retried("list", url, listing))
+
+
+def full_url(url: str) -> str:
+    """`url` as the listings above write it: with its protocol (s3:// for s3a:// too), a local
+    path absolute and normalised, no trailing '/'."""
+    fs, path = filesystem(url)
+    return fs.unstrip_protocol(path.rstrip("/") or path)
+
+
+def absolute_url(uri: str) -> str:
+    """`uri` if it names its protocol, else the absolute file:// URL of a local path."""
+    protocol, _ = split_protocol(uri)
+    if protocol is not None:
+        return uri
+    return fsspec.filesystem("file").unstrip_protocol(os.path.abspath(uri))
 
 
 def join(root: str, *parts: str) -> str:
@@ -175,10 +441,10 @@ def check_credentials(url: str) -> None:
     roles) without sending any request. Said once before a job starts, instead of a botocore
     traceback (or one failed row per image) saying "Unable to locate credentials".
     """
-    protocol, _ = fsspec.core.split_protocol(url)
-    if protocol not in ("s3", "s3a"):
+    protocol, _ = split_protocol(url)
+    if protocol not in S3_PROTOCOLS:
         return
-    options = fsspec.core.url_to_fs(url)[0].storage_options
+    options = filesystem(url)[0].storage_options
     if options.get("anon") or options.get("key") or options.get("session") is not None:
         return  # anonymous, or credentials given to s3fs itself (fsspec's configuration)
     import botocore.session  # late: only S3 needs it
@@ -194,11 +460,22 @@ def check_credentials(url: str) -> None:
                          "AWS_PROFILE with ~/.aws/credentials, or run with an instance role")
 
 
+def _pages(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), PAGE):
+        yield items[start:start + PAGE]
+
+
+def _is_temporary(name: str) -> bool:
+    """Whether a local file name is one of atomic_write's temporaries (".NAME.HEX.tmp"): a write
+    in progress, not a file yet."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 class Storage:
     """A folder at an fsspec URL with whole-or-absent writes and retried operations."""
 
     def __init__(self, url: str):
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        self.fs, self.root = filesystem(url)
         self.root = self.root.rstrip("/")
         self.url = self.fs.unstrip_protocol(self.root)
 
@@ -210,14 +487,7 @@ class Storage:
 
     def put(self, name: str, data: bytes) -> None:
         """Write `data` to `name` whole or not at all."""
-        path = self.path(name)
-
-        def write() -> None:
-            if isinstance(self.fs, LocalFileSystem):
-                atomic_write(path, lambda f: f.write(data))
-            else:
-                self.fs.pipe_file(path, data, **limits(self.fs))
-        with_retries(f"write {self.url_of(name)}", write)
+        with_retries(f"write {self.url_of(name)}", partial(_write, self.fs, self.path(name), data))
 
     def get(self, name: str) -> bytes | None:
         """The bytes of `name`, or None when it does not exist."""
@@ -245,6 +515,92 @@ class Storage:
         self.put(name, data)
         return data
 
+    def iter_names(self, prefix: str = "") -> Iterator[list[str]]:
+        """The names (relative to the root, '/'-separated) of the files under the folder
+        `prefix` (the whole root when empty), page by page in no particular order, without
+        holding the listing: on S3 one LIST request per page of PAGE keys, on local disk pages of
+        PAGE names as os.scandir walks, elsewhere fsspec's `find` cut into pages. A missing
+        folder has no files. Each request has the time limit and its own retries.
+        """
+        folder = self.path(prefix.strip("/")) if prefix.strip("/") else self.root
+        if _is_s3(self.fs):
+            return self._s3_names(folder)
+        if isinstance(self.fs, LocalFileSystem):
+            return self._local_names(folder)
+        found = with_retries(f"list {self.fs.unstrip_protocol(folder)}",
+                             partial(self.fs.find, folder, **limits(self.fs)))
+        return _pages([path[len(self.root) + 1:] for path in found])
+
+    def _s3_names(self, folder: str) -> Iterator[list[str]]:
+        bucket, key, _ = self.fs.split_path(folder)
+        root_key = self.fs.split_path(self.root)[1]
+        cut = len(root_key) + 1 if root_key else 0
+        # No delimiter: every key under the prefix, subfolders included, PAGE per request.
+        request = {"Bucket": bucket, "Prefix": f"{key}/" if key else "", "MaxKeys": PAGE,
+                   **self.fs.req_kw}
+        what = f"list {self.fs.unstrip_protocol(folder)}"
+        while True:
+            # call_s3 is s3fs's request with its error translation, and nothing is cached.
+            page = with_retries(what, partial(self.fs.call_s3, "list_objects_v2", **request,
+                                              **limits(self.fs)))
+            names = [item["Key"][cut:] for item in page.get("Contents", [])
+                     if not item["Key"].endswith("/")]  # "folder" marker objects are no files
+            if names:
+                yield names
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
+    def _local_names(self, folder: str) -> Iterator[list[str]]:
+        page: list[str] = []
+        folders = [folder]
+        cut = len(self.root) + 1
+        while folders:
+            current = folders.pop()
+            try:
+                entries = with_retries(f"list {current}", partial(os.scandir, current))
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # a missing folder has no files
+            with entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif not _is_temporary(entry.name):
+                        page.append(entry.path[cut:])
+                        if len(page) == PAGE:
+                            yield page
+                            page = []
+        if page:
+            yield page
+
+    def remove(self, names: list[str]) -> None:
+        """Delete the files `names` (relative to the root); a missing one is no error. On S3 one
+        DeleteObjects request per PAGE names."""
+        for batch in _pages(list(names)):
+            what = f"remove {len(batch)} files under {self.url}"
+            if _is_s3(self.fs):
+                with_retries(what, partial(self._delete_objects, batch))
+            elif isinstance(self.fs, LocalFileSystem):
+                with_retries(what, partial(_remove_local, [self.path(n) for n in batch]))
+            else:
+                for name in batch:
+                    with_retries(f"remove {self.url_of(name)}", partial(
+                        _remove_file, self.fs, self.path(name)))
+
+    def _delete_objects(self, names: list[str]) -> None:
+        bucket = self.fs.split_path(self.root)[0]
+        objects = [{"Key": self.fs.split_path(self.path(name))[1]} for name in names]
+        answer = self.fs.call_s3("delete_objects", Bucket=bucket,
+                                 Delete={"Objects": objects, "Quiet": True}, **self.fs.req_kw,
+                                 **limits(self.fs))
+        errors = answer.get("Errors", [])
+        if errors:  # per-key failures come in a 200 answer; deleting again is harmless
+            first = errors[0]
+            refused = first.get("Code") == "AccessDenied"
+            raise (PermissionError if refused else OSError)(
+                f"{len(errors)} of {len(names)} objects not deleted, such as {first.get('Key')}: "
+                f"{first.get('Code')} {first.get('Message', '')}")
+
     def remove_all(self) -> None:
         """Delete the folder and everything in it (no error when it does not exist)."""
         def remove() -> None:
@@ -252,6 +608,21 @@ class Storage:
                 self.fs.rm(self.root, recursive=True, **limits(self.fs))
             # Object stores have no folders, and a local one may be left empty: both are fine.
         with_retries(f"remove {self.url}", remove)
+
+
+def _remove_local(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _remove_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        fs.rm_file(path, **limits(fs))
+    except FileNotFoundError:
+        pass
 
 
 class ImageStore(Storage):

@@ -41,7 +41,7 @@ JOB = ROOT / "jobs" / "train_manifest.py"
 JOB_TIMEOUT = 300.0  # seconds; far above a tiny job's, only so that a hung job fails the test
 # A tiny job on CPU, two trainings at a time; -v brings the workers' warnings (retries, MLflow
 # down) to the job's output.
-TINY_JOB = [*TINY, "--gpus-per-image", "0", "-v"]
+TINY_JOB = [*TINY, "--gpus-per-task", "0", "-v"]
 BUCKET = "singan-faults"
 RETRY_LINE = re.compile(r"failed \(.*\); attempt \d+, retrying in")
 
@@ -510,9 +510,9 @@ def s3_job_env(proxy: FlakyProxy, retries: tuple[float, ...] | None = None) -> d
     """The job's environment to S3 through `proxy`, with another retry schedule if given."""
     from pipeline.storage import RETRY_DELAYS_ENV
 
-    # One attempt per request inside botocore (its default is five, with back-off): the job's own
-    # retries (pipeline.storage.with_retries) are what an outage meets, and what the logs show.
-    env = job_env(**local_services.s3_env(proxy.url), AWS_MAX_ATTEMPTS="1")
+    # Nothing here about botocore's or s3fs's retries: pipeline.storage turns them off, so the
+    # job's own retries (with_retries) are what an outage meets, and what the logs show.
+    env = job_env(**local_services.s3_env(proxy.url))
     if retries is not None:
         env[RETRY_DELAYS_ENV] = ",".join(map(str, retries))
     return env
@@ -579,7 +579,8 @@ def test_s3_outage_outlasting_the_retries_fails_the_row_then_resumes(tmp_path, f
     print(f"1 image, S3 down {outage:.1f} s, {len(retries)} retried storage operations logged "
           f"({sum(SHORT_RETRIES):g} s of back-off each)")
     assert code == 1, logs
-    assert f"attempt {len(SHORT_RETRIES)}, retrying in {SHORT_RETRIES[-1]}s" in logs, logs
+    # The last pause of the schedule, jittered: 0.5 to 1.5 times its 1.6 s.
+    assert re.search(rf"attempt {len(SHORT_RETRIES)}, retrying in [\d.]+s", logs), logs
     reason = re.search(r"failed img0: (.*)", logs).group(1)
     assert reason.startswith("TransientError: ") and "s3://" in reason, reason
     assert not watch.scales and not watch.violations  # never marked done
@@ -657,12 +658,13 @@ def test_s3_that_hangs_up_then_stalls_mid_job_is_retried(tmp_path, flaky_s3, mot
 
 def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
         tmp_path, flaky_s3, moto_env):
-    """Stalled for good: each attempt of a write is cut after the time limit, the retries run
-    out, the row fails with a one-line reason (a TransientError naming the URL) and is not
-    marked done, within 5 x STORAGE_TIMEOUT + 3 s of back-off after the stall began."""
+    """Stalled for good: each attempt of a write is cut after the time limit, the operation's
+    deadline passes, the row fails with a one-line reason (a TransientError naming the URL and
+    the variable of the limit) and is not marked done, within the deadline (4 x STORAGE_TIMEOUT
+    + 1.5 x 3 s of back-off) after the stall began."""
     import s3fs
 
-    from pipeline.storage import TIMEOUT_ENV
+    from pipeline.storage import DEADLINE_ATTEMPTS, JITTER, TIMEOUT_ENV
 
     server, proxy = flaky_s3
     manifest = tiny_manifest(tmp_path / "images", 1)
@@ -670,7 +672,7 @@ def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
     args = ["--manifest", str(manifest), "--output", output, "--no-tracking",
             "--max-retries", "0", *TINY_JOB]
     env = {**s3_job_env(proxy, SHORT_RETRIES), TIMEOUT_ENV: str(STORAGE_TIMEOUT)}
-    bound = (len(SHORT_RETRIES) + 1) * STORAGE_TIMEOUT + sum(SHORT_RETRIES)  # 18 s
+    bound = DEADLINE_ATTEMPTS * STORAGE_TIMEOUT + JITTER[1] * sum(SHORT_RETRIES)  # 16.5 s
     with DoneWatch(server.endpoint_url, "stalled-for-good/") as watch, \
             Job(args, tmp_path / "job.log", env) as job:
         wait_until(watch.first_scale.is_set, "first scale file", job)
@@ -681,6 +683,7 @@ def test_s3_that_never_answers_past_the_retries_fails_the_row_in_bounded_time(
     assert code == 1, logs
     reason = re.search(r"failed img0: (.*)", logs).group(1)
     assert reason.startswith("TransientError: ") and "s3://" in reason, reason
+    assert "no answer within" in reason and TIMEOUT_ENV in reason, reason
     assert not watch.scales and not watch.violations
     assert not s3fs.S3FileSystem().exists(f"{BUCKET}/stalled-for-good/img0/_SUCCESS")
     assert failed_after < bound + 20, failed_after

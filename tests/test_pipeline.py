@@ -73,7 +73,7 @@ def test_retry_schedule_and_time_limit_from_the_environment(monkeypatch):
     monkeypatch.delenv(delays, raising=False)
     monkeypatch.delenv(timeout, raising=False)
     assert storage.retry_delays() == storage.RETRY_DELAYS == (0.5, 1, 2, 4, 8)
-    assert storage.operation_timeout() == 120
+    assert storage.operation_timeout() == storage.OPERATION_TIMEOUT == 60
     monkeypatch.setenv(delays, "0, 0.25,30")
     monkeypatch.setenv(timeout, "2.5")
     assert storage.retry_delays() == (0, 0.25, 30) and storage.operation_timeout() == 2.5
