@@ -128,3 +128,42 @@ def test_choices_between_recipes_and_tasks_are_made_by_their_registries(name):
     compared = compared_strings(path) & (RECIPE_NAMES | TASK_NAMES)
     compared -= ALLOWED.get(str(path.relative_to(ROOT)), set())
     assert compared == set(), f"{name} compares {sorted(compared)}: look them up in the registry"
+
+
+# Only pipeline/storage.py talks to storage libraries, so that every remote call has its time
+# limit and one retry layer (ours), and S3 requests are sent once each (see its docstring).
+STORAGE_LIBRARIES = {"fsspec", "s3fs", "botocore", "aiobotocore"}
+STORAGE_MODULE = "pipeline.storage"
+
+
+def storage_bypasses(path: Path) -> list[str]:
+    """What in `path` goes around pipeline.storage: imports of STORAGE_LIBRARIES (at any depth,
+    annotation-only ones too) and reads of a `.fs` attribute (a Storage's filesystem)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            names = []
+        found += [f"line {node.lineno}: imports {name}" for name in names
+                  if name.split(".")[0] in STORAGE_LIBRARIES]
+        if isinstance(node, ast.Attribute) and node.attr == "fs":
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_checker_finds_storage_bypasses(tmp_path):
+    module = tmp_path / "module.py"
+    module.write_text("import fsspec.core\nfrom s3fs import S3FileSystem\nimport json\n"
+                      "def f(store):\n    import botocore.session\n    return store.fs.glob('*')\n")
+    assert storage_bypasses(module) == ["line 1: imports fsspec.core", "line 2: imports s3fs",
+                                        "line 5: imports botocore.session", "line 6: store.fs"]
+
+
+@pytest.mark.parametrize("name", sorted(set(MODULES) - {STORAGE_MODULE}))
+def test_only_pipeline_storage_talks_to_storage_libraries(name):
+    assert storage_bypasses(MODULES[name]) == [], (
+        f"{name} goes around pipeline.storage: use its functions (filesystem calls there have "
+        "the time limit and the one retry layer)")
