@@ -41,7 +41,7 @@ JOB = ROOT / "jobs" / "train_manifest.py"
 JOB_TIMEOUT = 300.0  # seconds; far above a tiny job's, only so that a hung job fails the test
 # A tiny job on CPU, two trainings at a time; -v brings the workers' warnings (retries, MLflow
 # down) to the job's output.
-TINY_JOB = [*TINY, "--gpus-per-task", "0", "-v"]
+TINY_JOB = [*TINY, "--gpus-per-image", "0", "-v"]
 BUCKET = "singan-faults"
 RETRY_LINE = re.compile(r"failed \(.*\); attempt \d+, retrying in")
 
