@@ -4,6 +4,7 @@ the way the pipeline uses them (slow)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -218,3 +219,47 @@ def test_ray_cluster_accepts_a_driver_from_this_process(ray_cluster):
         assert ray.cluster_resources()["CPU"] == 2
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_fake_autoscaling_cluster_starts_with_no_cpu_and_no_gpu(fake_autoscaling_cluster):
+    import ray
+
+    ray.init(address=fake_autoscaling_cluster.address)
+    resources = ray.cluster_resources()
+    assert "CPU" not in resources and "GPU" not in resources
+    assert resources["node:127.0.0.1"] == 1  # the head alone, on loopback
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("shared-services")  # as the fixture's tests: no two clusters at once
+def test_stopping_a_fake_autoscaling_cluster_stops_its_worker_nodes():
+    """The autoscaler starts worker nodes outside `ray start`'s process tree: stop gets them too."""
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    from tests.services import _ray_state
+
+    state = _ray_state()
+    try:
+        head = local_services.start_fake_autoscaling_cluster(state)
+        pid = json.loads((state / "services.json").read_text())["ray"]["pid"]
+        ray.init(address=head.address)
+        try:
+            request_resources(num_cpus=1)  # the autoscaler adds a node, as for a pending task
+            deadline = time.monotonic() + 300  # only so that a broken cluster cannot hang
+            while ray.cluster_resources().get("CPU") != 1:
+                assert time.monotonic() < deadline, "no worker node joined"
+                time.sleep(0.5)
+            assert ray.cluster_resources()["GPU"] == 1
+        finally:
+            ray.shutdown()
+        worker_raylets = [member for member, parent, command in local_services._group_members(pid)
+                          if "/raylet/raylet " in command and parent != pid]
+        assert len(worker_raylets) == 1
+        assert local_services.stop(["ray"], state) == ["ray"]
+        assert local_services._group_members(pid) == []
+        assert local_services.recorded(state) == {}
+    finally:
+        local_services.stop(["ray"], state)
+        shutil.rmtree(state, ignore_errors=True)

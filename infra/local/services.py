@@ -7,11 +7,15 @@ A module (the integration tests' fixtures import it) and a command-line script:
     python infra/local/services.py status
     python infra/local/services.py stop [ray] [mlflow] [s3]
 
+For tests of autoscaling, `start_fake_autoscaling_cluster` starts a Ray head with no CPU and an
+autoscaler that adds worker nodes with fake GPUs as processes on this machine.
+
 Each service runs as a background process in its own process group, with its state in one folder
 (default `.local-services/` in the current directory):
 
     services.json            what runs where: addresses and the process id of each service
     ray.log, ray/            `ray start` output; Ray's temp dir (sessions, logs), the jobs' cwd
+    autoscaling.json         the fake autoscaling cluster's config (start_fake_autoscaling_cluster)
     mlflow.log, mlflow/      tracking server output; mlflow.db (SQLite) and artifacts/
     s3.log                   moto's output (its buckets live in memory only)
 
@@ -34,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,14 @@ _RAY_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # A process's command line must contain this for `stop` to signal it: a stale services.json
 # whose process id was reused by an unrelated process must not get that process killed.
 _COMMAND_MARKERS = {"ray": "ray start", "mlflow": "mlflow server", "s3": "moto_server"}
+# The fake autoscaling cluster (start_fake_autoscaling_cluster): its node types, the object
+# store of each node (Ray's default, 30% of the machine's memory per node, would let four nodes
+# claim more shared memory than there is; 75 MiB is Ray's minimum), and the key of its record in
+# services.json that holds the path of its autoscaling config.
+FAKE_HEAD_NODE_TYPE = "ray.head.default"
+FAKE_WORKER_NODE_TYPE = "ray.worker.gpu"
+_FAKE_OBJECT_STORE_BYTES = 128 * 2**20
+_AUTOSCALING_KEY = "autoscaling_config"
 
 
 class ServiceError(RuntimeError):
@@ -125,9 +137,117 @@ def start_ray(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, port: int = D
     the loopback interface: a real cluster keeps Ray's token authentication on.
     """
     state = _state_dir(state_dir)
-    existing = _reuse(state, "ray")
+    existing = _reuse_ray(state, autoscaling=False)
     if existing is not None:
         return existing
+    args, env, head, ray_dir = _ray_head_command(state, port, dashboard_port)
+    args += ["--num-cpus", str(num_cpus or os.cpu_count() or 1)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    _launch(state, "ray", args, head, f"{head.dashboard_url}/api/jobs/", timeout, env=env,
+            cwd=ray_dir)
+    return head
+
+
+def fake_autoscaling_config(gcs_address: str, *, worker_cpus: float = 1, worker_gpus: float = 1,
+                            max_workers: int = 3, idle_timeout_minutes: float = 1.0) -> dict:
+    """The autoscaling config of `start_fake_autoscaling_cluster`: Ray's `fake_multinode`
+    provider, a head with no CPU and no GPU, and one worker type of `worker_cpus` CPUs and
+    `worker_gpus` (fake) GPUs, from 0 to `max_workers` nodes, as in infra/aws/cluster.yaml.
+
+    Ray's wheel lacks the example config that `ray.cluster_utils.AutoscalingCluster` starts
+    from, and the monitor reads this file as it is (no defaults filled in): every key that the
+    autoscaler reads is here, the ones a cloud config needs for SSH and setup left empty. That
+    missing file also rules out Ray's autoscaler v2 (the default on KubeRay), which fills in
+    defaults from it: this cluster runs v1, as the cluster launcher (infra/aws) does.
+    """
+    return {
+        "cluster_name": "fake-autoscaling",
+        "max_workers": max_workers,
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_timeout_minutes,
+        "provider": {
+            "type": "fake_multinode",
+            # Where the worker nodes it starts connect; without it, the machine's network
+            # address and port 6379.
+            "gcs_address": gcs_address,
+            # No "launch_multiple": the provider then starts one node per launch whatever the
+            # count asked, and the autoscaler asks again for the rest a second later. With it,
+            # v1 starts a node past max_workers (and then terminates it).
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,  # no SSH, no setup commands: nodes start as processes
+            "disable_launch_config_check": True,
+        },
+        "head_node_type": FAKE_HEAD_NODE_TYPE,
+        "available_node_types": {
+            # The autoscaler cannot set the head's resources: they must match `ray start`'s.
+            FAKE_HEAD_NODE_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            FAKE_WORKER_NODE_TYPE: {
+                "resources": {"CPU": worker_cpus, "GPU": worker_gpus,
+                              "object_store_memory": _FAKE_OBJECT_STORE_BYTES},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": max_workers,
+            },
+        },
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+def start_fake_autoscaling_cluster(
+        state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, worker_cpus: float = 1,
+        worker_gpus: float = 1, max_workers: int = 3, port: int = 0, dashboard_port: int = 0,
+        idle_timeout_minutes: float = 1.0, timeout: float = DEFAULT_TIMEOUT) -> RayHead:
+    """Start an autoscaling Ray cluster on 127.0.0.1 that begins as our cloud clusters do: a
+    head with no CPU and no GPU, and no worker node until a demand for CPUs or GPUs comes.
+
+    Ray's autoscaler then starts worker nodes of `worker_cpus` CPUs and `worker_gpus` GPUs (up
+    to `max_workers`) as processes on this machine (Ray's `fake_multinode` provider), and stops
+    them after `idle_timeout_minutes` idle. Their GPUs are fake: Ray assigns GPU ids and sets
+    CUDA_VISIBLE_DEVICES, with no device behind them. Waits until the job API answers and the
+    autoscaler has reported once. Stop it with `stop(["ray"], state_dir)`, which stops its
+    worker nodes too. A port of 0 picks a free one.
+    """
+    state = _state_dir(state_dir)
+    existing = _reuse_ray(state, autoscaling=True)
+    if existing is not None:
+        return existing
+    args, env, head, ray_dir = _ray_head_command(state, port, dashboard_port)
+    config = state / "autoscaling.json"
+    config.write_text(json.dumps(fake_autoscaling_config(
+        head.address, worker_cpus=worker_cpus, worker_gpus=worker_gpus, max_workers=max_workers,
+        idle_timeout_minutes=idle_timeout_minutes), indent=2) + "\n")
+    args += ["--num-cpus", "0", "--num-gpus", "0", f"--autoscaling-config={config}",
+             "--object-store-memory", str(_FAKE_OBJECT_STORE_BYTES)]
+    env["RAY_FAKE_CLUSTER"] = "1"  # the fake provider refuses to start without it
+    # The autoscaler's period: 1 s, as ray.cluster_utils.AutoscalingCluster has it (Ray: 5 s).
+    env["AUTOSCALER_UPDATE_INTERVAL_S"] = "1"
+    try:
+        _launch(state, "ray", args, head, f"{head.dashboard_url}/api/jobs/", timeout, env=env,
+                cwd=ray_dir, ready=lambda: _autoscaler_reported(head.dashboard_url),
+                extra={_AUTOSCALING_KEY: str(config)})
+    except ServiceError as error:
+        # The autoscaler's own errors (a config it refuses) are in its log, not in ray.log.
+        raise ServiceError(f"{error}\n{_log_tail(ray_dir / 'session_latest/logs/monitor.log')}"
+                           ) from None
+    return head
+
+
+def _ray_head_command(state: Path, port: int, dashboard_port: int
+                      ) -> tuple[list[str], dict[str, str], RayHead, Path]:
+    """`ray start` arguments and environment for a head on 127.0.0.1, its RayHead, its cwd."""
     # Distinct free ports: for ports given as 0, and for two that Ray would otherwise fix
     # (10001, 52365), which would clash with a second local cluster.
     spare_gcs, spare_dashboard, client_port, agent_port = _free_ports(4)
@@ -143,13 +263,10 @@ def start_ray(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, port: int = D
         "--block",
         "--node-ip-address", HOST, "--port", str(port),
         "--dashboard-host", HOST, "--dashboard-port", str(dashboard_port),
-        "--num-cpus", str(num_cpus or os.cpu_count() or 1),
         "--ray-client-server-port", str(client_port),
         "--dashboard-agent-listen-port", str(agent_port),
         "--disable-usage-stats",
     ]
-    if num_gpus is not None:
-        args += ["--num-gpus", str(num_gpus)]
     if len(str(ray_dir)) <= _RAY_TEMP_DIR_MAX:
         args += ["--temp-dir", str(ray_dir)]
     else:
@@ -160,17 +277,36 @@ def start_ray(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *, port: int = D
     env["RAY_AUTH_MODE"] = "disabled"
     # Ray turns 127.0.0.1 (as node IP, and in addresses to connect to) into the machine's
     # network address, and then listens on every interface; this switch (meant for one-node
-    # macOS/Windows clusters) keeps it on loopback. It rules out adding other nodes, which a
-    # local cluster does not need. Drivers outside the cluster need it too (RayHead.env).
+    # macOS/Windows clusters) keeps it on loopback. It rules out adding nodes from other
+    # machines, which a local cluster does not need; the fake autoscaler's nodes, processes on
+    # this machine, inherit it and take 127.0.0.1 too. Drivers outside the cluster need it too
+    # (RayHead.env).
     env[_RAY_LOOPBACK_SWITCH] = "0"
     # `python` in a job's entrypoint then means this interpreter, the one with Ray in it.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     head = RayHead(address=f"{HOST}:{port}", dashboard_url=f"http://{HOST}:{dashboard_port}")
     # A job without a working_dir runs in the cwd: ray/ holds no folder that shadows a package
     # (the state dir itself holds mlflow/).
-    _launch(state, "ray", args, head, f"{head.dashboard_url}/api/jobs/", timeout, env=env,
-            cwd=ray_dir)
-    return head
+    return args, env, head, ray_dir
+
+
+def _reuse_ray(state: Path, *, autoscaling: bool) -> RayHead | None:
+    record = _read_records(state).get("ray")
+    if record is not None and bool(record.get(_AUTOSCALING_KEY)) != autoscaling:
+        if _is_running(record["pid"], "ray"):
+            kind = "an autoscaling" if record.get(_AUTOSCALING_KEY) else "a one-node"
+            raise ServiceError(f"{kind} Ray cluster already runs in {state}: stop it, or use "
+                               "another state dir")
+    return _reuse(state, "ray")
+
+
+def _autoscaler_reported(dashboard_url: str) -> bool:
+    # The dashboard relays the autoscaler's last report, absent until its first update.
+    try:
+        status = json.loads(_fetch(f"{dashboard_url}/api/cluster_status"))
+        return status["data"]["clusterStatus"].get("autoscalerReport") is not None
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def start_mlflow(state_dir: str | os.PathLike = DEFAULT_STATE_DIR, *,
@@ -244,6 +380,8 @@ def stop(names: Iterable[str] = SERVICE_NAMES, state_dir: str | os.PathLike = DE
     the `ray start --block` process gets the SIGTERM: it shuts the other Ray processes down in
     order, and Ray processes signalled all at once wait for each other before giving up. This
     stops only the Ray started here, unlike `ray stop`, which stops every Ray on the machine.
+    A fake autoscaling cluster's worker nodes are stopped first (see
+    `_terminate_autoscaling_cluster`).
     """
     state = Path(state_dir)
     stopped = []
@@ -254,7 +392,10 @@ def stop(names: Iterable[str] = SERVICE_NAMES, state_dir: str | os.PathLike = DE
         pid = record["pid"]
         if _is_running(pid, name):
             logger.info("stopping %s (process group %d)", name, pid)
-            _terminate(pid, timeout, leader_only=name == "ray")
+            if record.get(_AUTOSCALING_KEY):
+                _terminate_autoscaling_cluster(pid, timeout)
+            else:
+                _terminate(pid, timeout, leader_only=name == "ray")
             stopped.append(name)
         _forget(state, name)
     return stopped
@@ -401,7 +542,11 @@ def _reuse(state: Path, name: str) -> Service | None:
 
 
 def _launch(state: Path, name: str, args: list[str], service: Service, ready_url: str,
-            timeout: float, *, env: Mapping[str, str] | None = None, cwd: Path) -> None:
+            timeout: float, *, env: Mapping[str, str] | None = None, cwd: Path,
+            ready: Callable[[], bool] | None = None, extra: Mapping[str, str] | None = None
+            ) -> None:
+    """Start `args` in the background and wait until `ready_url` answers (and `ready()` says
+    so); then record the service in services.json, with `extra` in its record."""
     log = state / f"{name}.log"
     logger.info("starting %s: %s", name, shlex.join(args))
     with open(log, "ab") as out:
@@ -411,25 +556,28 @@ def _launch(state: Path, name: str, args: list[str], service: Service, ready_url
                                    start_new_session=True)
     started = time.monotonic()
     try:
-        _wait_ready(name, process, ready_url, log, timeout)
+        _wait_ready(name, process, ready_url, log, timeout, ready)
     except BaseException:
-        _terminate(process.pid, STOP_TIMEOUT, leader_only=name == "ray")
+        if extra and _AUTOSCALING_KEY in extra:
+            _terminate_autoscaling_cluster(process.pid, STOP_TIMEOUT)
+        else:
+            _terminate(process.pid, STOP_TIMEOUT, leader_only=name == "ray")
         raise
     records = _read_records(state)
     records[name] = {**dataclasses.asdict(service), "pid": process.pid, "log": str(log),
-                     "ready_url": ready_url}
+                     "ready_url": ready_url, **(extra or {})}
     _write_records(state, records)
     logger.info("%s is up after %.1f s: %s", name, time.monotonic() - started, service)
 
 
 def _wait_ready(name: str, process: subprocess.Popen, url: str, log: Path,
-                timeout: float) -> None:
+                timeout: float, ready: Callable[[], bool] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise ServiceError(f"{name} exited with status {process.returncode} while starting; "
                                f"{_log_tail(log)}")
-        if _answers(url):
+        if _answers(url) and (ready is None or ready()):
             return
         if time.monotonic() > deadline:
             raise ServiceError(f"{name} did not answer {url} within {timeout:.0f} s; "
@@ -438,13 +586,22 @@ def _wait_ready(name: str, process: subprocess.Popen, url: str, log: Path,
 
 
 def _answers(url: str) -> bool:
-    # No proxy: an HTTP(S)_PROXY from the environment must not see requests for 127.0.0.1.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(url, timeout=5) as response:
+        with _open(url) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
+
+
+def _fetch(url: str) -> bytes:
+    with _open(url) as response:
+        return response.read()
+
+
+def _open(url: str):
+    # No proxy: an HTTP(S)_PROXY from the environment must not see requests for 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(url, timeout=5)
 
 
 def _log_tail(log: Path, lines: int = 20) -> str:
@@ -512,6 +669,49 @@ def _terminate(pid: int, timeout: float, *, leader_only: bool = False) -> None:
         return
     if not _wait_gone(pid, 10.0):
         logger.warning("process group %d survived SIGKILL", pid)
+
+
+def _terminate_autoscaling_cluster(pid: int, timeout: float) -> None:
+    """Stop a fake autoscaling cluster whose `ray start --block` process is `pid`.
+
+    Its provider starts each worker node's processes (a raylet, which starts the node's agents
+    and workers, and a log monitor) from the autoscaler's monitor: they are in the head's
+    process group but not under `ray start`, whose shutdown leaves them running, and once the
+    head is gone their agents wait for it and ignore SIGTERM for a long while. So, while the
+    head still runs, the monitor (which would start nodes again for a pending demand) and the
+    processes it started get SIGTERM first; then the head is stopped as `stop` does, and
+    whatever is left gets SIGKILL.
+    """
+    members = _group_members(pid)  # empty without /proc: the final SIGKILL does it all
+    monitors = {member for member, _, command in members
+                if "autoscaler/_private/monitor.py" in command}
+    nodes = {member for member, parent, _ in members if parent in monitors}
+    for member in monitors | nodes:
+        try:
+            os.kill(member, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and nodes & {member for member, _, _ in _group_members(pid)}:
+        time.sleep(0.2)
+    _terminate(pid, max(deadline - time.monotonic(), 5.0), leader_only=True)
+
+
+def _group_members(pgid: int) -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of each live process in group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        # After the command name in parentheses (which may hold spaces): state, ppid, pgrp.
+        state, parent, group = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(group) == pgid and state != "Z":
+            members.append((int(entry.name), int(parent), command))
+    return members
 
 
 def _wait_gone(pgid: int, timeout: float) -> bool:
