@@ -11,7 +11,7 @@ aggregate images per hour = k * 3600 / wall seconds.
 
 CPU: the cores are split, torch threads = max(1, cores // k) per training (k above the core
 count oversubscribes them: the point where packing stops paying).
-CUDA: all k processes on the same GPU (the job's `--gpus-per-image 1/k`). By default the driver
+CUDA: all k processes on the same GPU (the job's `--gpus-per-task 1/k`). By default the driver
 time-slices between processes; with MPS (started on the node by the infrastructure,
 `nvidia-cuda-mps-control -d`, not by this script) kernels of different processes can run
 concurrently, which is what small SinGAN kernels need to fill a GPU. Run it both ways to see

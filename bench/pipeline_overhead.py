@@ -58,7 +58,7 @@ def main() -> None:
     # 2. The job on a local Ray it starts itself: one training at a time, same threads.
     command = [sys.executable, str(ROOT / "jobs" / "train_manifest.py"), "--manifest", manifest,
                "--output", str(work / "ray"), "--preset", "quick", "--no-tracking", "--sifid-samples", "0",
-               "--cpus-per-image", str(args.threads), "--gpus-per-image", "0",
+               "--cpus-per-task", str(args.threads), "--gpus-per-task", "0",
                *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]
     start = time.perf_counter()
     done = subprocess.run(command, check=True, capture_output=True, text=True)

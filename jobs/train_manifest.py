@@ -7,15 +7,19 @@
 Run directly (`python jobs/train_manifest.py --manifest m.parquet`) it starts a local Ray, tracks
 to a local MLflow database (./mlflow.db) and writes to ./outputs.
 
-The manifest is validated as a whole before anything trains. Then one Ray task per image: tasks
-get the image's URL, never its pixels; results stream back as they finish. Images already done
-with the same settings are skipped; interrupted ones resume at their last finished scale. At the
-end the results table goes to {output}/_results.parquet, a summary is printed, and the exit
-status is 1 if any image failed (2 for a bad manifest or bad arguments).
+The manifest is checked as a whole before anything trains, then streamed: its rows are read a
+record batch at a time, images done before with the same settings (the output's ledger,
+pipeline.ledger) are counted and left out, and the rest go out in buckets of one size and
+settings, one Ray task per bucket (pipeline.buckets), as many in flight as the cluster runs
+(jobs/fleet.py); tasks get the images' URLs, never their pixels. Each task resumes an
+interrupted image at its last finished scale and writes each image's ledger file as it ends;
+the driver keeps counters, not rows, so its memory stays flat whatever the manifest's size. At
+the end the ledger is compacted into {output}/_results.parquet, a summary is printed, and the
+exit status is 1 if any image failed (2 for a bad manifest or bad arguments).
 
 A manifest's optional `task` column makes rows super-resolve (`sr`, by the row's `sr_factor`) or
 animate (`animate`, optional `frames`, `fps`) their image after training; the results go to sr/
-and animate/ in the image's folder and to its MLflow run (pipeline/apps.py). To super-resolve a
+and animate/ in the image's folder and to its MLflow run (pipeline.tasks). To super-resolve a
 folder: `python jobs/make_manifest.py photos/ --out m.parquet --task sr --sr-factor 4`, then this
 job with `--manifest m.parquet`.
 """
@@ -29,7 +33,7 @@ import shlex
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # `python jobs/train_manifest.py` puts jobs/ first on sys.path; the project root must be there
@@ -38,20 +42,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
-from pipeline import results as results_table
-from pipeline import tasks as task_registry
 from pipeline import tracking
-from pipeline.buckets import IMAGES_PER_TASK, make_buckets
+from pipeline.buckets import IMAGES_PER_TASK, buckets
 from pipeline.inception import stem_weights
-from pipeline.manifest import CONFIG_FIELD_KINDS, NULLABLE_FIELDS, parse_bool, read_manifest
-from pipeline.results import Status
-from pipeline.storage import ImageStore, Storage, TransientError, check_credentials, redact
-from pipeline.train_image import ImageResult, JobSettings, train_bucket
+from pipeline.ledger import Entry, KeySet, Ledger, Spool, Status, done_key, now_iso
+from pipeline.manifest import (
+    CONFIG_FIELD_KINDS,
+    NULLABLE_FIELDS,
+    Manifest,
+    ManifestRow,
+    config_hash,
+    parse_bool,
+)
+from pipeline.storage import ImageStore, TransientError, check_credentials, redact
+from pipeline.tasks import DEFAULT as PLAIN_TRAINING
+from pipeline.train_image import JobSettings, Trainer, train_bucket
 from singan.config import PRESETS, config
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
 
 logger = logging.getLogger("train_manifest")
+
+LISTED_FAILURES = 20  # failed images named in the summary (all are in the results table)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,17 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
                         f"one set of kernels (default: {IMAGES_PER_TASK['gpu']} on GPUs, "
                         f"{IMAGES_PER_TASK['cpu']} on CPUs, fewer when the images would not "
                         "fill the cluster)")
-    p.add_argument("--gpus-per-image", type=float, default=1.0, metavar="G",
-                   help="GPUs per Ray task (one training of up to --images-per-task images); "
-                        "fractions pack several tasks on one GPU; 0 = CPU. On a cluster "
-                        "without GPUs trainings run on CPU (default: 1)")
-    p.add_argument("--cpus-per-image", type=float, default=1.0, metavar="C",
+    p.add_argument("--gpus-per-task", type=float, default=1.0, metavar="G",
+                   help="GPUs per Ray task (one training of up to --images-per-task images), "
+                        "asked of Ray even before a GPU node has joined (an autoscaler adds "
+                        "them); fractions pack several tasks on one GPU; 0 = CPU. Only a local "
+                        "Ray that the job starts on a machine without GPUs trains on CPU "
+                        "otherwise (default: 1)")
+    p.add_argument("--gpus-per-image", dest="gpus_per_task", type=float, action=fleet.Renamed,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="C",
                    help="CPUs reserved per Ray task (default: 1)")
+    p.add_argument("--cpus-per-image", dest="cpus_per_task", type=float, action=fleet.Renamed,
+                   help=argparse.SUPPRESS)
     p.add_argument("--max-retries", type=int, default=3, metavar="N",
                    help="retries of an image whose worker died or whose storage kept failing; "
                         "each retry resumes at the last finished scale (default: %(default)s)")
     p.add_argument("--max-in-flight", type=int, metavar="N",
-                   help="tasks submitted at once (default: twice the trainings that fit)")
+                   help="Ray tasks submitted at once (default: twice what the cluster runs at "
+                        f"once, re-read as nodes join, and at least {fleet.DEMAND}, so that an "
+                        "autoscaler sees the demand)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N manifest rows")
     p.add_argument("--force", action="store_true",
                    help="retrain images that are already done (their folders are cleared)")
@@ -114,19 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, trainer: Trainer | None = None,
+         on_scale_stored: Callable | None = None) -> int:
+    """The job. `trainer` and `on_scale_stored` are for code that runs the job in a harness
+    (bench/fleet_scale.py's simulated trainer, the fault tests' worker kill), never options."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     output = args.output if "://" in args.output else str(Path(args.output).resolve())
 
-    # 1. The whole manifest is checked before anything trains.
+    # 1. The settings and the whole manifest are checked before anything trains.
     try:
-        if args.limit is not None and args.limit < 1:
-            raise InputError("--limit must be at least 1")
-        if args.images_per_task is not None and args.images_per_task < 1:
-            raise InputError("--images-per-task must be at least 1")
+        for name in ("limit", "images_per_task", "max_in_flight"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         overrides = parse_sets(args.set)
         # No credentials for an S3 URL: one line now, not a traceback after the trainings.
         for url in (args.manifest, output, args.inception_weights):
@@ -134,20 +156,31 @@ def main(argv: list[str] | None = None) -> int:
                 check_credentials(url)
         if args.recipe is not None:
             overrides["recipe"] = args.recipe
-        tasks = read_manifest(args.manifest, preset=args.preset, overrides=overrides,
-                              limit=args.limit)
-        # SIFID weights: an error only when the user named them; otherwise one warning.
-        inception = None
-        if args.sifid_samples > 0:
-            inception = stem_weights(args.inception_weights,
-                                     required=args.inception_weights is not None)
+        manifest = Manifest(args.manifest, preset=args.preset, overrides=overrides,
+                            limit=args.limit)
+        with _closing_on_error(manifest):
+            manifest.check()
+            # SIFID weights: an error only when the user named them; otherwise one warning.
+            inception = None
+            if args.sifid_samples > 0:
+                inception = stem_weights(args.inception_weights,
+                                         required=args.inception_weights is not None)
     except InputError as err:
         print(f"train_manifest: error: {err}", file=sys.stderr)
         return 2
-    names = [t.task for t in tasks]
-    print(f"{len(tasks)} images from {redact(args.manifest)} -> {redact(output)}"
-          + (f" ({task_registry.counts(names)})"
-             if task_registry.any_besides_training(names) else ""))
+    with manifest:
+        try:
+            return run(args, manifest, output, overrides, inception, started,
+                       trainer or Trainer(), on_scale_stored)
+        except TransientError as err:  # storage kept failing for the driver itself
+            print(f"train_manifest: error: {err}", file=sys.stderr)
+            return 1
+
+
+def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict | None,
+        started: float, trainer: Trainer, on_scale_stored: Callable | None) -> int:
+    """Steps 2 to 5 of the job, with a checked manifest."""
+    print(f"{manifest.num_rows} images from {redact(args.manifest)} -> {redact(output)}")
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
     tracking_uri = tracking_target(args)
@@ -157,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             experiment_id, parent_run_id = tracking.start_job_run(
                 tracking_uri, args.experiment, local_artifacts(tracking_uri),
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
-                        "images": len(tasks), "tasks": task_registry.counts(names),
-                        "gpus_per_image": args.gpus_per_image,
+                        "images": manifest.num_rows, "gpus_per_task": args.gpus_per_task,
                         "force": args.force,
                         **{f"config.{k}": v
                            for k, v in config(args.preset, **overrides).to_dict().items()}})
@@ -167,36 +199,189 @@ def main(argv: list[str] | None = None) -> int:
                            redact(tracking_uri), one_line(err))
     ui_hint = tracking_hint(tracking_uri, experiment_id)
 
-    if args.force:
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda t: ImageStore(output, t.image_id).remove_all(), tasks))
+    # 3. What is done already: the ledger's listing (one LIST per 1,000 finished images).
+    ledger = Ledger(output)
+    done = KeySet() if args.force else ledger.done()
+    if len(done):
+        print(f"ledger: {len(done)} images done before (left out unless their settings changed)")
 
-    # 3. Fan out and collect.
+    # 4. Fan out and collect, a bucket per Ray task, the results streamed to a local spool.
+    job_id = uuid.uuid4().hex
     settings = JobSettings(output=output, tracking_uri=tracking_uri, experiment=args.experiment,
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
-                           quality_samples=args.quality_samples, job_id=uuid.uuid4().hex)
-    beat = Heartbeat(tracking_uri, parent_run_id, started)
-    results, placement = fan_out(tasks, settings, inception, args, beat)
-    order = {task.image_id: index for index, task in enumerate(tasks)}
-    results.sort(key=lambda result: order[result.image_id])  # the table in manifest order
-
-    # 4. Replay tracking that did not make it during training, then the table and the summary.
-    if tracking_uri is not None:
-        replay(results, output)
+                           quality_samples=args.quality_samples, job_id=job_id,
+                           force=args.force, trainer=trainer, on_scale_stored=on_scale_stored)
+    tally = Tally(settings)
     try:
-        table_url = results_table.write(results, Storage(output))
-    except TransientError as err:
-        # Storage down at the very end: the trainings are stored (each image's _SUCCESS holds
-        # its result), so the summary still comes, and the job fails for the missing table.
-        table_url = None
-        print(f"train_manifest: the results table could not be written ({err}); "
-              "run the job again to write it (finished images are skipped)", file=sys.stderr)
+        _fan_out(args, manifest, done, settings, inception, tally, started)
+        # 5. The results table, then the summary. Failure reasons are in the ledger already.
+        try:
+            table_url = ledger.compact(tally.spool.batches())
+        except TransientError as err:
+            table_url = None
+            print(f"train_manifest: the results table could not be written ({err}); later: "
+                  f"python jobs/compact_results.py --output {output}", file=sys.stderr)
+    finally:
+        tally.spool.close()
     seconds = time.perf_counter() - started
     if parent_run_id is not None:
-        tracking.end_job_run(tracking_uri, parent_run_id, results, seconds, placement)
-    print_summary(results, seconds, table_url, ui_hint)
-    return 1 if table_url is None or any(r.status == Status.FAILED for r in results) else 0
+        tracking.end_job_run(tracking_uri, parent_run_id, tally.counts(), tally.failed_ids,
+                             seconds, {"gpus_per_task_used": f"{tally.gpus_used:g}",
+                                       "images_per_task": tally.per_task,
+                                       "ray_tasks": tally.tasks_sent})
+    tally.print_summary(seconds, table_url, ui_hint, output)
+    return 1 if table_url is None or tally.failed else 0
+
+
+def _fan_out(args, manifest: Manifest, done: KeySet, settings: JobSettings,
+             inception: dict | None, tally: Tally, started: float) -> None:
+    """One Ray task per bucket of images of one plan (pipeline.buckets), as many in flight as
+    the cluster runs (jobs/fleet.py); every result goes to `tally`."""
+    import ray
+
+    local = fleet.connect(args.verbose)
+    placement = fleet.Placement(args.gpus_per_task, args.cpus_per_task, local=local,
+                                max_in_flight=args.max_in_flight)
+    # Unless told, as many as train best together, but no fewer tasks than the cluster's
+    # slots: a few images on many slots train side by side rather than in one task.
+    todo = max(1, manifest.num_rows - len(done))
+    tally.per_task = args.images_per_task or min(
+        IMAGES_PER_TASK["gpu" if placement.gpus_per_task else "cpu"],
+        max(1, math.ceil(todo / max(1, placement.slots))))
+    tally.gpus_used = placement.gpus_per_task
+    print(f"images per Ray task: up to {tally.per_task} of one size and settings")
+    remote = ray.remote(fleet.run_on_worker)
+    options = dict(max_retries=args.max_retries, retry_exceptions=[TransientError],
+                   **placement.options())
+    inception_ref = ray.put(inception)  # once, not once per task
+    progress = fleet.Progress(manifest.num_rows, placement, describe, started=started)
+    tally.progress = progress
+
+    def submit(bucket: list[ManifestRow]):
+        name = f"train {bucket[0].image_id}" + (f" +{len(bucket) - 1}" if len(bucket) > 1 else "")
+        return remote.options(name=name, **options).remote(train_bucket, bucket, settings,
+                                                          inception_ref)
+
+    def to_train(rows: Iterator[ManifestRow]) -> Iterator[ManifestRow]:
+        for row in rows:
+            if done and done_key(row.image_id, config_hash(row)) in done:
+                progress.skip(1)
+            else:
+                yield row
+
+    beat = Heartbeat(settings.tracking_uri, settings.parent_run_id, started, tally)
+    for entry in fleet.stream(submit, buckets(to_train(manifest.rows()), tally.per_task),
+                              placement=placement, on_crash=tally.crashed, progress=progress,
+                              tick=beat):
+        tally.add(entry, placement)
+    if progress.first_submit is None:
+        print("nothing to submit: every image was done")
+    print(f"{progress.tasks} Ray tasks of up to {tally.per_task} images of one size and settings")
+    tally.tasks_sent = progress.tasks
+
+
+class Tally:
+    """What the driver keeps of the results: counters, the first failures, and the results
+    themselves in a local spool (pipeline.ledger.Spool), not in memory."""
+
+    def __init__(self, settings: JobSettings):
+        self.settings = settings
+        self.spool = Spool()
+        self.progress: fleet.Progress | None = None
+        self.failed = 0
+        self.failed_ids: list[str] = []  # the first LISTED_FAILURES
+        self.failures: list[str] = []  # their lines
+        self.tasks: dict[str, int] = {}
+        self.untracked = 0  # images whose run still lacks something after the worker's replay
+        self.cpu_notice = False
+        self.gpus_used = 0.0
+        self.per_task = 0
+        self.tasks_sent = 0
+
+    def add(self, entry: Entry, placement: fleet.Placement) -> None:
+        self.spool.add(entry)
+        self.tasks[entry.task] = self.tasks.get(entry.task, 0) + 1
+        if not entry.tracking_complete:
+            self.untracked += 1
+        if entry.status == Status.FAILED:
+            self.failed += 1
+            if len(self.failures) < LISTED_FAILURES:
+                self.failed_ids.append(entry.image_id)
+                self.failures.append(f"  failed {entry.image_id}{_note(entry.task)}: {entry.error}")
+        if placement.gpus_per_task and entry.device == "cpu" and not self.cpu_notice:
+            self.cpu_notice = True
+            print(f"tasks get GPUs from Ray, but torch sees no CUDA device on node {entry.node}: "
+                  "they train on CPU there", flush=True)
+
+    def crashed(self, bucket: list[ManifestRow], err: Exception) -> list[Entry]:
+        """The rows of a task that raised through Ray (its retries spent, its worker lost): each
+        fails, and its ledger file keeps the reason."""
+        reason = fleet.crash_reason(err)
+        entries = [Entry(row.image_id, Status.FAILED, reason, None, 0.0, None, None,
+                         ImageStore(self.settings.output, row.image_id).url, task=row.task.name,
+                         config_hash=config_hash(row), job_id=self.settings.job_id,
+                         finished_at=now_iso()) for row in bucket]
+        ledger = Ledger(self.settings.output)
+        for entry in entries:
+            try:
+                ledger.record(entry)
+            except TransientError as storage_down:
+                logger.warning("ledger: %s", storage_down)
+        return entries
+
+    def counts(self) -> dict[str, int]:
+        counts = dict(self.progress.counts) if self.progress else {}
+        return {**counts, "untracked": self.untracked}
+
+    def print_summary(self, seconds: float, table_url: str | None, ui_hint: str | None,
+                      output: str) -> None:
+        counts = self.progress.counts if self.progress else {s: 0 for s in map(str, Status)}
+        total = sum(counts.values())
+        print(f"{total} images in {seconds:.1f} s: {counts['done']} trained, "
+              f"{counts['skipped']} already done, {counts['failed']} failed")
+        if set(self.tasks) - {PLAIN_TRAINING}:
+            print("tasks: " + ", ".join(f"{count} {name}" for name, count in self.tasks.items()))
+        for line in self.failures:
+            print(line)
+        if self.failed > len(self.failures):
+            print(f"  ... and {self.failed - len(self.failures)} more (see the results table)")
+        if table_url is not None:
+            print(f"results: {table_url}")
+        if self.untracked:
+            print(f"MLflow: {self.untracked} images still lack some points or pictures there; "
+                  f"later: python jobs/sync_tracking.py --output {output}")
+        if ui_hint:
+            print(ui_hint)
+
+
+def _note(task: str) -> str:
+    """' [sr]' after an image of another task than a plain training, else nothing."""
+    return "" if task == PLAIN_TRAINING else f" [{task}]"
+
+
+def describe(entry: Entry) -> tuple[str, str]:
+    """(status, one line) of a finished image, for the progress display."""
+    name = f"{entry.image_id}{_note(entry.task)}"
+    if entry.error:
+        return entry.status, f"{entry.status} {name}: {entry.error}"
+    sifid = f", SIFID {entry.sifid:.4f}" if entry.sifid is not None else ""
+    return entry.status, (f"{entry.status} {name} ({entry.num_scales} scales, "
+                          f"{entry.seconds:.1f} s{sifid})")
+
+
+class _closing_on_error:
+    """Close the manifest if the checks after opening it fail."""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    def __enter__(self):
+        return self.manifest
+
+    def __exit__(self, kind, *rest):
+        if kind is not None:
+            self.manifest.close()
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -257,11 +442,14 @@ def local_artifacts(tracking_uri: str) -> str | None:
 
 
 class Heartbeat:
-    """Tells MLflow that this driver lives (tracking.heartbeat), at most once a minute, so that a
-    later job can tell a killed job's run from a running one."""
+    """Tells MLflow that this driver lives, with the job's counters (tracking.heartbeat), at most
+    every HEARTBEAT_SECONDS, so that the parent run's charts move during the job and a later job
+    can tell a killed job's run from a running one."""
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, started: float):
-        self.tracking_uri, self.run_id, self.started = tracking_uri, run_id, started
+    def __init__(self, tracking_uri: str | None, run_id: str | None, started: float,
+                 tally: Tally):
+        self.tracking_uri, self.run_id, self.started, self.tally = (tracking_uri, run_id,
+                                                                    started, tally)
         self.last = time.perf_counter()
 
     def __call__(self) -> None:
@@ -269,82 +457,13 @@ class Heartbeat:
         if self.run_id is None or now - self.last < tracking.HEARTBEAT_SECONDS:
             return
         self.last = now
+        progress = self.tally.progress
+        counts = {**progress.counts, "running": progress.in_flight} if progress else {}
         try:
             tracking.heartbeat(tracking.client_for(self.tracking_uri), self.run_id,
-                               now - self.started)
+                               now - self.started, counts)
         except Exception as err:  # noqa: BLE001 - tracking never stops a job
             logger.info("MLflow heartbeat failed (%s)", one_line(err))
-
-
-def fan_out(tasks, settings: JobSettings, inception: dict | None, args,
-            tick=None) -> tuple[list[ImageResult], dict]:
-    """One Ray task per bucket of images of one plan (pipeline.buckets); results stream back
-    with ray.wait, one per image, and a progress display shows them. Returns the results and
-    what the job really used (GPUs per task: 0 without GPUs, images per task, tasks)."""
-    import ray
-
-    resources = fleet.connect(args.verbose)
-    gpus, slots = fleet.placement(resources, args.gpus_per_image, args.cpus_per_image)
-    # Unless told, as many as train best together, but no fewer tasks than the cluster's
-    # slots: a few images on many slots train side by side rather than in one task.
-    per_task = args.images_per_task or min(IMAGES_PER_TASK["gpu" if gpus else "cpu"],
-                                           max(1, math.ceil(len(tasks) / slots)))
-    buckets = make_buckets(tasks, per_task)
-    print(f"{len(buckets)} Ray tasks of up to {per_task} images of one size and settings")
-    remote = ray.remote(train_bucket).options(
-        num_gpus=gpus, num_cpus=args.cpus_per_image, max_retries=args.max_retries,
-        retry_exceptions=[TransientError], name="train_bucket")
-    inception_ref = ray.put(inception)  # once, not once per task
-
-    def crashed(bucket, err: Exception) -> list[ImageResult]:
-        return [ImageResult(task.image_id, Status.FAILED, fleet.crash_reason(err), None, 0.0,
-                            None, None, ImageStore(settings.output, task.image_id).url, True,
-                            task=task.task) for task in bucket]
-
-    results = fleet.stream(lambda bucket: remote.remote(bucket, settings, inception_ref), buckets,
-                           max_in_flight=args.max_in_flight or 2 * slots, on_crash=crashed,
-                           progress=fleet.Progress(len(tasks), slots, describe), tick=tick)
-    return results, {"gpus_per_task_used": gpus, "images_per_task": per_task,
-                     "ray_tasks": len(buckets)}
-
-
-def describe(result: ImageResult) -> tuple[str, str]:
-    """(status, one line) of a finished image, for the progress display."""
-    name = f"{result.image_id}{task_registry.note(result.task)}"
-    if result.error:
-        return result.status, f"{result.status} {name}: {result.error}"
-    sifid = f", SIFID {result.sifid:.4f}" if result.sifid is not None else ""
-    return result.status, (f"{result.status} {name} ({result.num_scales} scales, "
-                           f"{result.seconds:.1f} s{sifid})")
-
-
-def replay(results: list[ImageResult], output: str) -> None:
-    """Send to MLflow what workers could not (the server was down for a while)."""
-    late = [r for r in results if not r.tracking_complete]
-    for result in late:
-        try:
-            report = tracking.sync_image(ImageStore(output, result.image_id))
-            print(f"MLflow: sent {report.points_sent} late points of {result.image_id}")
-        except Exception as err:  # noqa: BLE001
-            print(f"MLflow still unreachable for {result.image_id} ({one_line(err)}); "
-                  f"later: python jobs/sync_tracking.py --output {output}")
-
-
-def print_summary(results: list[ImageResult], seconds: float, table_url: str | None,
-                  ui_hint: str | None) -> None:
-    counts = {s: sum(r.status == s for r in results) for s in Status}
-    print(f"{len(results)} images in {seconds:.1f} s: {counts[Status.DONE]} trained, "
-          f"{counts[Status.SKIPPED]} already done, {counts[Status.FAILED]} failed")
-    names = [r.task for r in results]
-    if task_registry.any_besides_training(names):
-        print(f"tasks: {task_registry.counts(names)}")
-    for r in results:
-        if r.status == Status.FAILED:
-            print(f"  failed {r.image_id}{task_registry.note(r.task)}: {r.error}")
-    if table_url is not None:
-        print(f"results: {table_url}")
-    if ui_hint:
-        print(ui_hint)
 
 
 if __name__ == "__main__":

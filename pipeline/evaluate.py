@@ -18,14 +18,15 @@ import json
 import logging
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.results import Status
-from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, join
+from pipeline.ledger import Ledger, Status
+from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, local_copy
 from pipeline.tracking import client_for, experiment_id_for, now_ms
 from singan.api import sample
 from singan.errors import InputError, one_line
@@ -91,13 +92,23 @@ def diversity(samples: torch.Tensor, real: torch.Tensor) -> float:
     return float(samples.std(dim=0).mean() / real.std())
 
 
-def evaluate_image(image_id: str, models: str, settings: EvalSettings,
-                   inception: dict) -> EvalResult:
-    """Evaluate the model `{models}/{image_id}` (a training output); never raises for a bad model,
-    only for storage that keeps failing (TransientError, retried by Ray)."""
+def evaluate_models(items: list[tuple[str, str]], settings: EvalSettings, inception: dict, *,
+                    device: str | None = None, node: str | None = None) -> list[EvalResult]:
+    """Evaluate the models (image_id, models root) one after another on `device` (default: the
+    settings', else CPU): what one Ray task of the evaluation job runs. `node` is where it runs
+    (unused but by the job's display)."""
+    chosen = torch.device(device or settings.device or "cpu")
+    return [evaluate_image(image_id, models, settings, inception, chosen)
+            for image_id, models in items]
+
+
+def evaluate_image(image_id: str, models: str, settings: EvalSettings, inception: dict,
+                   device: torch.device | str = "cpu") -> EvalResult:
+    """Evaluate the model `{models}/{image_id}` (a training output) on `device`; never raises
+    for a bad model, only for storage that keeps failing (TransientError, retried by Ray)."""
     start = time.perf_counter()
     try:
-        return _evaluate(image_id, models, settings, inception, start)
+        return _evaluate(image_id, models, settings, inception, start, torch.device(device))
     except TransientError:
         raise
     except Exception as err:  # noqa: BLE001 - a bad model fails its own row
@@ -108,7 +119,7 @@ def evaluate_image(image_id: str, models: str, settings: EvalSettings,
 
 
 def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dict,
-              start: float) -> EvalResult:
+              start: float, device: torch.device) -> EvalResult:
     out = ImageStore(settings.out, image_id)
     digest = settings.digest()
     done = out.get_json(SUCCESS)
@@ -121,7 +132,6 @@ def _evaluate(image_id: str, models: str, settings: EvalSettings, inception: dic
     training = trained.success()
     if training is None:
         raise InputError(f"{trained.url}: not a finished training (no _SUCCESS)")
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = trained.load_model(device)
     stem = load_stem(inception, device=device)
     real = model.reals[-1]
@@ -196,21 +206,22 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
         return None
 
 
-def trained_image_ids(models: str) -> list[tuple[str, str]]:
-    """(image_id, models root) of every finished training under an output root, or listed as
-    done/skipped in a results table (a .parquet URL)."""
+def trained_image_ids(models: str) -> Iterator[tuple[str, str]]:
+    """(image_id, models root) of every finished training of a training output, from its ledger
+    (pipeline.ledger: one LIST per 1,000 images, no glob of the image folders), or of the done
+    rows of a results table (a .parquet URL), read a record batch at a time."""
     if models.endswith(".parquet"):
-        folder, _, name = models.rpartition("/")
-        data = Storage(folder or ".").get(name)
-        if data is None:
-            raise InputError(f"{models}: no such results table")
-        table = pq.read_table(io.BytesIO(data))
-        pairs = []
-        for row in table.to_pylist():
-            if row["status"] in (Status.DONE, Status.SKIPPED):
-                parent, _, image_id = row["output_url"].rstrip("/").rpartition("/")
-                pairs.append((image_id, parent))
-        return pairs
-    root = Storage(models)
-    found = root.fs.glob(join(root.root, f"*/{SUCCESS}"))
-    return [(i, root.url) for i in sorted(path.rstrip("/").split("/")[-2] for path in found)]
+        try:
+            with local_copy(models) as path:
+                table = pq.ParquetFile(path)
+                for batch in table.iter_batches(columns=["image_id", "status", "output_url"]):
+                    for row in batch.to_pylist():
+                        if row["status"] in (Status.DONE, Status.SKIPPED):
+                            parent, _, image_id = row["output_url"].rstrip("/").rpartition("/")
+                            yield image_id, parent
+        except FileNotFoundError:
+            raise InputError(f"{models}: no such results table") from None
+        return
+    root = Storage(models).url
+    for image_id in Ledger(models).done_ids():
+        yield image_id, root

@@ -11,32 +11,40 @@ orientation applied), so that the job can bucket rows of one plan without readin
 
 The optional `task` column says what a row does with its trained model (pipeline.tasks: `train`,
 the default, `sr` with an `sr_factor`, `animate` with optional `frames` and `fps`). A task's
-parameter columns are null on the rows of other tasks. `read_manifest` checks everything before
-a job starts and reports every problem at once, so that a 10,000-row manifest is fixed in one
-round, not one error at a time.
+parameter columns are null on the rows of other tasks.
+
+A manifest may hold a million rows, so it is read as a stream (`Manifest`): the file is fetched
+once (one GET), then checked and read one record batch at a time; the checks run in Arrow where
+they can, and one `Config` is made per distinct set of override values, not per row. Nothing
+per row of the whole manifest stays in memory but the id column while duplicates are counted.
+`Manifest.check` reports every problem at once (the first MAX_LISTED_PROBLEMS and a count), so
+that a 10,000-row manifest is fixed in one round, not one error at a time. Whether each image
+exists and is readable is not checked here: that costs a storage call per row, and a missing or
+bad image fails its own row in its training.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-import io
+import json
 import logging
 import math
-import os
 import re
 import types
 import typing
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import tasks
-from pipeline.storage import limits, read_url, redact
+from pipeline.storage import TransientError, absolute_url, local_copy, redact
 from singan.config import Config, config
 from singan.errors import InputError, one_line
 
@@ -82,53 +90,101 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (*OVERRIDE_COLUMNS, *TASK_COLUMNS, *SIZE_COL
 REQUIRED_COLUMNS = ("image_id", "uri")
 
 MAX_ID_LENGTH = 128
+# What check_image_id accepts, as one regular expression for Arrow (the reason for a refused id
+# comes from check_image_id itself).
+_GOOD_ID = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}$"
 # A row's seed must suit every generator it may reach (numpy's legacy seeding stops at 2**32).
 MAX_SEED = 2**32
-MAX_LISTED_PROBLEMS = 50
+MAX_LISTED_PROBLEMS = 100  # problems kept and listed; the rest are counted
 NOMINAL_SIZE = 250  # px: the image size a task's config is checked with before images are read
-# Existence checks are network round trips on object stores: overlap them.
-CHECK_THREADS = 16
+BATCH_ROWS = 65_536  # rows per record batch read
 
 
 @dataclass(frozen=True)
-class ImageTask:
-    """One row of a manifest, resolved: what one training needs."""
+class ManifestRow:
+    """One row of a manifest, resolved: what one image's training needs. Rows with the same
+    override values share one config and one parameters mapping (the same objects)."""
 
     image_id: str
     uri: str  # any fsspec URL, with its protocol (e.g. file:///abs/path.png or s3://b/k.png)
     config: Config  # the job's preset with this row's overrides applied
     seed: int  # the row's `seed`, else derived from image_id (seed_for)
-    task: str = tasks.DEFAULT  # a name in pipeline.tasks.TASKS: what to make of the model
-    # The task's parameters; filled in with their defaults and typed here (part of the
-    # training's identity: an sr_factor of 4 and of 4.0 are the same row).
+    task: tasks.Task = tasks.TASKS[tasks.DEFAULT]  # what to make of the model (pipeline.tasks)
+    # The task's parameters, their defaults filled in and typed (part of the training's
+    # identity: an sr_factor of 4 and of 4.0 are the same row).
     params: Mapping[str, float] = field(default_factory=dict)
     height: int | None = None  # the image's size, when the manifest says it (SIZE_COLUMNS)
     width: int | None = None
 
-    def __post_init__(self) -> None:
-        _, params, problems = tasks.row_task({**self.params, "task": self.task})
-        if problems:
-            raise InputError(f"{self.image_id}: " + "; ".join(problems))
-        object.__setattr__(self, "params", params)
+
+def manifest_row(image_id: str, uri: str, row_config: Config, seed: int,
+                 task: str = tasks.DEFAULT, params: Mapping[str, float] | None = None, *,
+                 height: int | None = None, width: int | None = None) -> ManifestRow:
+    """A ManifestRow made in code rather than read from a file (tests, a library caller): the
+    task looked up by name, its parameters checked, defaulted and typed as a manifest's are."""
+    name, typed, problems = tasks.row_task({**(params or {}), "task": task})
+    if problems:
+        raise InputError(f"{image_id}: " + "; ".join(problems))
+    return ManifestRow(image_id, uri, row_config, seed, tasks.task_named(name), typed,
+                       height, width)
 
 
 class ManifestError(InputError):
-    """Every problem of a manifest at once; str() names the manifest URL and lists one problem per
-    line (the first MAX_LISTED_PROBLEMS of them; `.problems` keeps them all)."""
+    """Every problem of a manifest at once; str() names the manifest URL, the number of problems,
+    and lists the first MAX_LISTED_PROBLEMS of them one per line (`.problems` holds those,
+    `.count` the number of all)."""
 
-    def __init__(self, url: str, problems: list[str]):
+    def __init__(self, url: str, problems: list[str], count: int | None = None):
         self.url = url
-        self.problems = list(problems)
-        count = f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
-        lines = [f"manifest {url}: {count}"]
-        lines += [f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+        self.problems = list(problems)[:MAX_LISTED_PROBLEMS]
+        self.count = len(problems) if count is None else count
+        lines = [f"manifest {url}: {self.count} problem" + ("" if self.count == 1 else "s")]
+        lines += [f"  {problem}" for problem in self.problems]
+        if self.count > len(self.problems):
+            lines.append(f"  ... and {self.count - len(self.problems)} more")
         super().__init__("\n".join(lines))
 
     def __reduce__(self):
-        # Exceptions pickle through their args; keep url and problems across processes (Ray).
-        return type(self), (self.url, self.problems)
+        # Exceptions pickle through their args; keep url, problems and count across processes.
+        return type(self), (self.url, self.problems, self.count)
+
+
+# The Config fields of the first stored trainings. A field added since is left out of the
+# identity while it keeps its default, so that a package that gains fields does not retrain the
+# images it already finished (their hash is unchanged); away from its default it counts.
+FIRST_CONFIG_FIELDS = frozenset((
+    "min_size", "max_size", "scale_factor", "num_scales", "nfc", "max_nfc", "nfc_double_every",
+    "num_layer", "kernel_size", "leaky_slope", "init_std", "niter", "lr_g", "lr_d", "beta1",
+    "beta2", "gamma", "lr_milestone", "d_steps", "g_steps", "lambda_grad", "alpha", "noise_amp",
+    "log_every"))
+
+
+def config_hash(row: ManifestRow) -> str:
+    """Identifies a training: the settings, the seed, the source image's URL, and for a task
+    other than `train` the task and its parameters (a plain training keeps the hash it had
+    before tasks existed). The sha256 of the identity's JSON (sorted keys), assembled from the
+    settings' part, which rows share, so that a million rows cost a million small hashes."""
+    head, tail = _identity_parts(row.config, row.task, tuple(sorted(row.params.items())))
+    text = f'{head}, "seed": {json.dumps(row.seed)}{tail}, "uri": {json.dumps(row.uri)}}}'
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity_parts(settings: Config, task: tasks.Task, params: tuple) -> tuple[str, str]:
+    """The identity's JSON before "seed" and between "seed" and "uri" (keys sorted: config,
+    params, seed, task, uri)."""
+    defaults = _DEFAULT_CONFIG
+    kept = {name: value for name, value in settings.to_dict().items()
+            if name in FIRST_CONFIG_FIELDS or value != defaults[name]}
+    head, tail = '{"config": ' + json.dumps(kept, sort_keys=True), ""
+    added = task.identity(dict(params))
+    if added:
+        head += ', "params": ' + json.dumps(dict(params), sort_keys=True)
+        tail = ', "task": ' + json.dumps(added["task"])
+    return head, tail
+
+
+_DEFAULT_CONFIG = Config().to_dict()
 
 
 def check_image_id(image_id: Any) -> str | None:
@@ -179,120 +235,274 @@ def seed_for(image_id: str) -> int:
 
 
 def read_manifest(url: str, *, preset: str = "paper", overrides: dict | None = None,
-                  limit: int | None = None, check_files: bool = True) -> list[ImageTask]:
-    """Read and check the manifest at `url` (any fsspec URL of one Parquet file).
+                  limit: int | None = None) -> list[ManifestRow]:
+    """Every row of the manifest at `url`, checked (see `Manifest`): for small manifests and
+    tests; a job streams them instead."""
+    with Manifest(url, preset=preset, overrides=overrides, limit=limit) as manifest:
+        manifest.check()
+        return list(manifest.rows())
 
-    Each row becomes an `ImageTask` whose config is `config(preset, **overrides)` with the row's
-    non-null override columns applied on top, and whose task and parameters are the row's task
-    columns (see `row_task`). `limit` keeps the first N rows: the schema of the
-    whole file is checked, the rows only for those kept. With `check_files`, every kept row's
-    image must exist (and be a file), checked concurrently.
 
-    A `uri` with a protocol (s3://, file://, gs://, ...) is kept as given. A plain path is a local
-    file: relative paths are resolved against the current directory (not the manifest's folder)
-    and stored as an absolute file:// URL, so on a cluster it must be on storage every worker
-    mounts at the same place.
+@dataclass(frozen=True)
+class _Settings:
+    """What rows with the same override values share: their config, task and parameters, or the
+    problems that keep them from training, in the order a row lists them."""
 
-    Raises InputError for a bad preset, override or limit, and one ManifestError listing every
-    problem of the manifest (schema, rows, missing files) before any work starts.
+    values: list[str]  # bad values (a non-finite number, a bad true/false), before the seed's
+    config: list[str]  # the config's refusal (only when values and seed are good)
+    task: list[str]  # the task's problems (an unknown task, a missing or foreign parameter)
+    task_config: list[str]  # the task cannot train with the config (only for an otherwise good row)
+    resolved: tuple[Config, tasks.Task, dict] | None  # None when any of the above
+
+
+class Manifest:
+    """A manifest opened for streaming. Opening fetches the file once (a local copy when it is
+    remote) and checks its schema; `check()` checks every row and raises one ManifestError;
+    `rows()` yields them as ManifestRow, a record batch at a time.
+
+    `preset` and `overrides` are the job's settings, which the rows' columns override; `limit`
+    keeps the first N rows (the schema of the whole file is checked, the rows only for those
+    kept). A `uri` with a protocol (s3://, file://, gs://, ...) is kept as given. A plain path
+    is a local file: relative paths are resolved against the current directory (not the
+    manifest's folder) and become an absolute file:// URL, so on a cluster it must be on storage
+    every worker mounts at the same place.
+
+    Raises InputError for a bad preset, override or limit, and ManifestError when the file
+    cannot be read or its schema is wrong.
     """
-    overrides = dict(overrides or {})
-    config(preset, **overrides)  # a bad job config is one error, not one per row
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise InputError(f"limit must be a positive integer, got {limit!r}")
 
-    table = _read_table(url)
-    problems = _schema_problems(table)
-    if problems:
-        raise ManifestError(url, problems)
-    if limit is not None:
-        table = table.slice(0, limit)
-    rows = table.to_pylist()
+    def __init__(self, url: str, *, preset: str = "paper", overrides: dict | None = None,
+                 limit: int | None = None):
+        self.url, self.preset = url, preset
+        self.overrides = dict(overrides or {})
+        config(preset, **self.overrides)  # a bad job config is one error, not one per row
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise InputError(f"limit must be a positive integer, got {limit!r}")
+        self._files = contextlib.ExitStack()
+        try:
+            self._file = self._open()
+            schema = self._file.schema_arrow
+            problems = _schema_problems(schema, self._file.metadata.num_rows)
+            if problems:
+                raise ManifestError(url, problems)
+        except BaseException:
+            self.close()
+            raise
+        self.num_rows = min(self._file.metadata.num_rows, limit or math.inf)
+        # The override and task columns present, in a fixed order: a row's values of these are
+        # the key of its settings (one _Settings per distinct key).
+        self._keyed = [name for name in (*_CONFIG_COLUMNS, *TASK_COLUMNS) if name in schema.names]
+        self._size_columns = [name for name in SIZE_COLUMNS if name in schema.names]
+        self._has_seed = "seed" in schema.names
+        self._settings: dict[tuple, _Settings] = {}
 
-    # (row number, rank, text): problems found by different checks list in row order, a row's
-    # own problems (rank 0) before a duplicate id first seen in that row (rank 1).
-    found: list[tuple[int, int, str]] = []
-    image_tasks: list[ImageTask] = []  # complete when nothing was found
-    uris: dict[int, str] = {}
-    rows_of_id: dict[str, list[int]] = {}
-    for number, row in enumerate(rows):
-        image_id, uri = row["image_id"], row["uri"]
-        row_problems = []
+    def _open(self) -> pq.ParquetFile:
+        try:
+            path = self._files.enter_context(local_copy(self.url))
+            return pq.ParquetFile(path)
+        except FileNotFoundError:
+            reason = "the file does not exist"
+        except IsADirectoryError:
+            reason = "it is a folder; give the URL of one Parquet file"
+        except pa.ArrowInvalid as error:
+            reason = f"not a Parquet file ({one_line(error)})"
+        except TransientError as error:  # one line: it names the URL and what sets the limit
+            raise InputError(f"cannot read the manifest: {error}") from error
+        except Exception as error:  # noqa: BLE001 - credentials, network, unknown protocol
+            reason = f"cannot read it: {one_line(error)}"
+        raise ManifestError(self.url, [reason])
 
-        id_problem = check_image_id(image_id)
-        if id_problem:
-            row_problems.append(f"image_id {id_problem}")
-        elif image_id is not None:
-            rows_of_id.setdefault(image_id, []).append(number)
+    def close(self) -> None:
+        self._files.close()
 
-        if uri is None:
-            row_problems.append("uri is missing (null)")
-        elif uri.strip() == "":
-            row_problems.append("uri is empty")
-        else:
-            uris[number] = _absolute_uri(uri)
+    def __enter__(self) -> Manifest:
+        return self
 
-        row_config, seed, config_problems = _row_config(row, preset, overrides)
-        row_problems += config_problems
-        task, params, task_problems = tasks.row_task(row)
-        row_problems += task_problems
-        size = {name: row.get(name) for name in SIZE_COLUMNS}
-        row_problems += [f"{name} must be a positive integer, got {value}"
-                         for name, value in size.items() if value is not None and value < 1]
+    def __exit__(self, *exc) -> None:
+        self.close()
 
-        if not row_problems:
-            image_task = ImageTask(image_id, uris[number], row_config,
-                                   seed if seed is not None else seed_for(image_id),
-                                   task=task, params=params, **size)
-            task_config_problem = _task_config_problem(image_task)
-            if task_config_problem:
-                row_problems.append(task_config_problem)
-            else:
-                image_tasks.append(image_task)
-        found += [(number, 0, _in_row(number, image_id, problem)) for problem in row_problems]
+    def _batches(self, columns: list[str] | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(number of its first row, batch) for the kept rows."""
+        first = 0
+        for batch in self._file.iter_batches(batch_size=BATCH_ROWS, columns=columns,
+                                             use_threads=False):
+            if first >= self.num_rows:
+                return
+            batch = batch.slice(0, self.num_rows - first)
+            yield first, batch
+            first += batch.num_rows
 
-    for image_id, numbers in rows_of_id.items():
-        if len(numbers) > 1:
-            listed = ", ".join(str(n) for n in numbers)
-            found.append((numbers[0], 1, f"image_id {image_id!r} appears in rows {listed}"))
+    # --- checking ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """Check every kept row; raise one ManifestError listing the problems in row order (a
+        row's own problems before a duplicate id first seen in it)."""
+        listed: list[tuple[int, int, str]] = []  # (row, rank, text): at most MAX_LISTED_PROBLEMS
+        count = 0
+        for first, batch in self._batches():
+            for number, problems in self._batch_problems(first, batch):
+                count += len(problems)
+                room = MAX_LISTED_PROBLEMS - len(listed)
+                listed += [(number, 0, text) for text in problems[:max(room, 0)]]
+        duplicates, duplicate_count = self._duplicates()
+        count += duplicate_count
+        if count:
+            merged = sorted(listed + duplicates, key=lambda problem: problem[:2])
+            raise ManifestError(self.url, [text for _, _, text in merged][:MAX_LISTED_PROBLEMS],
+                                count)
+        logger.info("manifest %s: %d rows checked", redact(self.url), self.num_rows)
 
-    if check_files:
-        for number, problem in _missing_files(uris).items():
-            found.append((number, 0, _in_row(number, rows[number]["image_id"], problem)))
+    def _batch_problems(self, first: int, batch: pa.RecordBatch) -> Iterator[tuple[int, list[str]]]:
+        """(row number, its problems) for every row of `batch` that has any, in row order. The
+        checks of single columns run in Arrow; settings are resolved once per distinct key."""
+        ids, uris = batch.column("image_id"), batch.column("uri")
+        bad_id = _mask(pc.invert(pc.match_substring_regex(ids, _GOOD_ID)), null=True)
+        null_uri = _mask(pc.is_null(uris))
+        empty_uri = _mask(pc.equal(pc.utf8_trim_whitespace(uris), ""))
+        bad_seed = np.zeros(batch.num_rows, bool)
+        if self._has_seed:
+            seeds = batch.column("seed")
+            bad_seed = _mask(pc.or_(pc.less(seeds, 0), pc.greater_equal(seeds, MAX_SEED)))
+        bad_size = {name: _mask(pc.less(batch.column(name), 1)) for name in self._size_columns}
+        keys = self._keys(batch)
+        settings = ([self._settings_of(key) for key in keys] if keys is not None
+                    else [self._settings_of(())] * batch.num_rows)
+        bad_settings = np.fromiter((s.resolved is None for s in settings), bool, batch.num_rows)
+        bad = bad_id | null_uri | empty_uri | bad_seed | bad_settings
+        for mask in bad_size.values():
+            bad |= mask
+        for index in np.flatnonzero(bad).tolist():
+            row_settings = settings[index]
+            image_id = ids[index].as_py()
+            problems = []
+            if bad_id[index]:
+                problems.append(f"image_id {check_image_id(image_id)}")
+            if null_uri[index]:
+                problems.append("uri is missing (null)")
+            elif empty_uri[index]:
+                problems.append("uri is empty")
+            problems += row_settings.values
+            if bad_seed[index]:
+                problems.append(f"seed must be in [0, 2**32), got {seeds[index].as_py()}")
+            elif not row_settings.values:
+                problems += row_settings.config
+            problems += row_settings.task
+            problems += [f"{name} must be a positive integer, got {batch.column(name)[index]}"
+                         for name, mask in bad_size.items() if mask[index]]
+            if not problems:
+                problems += row_settings.task_config
+            yield first + index, [_in_row(first + index, image_id, p) for p in problems]
 
-    if found:
-        found.sort(key=lambda problem: problem[:2])  # stable: a row's problems keep their order
-        raise ManifestError(url, [text for _, _, text in found])
-    logger.info("read %d rows from manifest %s", len(image_tasks), redact(url))
-    return image_tasks
+    def _duplicates(self) -> tuple[list[tuple[int, int, str]], int]:
+        """(row, 1, text) for the first MAX_LISTED_PROBLEMS ids that appear in several kept rows,
+        in the order of their first row, and the number of such ids. Reads the id column alone,
+        and counts in Arrow and numpy (a million ids take a fraction of a second)."""
+        chunks = [batch.column(0) for _, batch in self._batches(["image_id"])]
+        ids = pa.chunked_array(chunks, self._file.schema_arrow.field("image_id").type)
+        codes = pc.dictionary_encode(ids.combine_chunks()).indices
+        codes = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False)  # -1: a null id
+        counts = np.bincount(codes[codes >= 0])
+        rows = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] > 1))
+        if not len(rows):
+            return [], 0
+        # The rows of each repeated id, grouped, in row order within a group; groups ordered by
+        # their first row.
+        order = np.argsort(codes[rows], kind="stable")
+        grouped = rows[order]
+        starts = np.flatnonzero(np.r_[True, np.diff(codes[grouped]) != 0])
+        groups = sorted(np.split(grouped, starts[1:]), key=lambda group: group[0])
+        found = [(int(group[0]), 1, f"image_id {ids[int(group[0])].as_py()!r} appears in rows "
+                                    f"{', '.join(map(str, group.tolist()))}")
+                 for group in groups[:MAX_LISTED_PROBLEMS]]
+        return found, len(groups)
+
+    # --- reading ----------------------------------------------------------------------------
+    def rows(self) -> Iterator[ManifestRow]:
+        """The kept rows, resolved, in order (the manifest must have passed `check`)."""
+        for _, batch in self._batches():
+            keys = self._keys(batch)
+            columns = {name: batch.column(name).to_pylist()
+                       for name in ("image_id", "uri", *self._size_columns,
+                                    *(("seed",) if self._has_seed else ()))}
+            plain = self._settings_of(()) if keys is None else None
+            for index, image_id in enumerate(columns["image_id"]):
+                settings = plain if keys is None else self._settings_of(keys[index])
+                if settings.resolved is None:
+                    raise ManifestError(self.url, ["rows() of a manifest that fails check()"])
+                row_config, task, params = settings.resolved
+                seed = columns["seed"][index] if self._has_seed else None
+                size = {name: columns[name][index] for name in self._size_columns}
+                yield ManifestRow(image_id, absolute_url(columns["uri"][index]), row_config,
+                                  seed_for(image_id) if seed is None else seed, task, params,
+                                  **size)
+
+    def _keys(self, batch: pa.RecordBatch) -> list[tuple] | None:
+        """Each row's values of the override and task columns; None without such columns."""
+        if not self._keyed:
+            return None
+        return list(zip(*(batch.column(name).to_pylist() for name in self._keyed), strict=True))
+
+    def _settings_of(self, key: tuple) -> _Settings:
+        settings = self._settings.get(key)
+        if settings is None:
+            settings = self._settings[key] = self._resolve(dict(zip(self._keyed, key)))
+        return settings
+
+    def _resolve(self, values: dict[str, Any]) -> _Settings:
+        """The settings of rows with these override and task column values."""
+        row_overrides, value_problems = {}, []
+        for name, kind in _CONFIG_COLUMNS.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            if kind == "float":
+                value = float(value)
+                if not math.isfinite(value):
+                    value_problems.append(f"{name} must be a finite number, got {value}")
+            elif kind == "bool" and isinstance(value, str):
+                parsed = parse_bool(value)
+                if parsed is None:
+                    value_problems.append(f"{name} must be true or false, got {value!r}")
+                value = parsed
+            row_overrides[name] = value
+        row_config, config_problems = None, []
+        if not value_problems:
+            try:
+                # Only the keys actually set, so that config() can derive lr_milestone from
+                # niter where the recipe does.
+                row_config = config(self.preset, **{**self.overrides, **row_overrides})
+            except InputError as error:
+                config_problems.append(str(error))
+        task_name, params, task_problems = tasks.row_task(values)
+        task_config_problems, resolved = [], None
+        if row_config is not None and not task_problems:
+            task = tasks.task_named(task_name)
+            try:
+                task.training_config(row_config, params, NOMINAL_SIZE, NOMINAL_SIZE)
+                resolved = (row_config, task, params)
+            except InputError as error:
+                # Checked for a nominal image size: what depends on the image's own size is
+                # checked when a worker reads it.
+                task_config_problems.append(f"task {task.name!r}: {error}")
+        return _Settings(value_problems, config_problems, task_problems, task_config_problems,
+                         resolved)
 
 
-def _read_table(url: str) -> pa.Table:
-    """The whole manifest as an Arrow table, or a ManifestError saying why it cannot be read."""
-    try:
-        return pq.read_table(io.BytesIO(read_url(url)))
-    except FileNotFoundError:
-        reason = "the file does not exist"
-    except IsADirectoryError:
-        reason = "it is a folder; give the URL of one Parquet file"
-    except pa.ArrowInvalid as error:
-        reason = f"not a Parquet file ({one_line(error)})"
-    except Exception as error:  # noqa: BLE001 - credentials, network, unknown protocol
-        reason = f"cannot read it: {one_line(error)}"
-    raise ManifestError(url, [reason])
+def _mask(values: pa.Array, null: bool = False) -> np.ndarray:
+    """A boolean Arrow array as numpy, nulls as `null`."""
+    return pc.fill_null(values, null).to_numpy(zero_copy_only=False)
 
 
-def _schema_problems(table: pa.Table) -> list[str]:
-    """Problems with the columns and their types, plus an empty table."""
+def _schema_problems(schema: pa.Schema, num_rows: int) -> list[str]:
+    """Problems with the columns and their types, plus an empty manifest."""
     problems = []
-    names = table.schema.names
+    names = schema.names
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         problems.append(f"duplicate columns: {', '.join(duplicated)}")
     for name in REQUIRED_COLUMNS:
         if name not in names:
             problems.append(f"missing required column {name!r}")
-    for column in table.schema:
+    for column in schema:
         if column.name in REQUIRED_COLUMNS:
             if not _is_string(column.type):
                 problems.append(f"column {column.name!r} must be a string column, "
@@ -305,7 +515,7 @@ def _schema_problems(table: pa.Table) -> list[str]:
     if unknown:
         problems.append(f"unknown columns: {', '.join(map(repr, unknown))}; allowed besides "
                         f"image_id and uri: {', '.join(OPTIONAL_COLUMNS)}")
-    if table.num_rows == 0:
+    if num_rows == 0:
         problems.append("the manifest has no rows")
     return problems
 
@@ -336,84 +546,6 @@ def _type_problem(name: str, arrow_type: pa.DataType) -> str | None:
 def parse_bool(text: str) -> bool | None:
     """True for "true", False for "false" (any case, spaces around allowed), else None."""
     return {"true": True, "false": False}.get(text.strip().lower())
-
-
-def _row_config(row: dict, preset: str, overrides: dict) -> tuple[Config | None, int | None,
-                                                                   list[str]]:
-    """The row's config and seed, or the problems of its override columns."""
-    row_overrides, problems = {}, []
-    for name, kind in _CONFIG_COLUMNS.items():
-        value = row.get(name)
-        if value is None:
-            continue
-        if kind == "float":
-            value = float(value)
-            if not math.isfinite(value):
-                problems.append(f"{name} must be a finite number, got {value}")
-        elif kind == "bool" and isinstance(value, str):
-            parsed = parse_bool(value)
-            if parsed is None:
-                problems.append(f"{name} must be true or false, got {value!r}")
-            value = parsed
-        row_overrides[name] = value
-    seed = row.get("seed")
-    if seed is not None and not 0 <= seed < MAX_SEED:
-        problems.append(f"seed must be in [0, 2**32), got {seed}")
-    if problems:
-        return None, None, problems
-    try:
-        # Only the keys actually set, so that config() can derive lr_milestone from niter
-        # where the recipe does.
-        return config(preset, **{**overrides, **row_overrides}), seed, []
-    except InputError as error:
-        return None, None, [str(error)]
-
-
-def _task_config_problem(task: ImageTask) -> str | None:
-    """Why the row's task cannot train with the row's config (animation's noise padding with a
-    recipe that has none, say), or None. Checked for a nominal image size: what depends on the
-    image's own size is checked when a worker reads it."""
-    try:
-        tasks.task_named(task.task).training_config(task.config, task.params, NOMINAL_SIZE,
-                                                    NOMINAL_SIZE)
-    except InputError as error:
-        return f"task {task.task!r}: {error}"
-    return None
-
-
-def _absolute_uri(uri: str) -> str:
-    """`uri` if it names its protocol, else the absolute file:// URL of a local path."""
-    protocol, _ = fsspec.core.split_protocol(uri)
-    if protocol is not None:
-        return uri
-    return fsspec.filesystem("file").unstrip_protocol(os.path.abspath(uri))
-
-
-def _missing_files(uris: dict[int, str]) -> dict[int, str]:
-    """Problems by row number for uris that do not name an existing file."""
-    problems, checks = {}, {}
-    for number, uri in uris.items():
-        try:
-            checks[number] = (uri, *fsspec.core.url_to_fs(uri))
-        except Exception as error:  # noqa: BLE001 - unknown protocol, missing driver, bad URL
-            problems[number] = f"cannot check {uri}: {one_line(error)}"
-
-    def check(uri: str, fs: fsspec.AbstractFileSystem, path: str) -> str | None:
-        try:
-            info = fs.info(path, **limits(fs))
-        except FileNotFoundError:
-            return f"{uri} does not exist"
-        except Exception as error:  # noqa: BLE001 - no credentials, access denied, network
-            return f"cannot check {uri}: {one_line(error)}"
-        if info["type"] == "directory":
-            return f"{uri} is a folder, not an image file"
-        return None
-
-    with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        results = dict(zip(checks, pool.map(lambda args: check(*args), checks.values()),
-                           strict=True))
-    problems.update({number: text for number, text in results.items() if text})
-    return problems
 
 
 def _in_row(number: int, image_id: Any, problem: str) -> str:

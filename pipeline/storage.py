@@ -9,9 +9,10 @@ One image's folder under the output URL (DESIGN.md):
     {output}/{image_id}/samples/...            scale_XX.png per scale, final samples
     {output}/{image_id}/sr/...                 task sr: sr_xF.png and bicubic_xF.png (F: factor)
     {output}/{image_id}/animate/...            task animate: start_scale_S/beta_B.gif
-    {output}/{image_id}/metrics.jsonl          every metric point, the source of truth
+    {output}/{image_id}/metrics/scale_XX.jsonl every metric point of a scale, written once
     {output}/{image_id}/tracking.json          the image's MLflow run, so a retry reuses it
     {output}/{image_id}/_SUCCESS               written last: the image is done
+    {output}/_results/, _results.parquet       the ledger and its compaction (pipeline.ledger)
 
 Every write is whole or absent: a temporary file renamed into place on local disk, a single PUT
 on object stores (an S3 object appears whole or not at all). `config.json` is written after the
@@ -32,9 +33,9 @@ Time limits and retries, one layer (ours):
   for the pauses (1.5 x their sum), 240 + 23 s by default. Fast failures (refused connections,
   5xx) get the whole schedule; an endpoint that never answers gets 4 attempts of 60 s and ends
   the operation after about 4 minutes (reads and checks give up sooner: botocore stops waiting
-  for an answer after s3fs's 15 s read timeout, 6 attempts in under 2 minutes). Then it raises TransientError, one line naming the URL
-  and the variable to change; Ray retries the row's task on it, and a write cut off midway
-  leaves no object.
+  for an answer after s3fs's 15 s read timeout, 6 attempts in under 2 minutes). Then it raises
+  TransientError, one line naming the URL and the variable to change; Ray retries the row's task
+  on it, and a write cut off midway leaves no object.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SUCCESS = "_SUCCESS"
-RESULTS = "_results.parquet"  # beside the image folders; ids cannot start with "_"
 # Seconds between attempts at one storage operation: 15.5 s of back-off rides out a short
 # outage or throttling. SINGAN_FLEET_STORAGE_RETRY_DELAYS sets others ("1,5,30": longer).
 RETRY_DELAYS = (0.5, 1, 2, 4, 8)

@@ -1,33 +1,47 @@
-"""MLflow tracking for the batch job, written so that tracking can never fail a training.
+"""MLflow tracking for the batch job, written so that tracking can never fail a training, and
+so that a cluster's workers reach the shared tracking server at a steady, bounded rate.
 
 Layout (DESIGN.md): one experiment; a parent run per job; a child run per image tagged
 `mlflow.parentRunId`, with the image's params, per-scale losses (key `sNN/<loss>`, step = the
-iteration), per-scale values (`noise_amp`, `scale_seconds`, later SIFID; step = the scale), the
-sample picture of every scale and the task's outputs (sr/, animate/) as artifacts, and the pyramid
-URL as a tag.
+iteration), per-scale values (`noise_amp`, `scale_seconds`, `sifid`, `patch_swd`; step = the
+scale), each scale's sample picture and the final pictures and the task's outputs (sr/, animate/)
+as artifacts, and the pyramid URL as a tag.
 
-Every point is first appended to the image's `metrics.jsonl` (the source of truth) and then sent
-in batches. Whatever MLflow does not accept stays pending; `sync_image` (run by the job at its end
-and by `jobs/sync_tracking.py`) sends what the server lacks, comparing (key, step, timestamp), so
-replaying twice never duplicates a point.
+What reaches MLflow is bounded: the loss curves go there decimated (every MLFLOW_EVERY-th
+iteration and the last), while the image's folder keeps them whole, one file per scale
+(pipeline.recording); about 24 requests per image at the paper preset (the run, its params, a
+batch of points and a picture per scale, the final picture, its tags and end). The requests go
+through one `Sender` per worker process: a background thread that sends them one at a time, each
+scale's after a random delay of up to SEND_JITTER seconds, so that the images of a bucket, which
+finish their scales together, and the buckets of a cluster do not reach the server in step, and
+so that the training never waits for MLflow.
+
+Whatever MLflow does not accept stays in the image's folder; `sync_image` (run by the worker at
+the end of its bucket for the runs that missed something, and by `jobs/sync_tracking.py`) sends
+what the server lacks, comparing (key, step, timestamp), so replaying twice never duplicates a
+point.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import heapq
+import itertools
 import json
 import logging
 import os
+import random
 import socket
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.results import Status
+from pipeline.ledger import Status
 from pipeline.storage import ImageStore, redact
 from singan.errors import one_line
 
@@ -35,9 +49,10 @@ logger = logging.getLogger(__name__)
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 TRACKING = "tracking.json"
-METRICS = "metrics.jsonl"
 # The files of an image's folder that its run holds as artifacts (same names), for the replay.
-ARTIFACTS = ("samples/*.png", "sr/*.png", "animate/*/*.gif")
+ARTIFACTS = ("samples/scale_*.png", "samples/final.png", "sr/*.png", "animate/*/*.gif")
+MLFLOW_EVERY = 100  # iterations between the loss points sent to MLflow (and the last one)
+SEND_JITTER = 10.0  # seconds: the most a scale's requests wait before they are sent
 
 
 def is_artifact(name: str) -> bool:
@@ -59,31 +74,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def point(key: str, value: float, step: int, scale: int) -> dict:
-    """One metric point as stored in metrics.jsonl (MLflow's fields plus the scale it belongs to)."""
+def point(key: str, value: float, step: int, scale: int, *, mlflow: bool = True) -> dict:
+    """One metric point as the image's folder keeps it: MLflow's fields, the scale it belongs
+    to, and whether MLflow gets it too (a loss point between two sent ones does not)."""
     return {"key": key, "value": float(value), "step": int(step), "timestamp": now_ms(),
-            "scale": int(scale)}
-
-
-class MetricsLog:
-    """The points of one image, kept in memory and written whole to metrics.jsonl."""
-
-    def __init__(self, points: Iterable[dict] = ()):
-        self.points = list(points)
-
-    @classmethod
-    def load(cls, store: ImageStore, keep_scales: int) -> MetricsLog:
-        """The points already stored for scales below `keep_scales` (the finished ones): a resumed
-        training logs the unfinished scale again from its first iteration."""
-        data = store.get(METRICS) or b""
-        points = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
-        return cls(p for p in points if p["scale"] < keep_scales)
-
-    def add(self, points: Iterable[dict]) -> None:
-        self.points.extend(points)
-
-    def save(self, store: ImageStore) -> None:
-        store.put(METRICS, "".join(json.dumps(p, sort_keys=True) + "\n" for p in self.points).encode())
+            "scale": int(scale), "mlflow": mlflow}
 
 
 def client_for(tracking_uri: str):
@@ -101,10 +96,11 @@ EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": (
         "singan-fleet: one parent run per job (kind = job: the manifest, the output, the "
-        "settings, totals and failed ids), one child run per image under it (params; per-scale "
-        "losses sNN/d_loss, sNN/g_loss, ... with the iteration as step; noise_amp, "
-        "scale_seconds, sifid, patch_swd with the scale as step; the pictures under "
-        "Artifacts > samples; the pyramid's URL in the tag pyramid_url)."),
+        "settings, images done / failed / running as it goes, failed ids), one child run per "
+        "image under it (params; per-scale losses sNN/d_loss, sNN/g_loss, ... every 100th "
+        "iteration, with the iteration as step; noise_amp, scale_seconds, sifid, patch_swd with "
+        "the scale as step; the pictures under Artifacts > samples; the pyramid's URL in the tag "
+        "pyramid_url)."),
 }
 
 
@@ -137,21 +133,125 @@ def experiment_id_for(tracking_uri: str, name: str, artifact_location: str | Non
     return experiment.experiment_id
 
 
+
+
+class Sender:
+    """Sends tracking requests from a background thread, one at a time, each when its delay is
+    over (one Sender per process: `sender()`). A request that fails is the caller's business
+    (ImageRun keeps what it did not send)."""
+
+    def __init__(self):
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []  # (due, order, send)
+        self._order = itertools.count()
+        self._busy = False
+        self._hurry = False
+        self._wake = threading.Condition()
+        self._random = random.Random()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, send: Callable[[], None], jitter: float = 0.0) -> None:
+        """Run `send()` in the background after a random delay of up to `jitter` seconds."""
+        with self._wake:
+            due = time.monotonic() + self._random.uniform(0, jitter)
+            heapq.heappush(self._queue, (due, next(self._order), send))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mlflow-sender",
+                                                daemon=True)
+                self._thread.start()
+            self._wake.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Send everything queued now, without waiting for its delay; whether the queue emptied
+        within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wake:
+            self._hurry = True
+            self._wake.notify_all()
+            try:
+                while self._queue or self._busy:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._wake.wait(left)
+                return True
+            finally:
+                self._hurry = False
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue or (not self._hurry
+                                          and self._queue[0][0] > time.monotonic()):
+                    wait = self._queue[0][0] - time.monotonic() if self._queue else None
+                    self._wake.wait(wait)
+                _, _, send = heapq.heappop(self._queue)
+                self._busy = True
+            try:
+                send()
+            except Exception:  # noqa: BLE001 - a sender that dies would stall every run
+                logger.exception("MLflow: a request failed unexpectedly")
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+
+
+# After a failed request, a process sends nothing to that server for DOWN_SECONDS: when it is
+# down, each request could wait out MLflow's HTTP timeout and retries (a minute), and the end of a
+# bucket would wait for all of them. What is not sent is replayed from the image's folder.
+DOWN_SECONDS = 30.0
+_DOWN_UNTIL: dict[str, float] = {}
+
+
+def server_down(tracking_uri: str) -> bool:
+    """Whether a request to this server failed in this process within DOWN_SECONDS."""
+    return time.monotonic() < _DOWN_UNTIL.get(tracking_uri, 0.0)
+
+
+def mark_down(tracking_uri: str) -> None:
+    """A request to this server just failed."""
+    _DOWN_UNTIL[tracking_uri] = time.monotonic() + DOWN_SECONDS
+
+
+def forget_down(tracking_uri: str) -> None:
+    """Try this server again, whatever failed before."""
+    _DOWN_UNTIL.pop(tracking_uri, None)
+
+
+_SENDER: Sender | None = None
+_SENDER_LOCK = threading.Lock()
+
+
+def sender() -> Sender:
+    """This process's Sender."""
+    global _SENDER
+    with _SENDER_LOCK:
+        if _SENDER is None:
+            _SENDER = Sender()
+        return _SENDER
+
+
 class ImageRun:
-    """An image's child run, as a worker sees it. No method raises: a failure is logged once,
-    the points stay pending, and `complete` says whether everything reached the server."""
+    """An image's child run, as a worker sees it. Opening it (at most two requests: find or
+    create the run) happens at once; everything else is queued on the process's Sender. No
+    method raises: a failure is logged once, what was not sent stays in the image's folder, and
+    `complete` says whether everything reached the server."""
 
     def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
-                 parent_run_id: str | None, experiment: str = "singan-fleet"):
+                 parent_run_id: str | None, experiment: str = "singan-fleet",
+                 jitter: float = SEND_JITTER):
         self.store = store
         self.tracking_uri = tracking_uri
         self.experiment = experiment  # its name: used when the driver could not get the id
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.jitter = jitter
         self.client = None
         self.run_id: str | None = None
-        self.pending: list[dict] = []
-        self.needs_sync = False  # something may be missing on the server: replay metrics.jsonl
+        self._pending: list[dict] = []  # points waiting for the next flush
+        self._queued = 0  # requests of this run waiting in the Sender
+        self._lock = threading.Lock()
+        self.needs_sync = False  # something may be missing on the server: replay the folder
         self.failed = False
         if tracking_uri is None:
             return
@@ -167,10 +267,15 @@ class ImageRun:
 
     @property
     def complete(self) -> bool:
-        return not self.enabled or (self.run_id is not None and not self.pending
-                                    and not self.needs_sync)
+        """Whether the server has everything logged so far (queued requests count as not)."""
+        with self._lock:
+            return not self.enabled or (self.run_id is not None and not self._pending
+                                        and not self._queued and not self.needs_sync)
 
     def _call(self, what: str, fn, *args) -> bool:
+        if server_down(self.tracking_uri):
+            self.needs_sync = True  # no request while the server was just seen down
+            return False
         try:
             if self.client is None:
                 self.client = client_for(self.tracking_uri)
@@ -178,10 +283,11 @@ class ImageRun:
             return True
         except Exception as err:  # noqa: BLE001 - tracking must never fail a training
             if not self.failed:
-                logger.warning("MLflow: cannot %s for %s (%s); points stay in %s and are sent "
-                               "later", what, self.store.image_id, one_line(err),
-                               self.store.url_of(METRICS))
+                logger.warning("MLflow: cannot %s for %s (%s); it stays in %s and is sent later",
+                               what, self.store.image_id, one_line(err), self.store.url)
             self.failed = True
+            self.needs_sync = True
+            mark_down(self.tracking_uri)
             return False
 
     def _open(self) -> None:
@@ -193,7 +299,7 @@ class ImageRun:
             self.run_id, self.claim = link["run_id"], link["claim"]
         if not created:
             # A retry reuses its run. The killed attempt may have stored points it never sent:
-            # the job's replay compares metrics.jsonl with the server at the end.
+            # the worker's replay compares the folder with the server at the end of its bucket.
             self.client.update_run(self.run_id, status="RUNNING")
             self.needs_sync = True
             self._join_job()
@@ -218,52 +324,58 @@ class ImageRun:
                 "parent_run_id": self.parent_run_id, "run_id": self.run_id, "claim": self.claim,
                 "params": params if params is not None else old.get("params", {})}
 
+    def _queue(self, what: str, fn, *args, jitter: float = 0.0) -> None:
+        """Send `fn(client, run_id, *args)` through the Sender; a failure leaves needs_sync."""
+        with self._lock:
+            self._queued += 1
+
+        def send() -> None:
+            try:
+                if self.run_id is None:
+                    self._call("open the run", self._open)
+                if self.run_id is not None:
+                    self._call(what, lambda: fn(self.client, self.run_id, *args))
+                else:
+                    self.needs_sync = True
+            finally:
+                with self._lock:
+                    self._queued -= 1
+        sender().schedule(send, jitter)
+
     def log_params(self, params: dict[str, Any]) -> None:
+        """Record the params in tracking.json (for a replay), and send them."""
         if not self.enabled:
             return
         self.store.put_json(TRACKING, self.link(params))
-        sent = ((self.run_id is not None or self._call("open the run", self._open))
-                and self._call("log params", _log_params, self.client, self.run_id, params))
-        if not sent:
-            # Nothing else would send them: a run opened later by a flush gets points only, and
-            # looks complete. The replay sends the params tracking.json holds.
-            self.needs_sync = True
+        self._queue("log params", _log_params, params)
 
     def log_points(self, points: Iterable[dict]) -> None:
-        """Queue points; they are sent by the next `flush`."""
+        """Keep the points meant for MLflow; the next `flush` sends them."""
         if self.enabled:
-            self.pending.extend(points)
+            with self._lock:
+                self._pending.extend(p for p in points if p.get("mlflow", True))
 
-    def flush(self) -> None:
-        """Send the pending points in batches; keep what fails for the next flush or a sync."""
-        if not self.enabled or not self.pending:
-            return
-        if self.run_id is None and not self._call("open the run", self._open):
-            return
-        while self.pending:
-            batch = self.pending[:BATCH]
-            if not self._call("log metrics", _log_points, self.client, self.run_id, batch):
-                return
-            del self.pending[:len(batch)]
+    def flush(self, jitter: float | None = None) -> None:
+        """Send the kept points (in batches of BATCH) after a random delay of up to `jitter`
+        seconds (the run's, SEND_JITTER, by default)."""
+        with self._lock:
+            points, self._pending = self._pending, []
+        if self.enabled and points:
+            self._queue("log metrics", _log_points_batched, points,
+                        jitter=self.jitter if jitter is None else jitter)
 
-    def log_artifact(self, name: str, data: bytes) -> None:
+    def log_artifact(self, name: str, data: bytes, jitter: float | None = None) -> None:
         """Upload `data` as artifact `name` (e.g. samples/scale_03.png) of the run."""
-        if not self.enabled:
-            return
-        if self.run_id is None or not self._call("upload " + name, _log_bytes, self.client,
-                                                 self.run_id, name, data):
-            self.needs_sync = True
+        if self.enabled:
+            self._queue("upload " + name, _log_bytes, name, data,
+                        jitter=self.jitter if jitter is None else jitter)
 
     def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
-        """Flush, tag and end the run (FINISHED or FAILED)."""
+        """Send what is kept, then tag and end the run (FINISHED or FAILED)."""
         if not self.enabled:
             return
-        self.flush()
-        if self.run_id is None:
-            return
-        if tags:
-            self._call("set tags", _set_tags, self.client, self.run_id, tags)
-        self._call("end the run", self.client.set_terminated, self.run_id, status)
+        self.flush(jitter=0.0)
+        self._queue("end the run", _end_run, tags or {}, status)
 
 
 def open_image_run(client, store: ImageStore, link: dict) -> tuple[dict, bool]:
@@ -317,11 +429,22 @@ def _log_points(client, run_id: str, points: list[dict]) -> None:
     client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
+def _log_points_batched(client, run_id: str, points: list[dict]) -> None:
+    for first in range(0, len(points), BATCH):
+        _log_points(client, run_id, points[first:first + BATCH])
+
+
 def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
 
     client.log_batch(run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()],
                      synchronous=True)
+
+
+def _end_run(client, run_id: str, tags: dict[str, str], status: str) -> None:
+    if tags:
+        _set_tags(client, run_id, tags)
+    client.set_terminated(run_id, status)
 
 
 def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
@@ -330,6 +453,33 @@ def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
         path = Path(tmp) / filename
         path.write_bytes(data)
         client.log_artifact(run_id, str(path), folder or None)
+
+
+# --- the points an image's folder keeps -----------------------------------------------------
+
+METRICS = "metrics"  # the folder of the points: one file per scale, written once
+LEGACY_METRICS = "metrics.jsonl"  # one file rewritten at every scale, before version 0.2
+
+
+def points_file(scale: int) -> str:
+    """The name of the file that holds scale `scale`'s points in the image's folder."""
+    return f"{METRICS}/scale_{scale:02d}.jsonl"
+
+
+def points_bytes(points: Iterable[dict]) -> bytes:
+    return "".join(json.dumps(p, sort_keys=True) + "\n" for p in points).encode()
+
+
+def stored_points(store: ImageStore) -> list[dict]:
+    """Every point the image's folder keeps, the scales in order (one LIST, one GET a scale)."""
+    names = sorted(name for page in store.iter_names(f"{METRICS}/") for name in page)
+    if not names:
+        names = [LEGACY_METRICS]
+    points = []
+    for name in names:
+        data = store.get(name) or b""
+        points += [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    return points
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -344,7 +494,7 @@ class SyncReport:
 
 
 def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport | None:
-    """Send to MLflow whatever of this image's metrics.jsonl, params and pictures it lacks.
+    """Send to MLflow whatever of this image's stored points, params and pictures it lacks.
 
     Uses the server recorded in tracking.json unless `tracking_uri` is given. Creates the run if
     the training never reached the server. Returns None for an image that was never tracked.
@@ -370,25 +520,22 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     if missing_params:
         _log_params(client, run_id, missing_params)
 
-    points = MetricsLog.load(store, keep_scales=1 << 30).points
+    points = [p for p in stored_points(store) if p.get("mlflow", True)]
     sent = set()
     for key in {p["key"] for p in points}:
         sent |= {(key, m.step, m.timestamp) for m in client.get_metric_history(run_id, key)}
     missing = [p for p in points if (p["key"], p["step"], p["timestamp"]) not in sent]
-    for first in range(0, len(missing), BATCH):
-        _log_points(client, run_id, missing[first:first + BATCH])
+    _log_points_batched(client, run_id, missing)
 
     uploaded: dict[str, set[str]] = {}  # by folder
     artifacts = 0
-    for pattern in ARTIFACTS:
-        for path in sorted(store.fs.glob(store.path(pattern))):
-            name = path[len(store.root) + 1:]
-            folder = name.rpartition("/")[0]
-            if folder not in uploaded:
-                uploaded[folder] = {f.path for f in client.list_artifacts(run_id, folder)}
-            if name not in uploaded[folder]:
-                _log_bytes(client, run_id, name, store.get(name))
-                artifacts += 1
+    for name in sorted(name for page in store.iter_names() for name in page if is_artifact(name)):
+        folder = name.rpartition("/")[0]
+        if folder not in uploaded:
+            uploaded[folder] = {f.path for f in client.list_artifacts(run_id, folder)}
+        if name not in uploaded[folder]:
+            _log_bytes(client, run_id, name, store.get(name))
+            artifacts += 1
 
     done = store.success()
     if done is not None:
@@ -403,7 +550,7 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
 
 # A job's driver logs this metric every HEARTBEAT_SECONDS; a RUNNING job run without one for
 # STALE_SECONDS, or whose driver process on this machine is gone, was killed.
-HEARTBEAT_SECONDS = 60.0
+HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 
 
@@ -425,12 +572,17 @@ def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | N
     return experiment_id, run.info.run_id
 
 
-def heartbeat(client, run_id: str, seconds: float) -> None:
-    """The driver is alive: the `heartbeat` metric (seconds since the job started)."""
+def heartbeat(client, run_id: str, seconds: float, counts: dict[str, int] | None = None) -> None:
+    """The driver is alive: the `heartbeat` metric (seconds since the job started), and the
+    job's progress so far (`images_done`, `images_failed`, `images_running`, ...: `counts`), all
+    with the job's whole seconds as step, so that their charts move during the job."""
     from mlflow.entities import Metric
 
-    client.log_batch(run_id, metrics=[Metric("heartbeat", seconds, now_ms(), 0)],
-                     synchronous=True)
+    stamp, step = now_ms(), int(seconds)
+    metrics = [Metric("heartbeat", seconds, stamp, step)]
+    metrics += [Metric(f"images_{name}", value, stamp, step)
+                for name, value in (counts or {}).items()]
+    client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
 def end_abandoned_job_runs(client, experiment_id: str, output: str | None,
@@ -468,24 +620,23 @@ def _driver_alive(client, run) -> bool:
     return (now_ms() - last) / 1000 < STALE_SECONDS
 
 
-def end_job_run(tracking_uri: str, run_id: str, results, seconds: float,
-                params: dict[str, Any] | None = None) -> None:
-    """Totals and failed ids on the parent run (and `params` known only at the end, such as the
-    GPUs really used), then end it; tracking trouble is only logged."""
+def end_job_run(tracking_uri: str, run_id: str, counts: dict[str, int], failed: list[str],
+                seconds: float, params: dict[str, Any] | None = None) -> None:
+    """Totals (`counts`: images done, skipped, failed, ...) and the ids of failed images (the
+    first ones: a tag holds 8000 characters) on the parent run, and `params` known only at the
+    end, then end it; tracking trouble is only logged."""
     from mlflow.entities import Metric
 
-    counts = {s: sum(r.status == s for r in results) for s in Status}
-    failed = [r.image_id for r in results if r.status == Status.FAILED]
     try:
         client = client_for(tracking_uri)
-        stamp = now_ms()
+        stamp, step = now_ms(), int(seconds)
         client.log_batch(run_id, metrics=[
-            *(Metric(f"images_{k}", v, stamp, 0) for k, v in counts.items()),
+            *(Metric(f"images_{k}", v, stamp, step) for k, v in counts.items()),
             Metric("job_seconds", seconds, stamp, 0)], synchronous=True)
         if params:
             _log_params(client, run_id, params)
         if failed:  # MLflow tags hold at most 8000 characters
             _set_tags(client, run_id, {"failed_ids": ",".join(failed)[:8000]})
-        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+        client.set_terminated(run_id, "FAILED" if counts.get(Status.FAILED) else "FINISHED")
     except Exception as err:  # noqa: BLE001
         logger.warning("MLflow: cannot close the job run %s (%s)", run_id, one_line(err))

@@ -1,10 +1,11 @@
-"""Train one manifest row: the function the training job fans out, one Ray task per image.
+"""Train a bucket of manifest rows: the function the training job's Ray tasks run.
 
-It reads the image through fsspec, trains (resuming at the last finished scale), writes the
-image's output layout (singan.outputs, the files the `singan` command writes too, plus
-metrics.jsonl, tracking.json and _SUCCESS) as it goes, makes the row's task outputs
-(pipeline.tasks), tracks to MLflow, and returns an `ImageResult`. Runs in any process:
-the tests call it directly, the job calls it as a Ray task.
+For each row it reads the image through storage, trains (resuming at the last finished scale),
+writes the image's output layout as it goes (singan.outputs, the files the `singan` command
+writes too, plus each scale's points, tracking.json and _SUCCESS; pipeline.recording), makes
+the row's task outputs (pipeline.tasks), tracks to MLflow, and at the end of the bucket sends
+MLflow what it missed and writes each image's ledger file (pipeline.ledger). Runs in any
+process: the tests call it directly, the job calls it as a Ray task.
 
 What can go wrong, and what happens:
 - a bad image or bad settings (InputError), or a bug: the row fails with a one-line reason in its
@@ -12,32 +13,39 @@ What can go wrong, and what happens:
 - storage that keeps failing (TransientError): raised, so that Ray retries the task, and the
   retry resumes at the last finished scale;
 - the worker dies (killed, out of memory, node lost): Ray retries it the same way;
-- MLflow down: nothing; the points stay in metrics.jsonl and are replayed later.
+- MLflow down: nothing; the points stay in the image's folder and are replayed later.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
-import json
 import logging
-import os
-import signal
 import statistics
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
-from pipeline import tasks
-from pipeline.manifest import ImageTask
-from pipeline.results import Status
+from pipeline.ledger import Entry, Ledger, Status, now_iso
+from pipeline.manifest import ManifestRow, config_hash
+from pipeline.recording import ImageRecorder, TrackedFolder
 from pipeline.storage import ImageStore, TransientError, read_url, redact
-from pipeline.tracking import TRACKING, ImageRun, MetricsLog, is_artifact, point
+from pipeline.tracking import (
+    MLFLOW_EVERY,
+    ImageRun,
+    forget_down,
+    mark_down,
+    sender,
+    server_down,
+    sync_image,
+)
 from singan import outputs
 from singan.api import plan, sample, train_many
-from singan.base import Callback, Diverged, IterationLog, Pyramid, package_version
+from singan.base import Callback, Diverged, Pyramid, package_version
 from singan.config import Config
 from singan.errors import InputError, one_line
 from singan.image import load_image
@@ -46,12 +54,93 @@ from singan.sifid import InceptionStem, load_stem, sifid
 
 logger = logging.getLogger(__name__)
 
-# Test-only fault switch: SIGKILL the worker right after scale K is stored, once per image (a
-# marker file in the image folder says it already fired), to prove that the retry resumes there.
-FAULT_ENV = "SINGAN_FLEET_KILL_AFTER_SCALE"
-FAULT_MARKER = ".fault-fired"
+# Under --force, an image folder this job has started holds this file (the job's id): a Ray
+# retry of the job's own task resumes there instead of clearing it again.
+FORCE_MARKER = ".forced-by"
+# Seconds the end of a bucket waits for its MLflow requests before replaying what is missing.
+DRAIN_SECONDS = 120.0
 
-LOSSES = ("d_real", "d_fake", "gradient_penalty", "g_adv", "reconstruction")
+
+class Trainer:
+    """The computing half of a training task: reading an image, training a bucket of them, and
+    the pictures and values of a trained scale or model. This one is SinGAN's (singan), the
+    job's. The storing and tracking half (this module, pipeline.recording) is the same whatever
+    the trainer, so that bench/fleet_scale.py measures the job's requests at scale with a trainer
+    that sleeps instead (given to the job in code, never reachable from its options)."""
+
+    def read_image(self, data: bytes, name: str, height: int | None,
+                   width: int | None) -> Tensor:
+        """The image in `data` (named `name` in errors; the manifest's size, when it has one)."""
+        source = io.BytesIO(data)
+        source.name = name
+        return load_image(source)
+
+    def resume_point(self, store: ImageStore, row: ManifestRow, config: Config,
+                     device: torch.device) -> Pyramid | None:
+        """The partial model stored for this image, when it was trained with these settings."""
+        try:
+            model = store.load_model(device)
+        except InputError as err:
+            logger.warning("%s: stored model unreadable (%s); retraining", row.image_id, err)
+            return None
+        if model is None or model.config != config or model.seed != row.seed:
+            return None
+        return model if len(model.scales) else None
+
+    def train(self, images: Sequence[Tensor], config: Config, *, seeds: Sequence[int],
+              device: torch.device, callbacks: Sequence[Sequence[Callback]],
+              resume: Sequence[Pyramid] | None) -> list[Pyramid]:
+        """One model per image, trained together (singan.train_many)."""
+        return train_many(images, config, seeds=seeds, device=device, callbacks=callbacks,
+                          resume=resume)
+
+    def load_stem(self, inception: dict | None, device: torch.device) -> InceptionStem | None:
+        return load_stem(inception, device=device) if inception else None
+
+    def level_files(self, model: Pyramid, scale: int) -> dict[str, bytes]:
+        """A finished scale's files, in the order they are written (singan.outputs)."""
+        files: dict[str, bytes] = {}
+        outputs.write_level(model, scale, _Files(files))
+        return files
+
+    def final_files(self, model: Pyramid, row: ManifestRow, num_samples: int) -> dict[str, bytes]:
+        """The finished model's pictures and the row's task outputs (singan.outputs)."""
+        files: dict[str, bytes] = {}
+        outputs.write_final(model, _Files(files), num_samples)
+        names = row.task.write_outputs(model, _Files(files), row.params)
+        if names:
+            logger.info("%s: %s made", row.image_id, ", ".join(names))
+        return files
+
+    def scale_metrics(self, model: Pyramid, job: JobSettings,
+                      stem: InceptionStem | None) -> dict[str, float]:
+        """SIFID (with Inception weights) and the patch metrics of samples at the finest
+        finished scale against its real image, each the mean over the samples."""
+        num = max(job.sifid_samples if stem else 0, job.quality_samples)
+        if num == 0:
+            return {}
+        scale = len(model.scales) - 1
+        rng = torch.Generator(device=model.device).manual_seed(model.seed + 7919 * (scale + 1))
+        fakes, real = sample(model, num, generator=rng), model.reals[-1]
+        values = {}
+        if stem is not None and job.sifid_samples:
+            values["sifid"] = sifid(real, fakes[:job.sifid_samples], stem=stem)
+        if job.quality_samples:
+            chosen = fakes[:job.quality_samples].split(1)
+            values["patch_swd"] = statistics.fmean(patch_swd(real, f) for f in chosen)
+            values["nn_patch_distance"] = statistics.fmean(nn_patch_distance(real, f)
+                                                           for f in chosen)
+        return values
+
+
+class _Files:
+    """A singan.outputs folder that keeps the files in a dict, in the order they come."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+
+    def put(self, name: str, data: bytes) -> None:
+        self.files[name] = data
 
 
 @dataclass(frozen=True)
@@ -66,348 +155,289 @@ class JobSettings:
     num_samples: int = 8  # final random samples written per image
     sifid_samples: int = 4  # samples per scale for its SIFID (when Inception weights are given)
     quality_samples: int = 2  # samples per scale for the weight-free patch metrics; 0 = none
-    device: str | None = None  # default: CUDA when the task got a GPU, else CPU
+    device: str | None = None  # when the caller does not say (the job does: its Ray GPU): CPU
     # Names the job in each _SUCCESS it writes: an image finished by an earlier attempt of this
     # job's task (a retried bucket) is reported done, not "already done".
     job_id: str | None = None
+    force: bool = False  # retrain images already done (their folders cleared first)
+    mlflow_every: int = MLFLOW_EVERY  # iterations between the loss points sent to MLflow
+    trainer: Trainer = field(default_factory=Trainer)
+    # Runs in the worker once a scale is stored, with the image's store and the scale: the
+    # fault tests kill the worker there.
+    on_scale_stored: Callable[[ImageStore, int], None] | None = None
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """One row of the job's results table."""
-
-    image_id: str
-    status: Status  # done, skipped (already done with the same settings) or failed
-    error: str | None
-    num_scales: int | None
-    seconds: float
-    sifid: float | None  # final SIFID, when the SIFID metric is available
-    mlflow_run_id: str | None
-    output_url: str
-    tracking_complete: bool = True  # False: some points or pictures still wait for a sync
-    task: str = tasks.DEFAULT  # the row's task (pipeline.tasks)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+def train_image(row: ManifestRow, job: JobSettings, inception: dict | None = None) -> Entry:
+    """Train (or resume, or skip) one image; see train_bucket."""
+    return train_bucket([row], job, inception)[0]
 
 
-# The Config fields of the first stored trainings. A field added since is left out of the
-# identity while it keeps its default, so that a package that gains fields does not retrain the
-# images it already finished (their hash is unchanged); away from its default it counts.
-FIRST_CONFIG_FIELDS = frozenset((
-    "min_size", "max_size", "scale_factor", "num_scales", "nfc", "max_nfc", "nfc_double_every",
-    "num_layer", "kernel_size", "leaky_slope", "init_std", "niter", "lr_g", "lr_d", "beta1",
-    "beta2", "gamma", "lr_milestone", "d_steps", "g_steps", "lambda_grad", "alpha", "noise_amp",
-    "log_every"))
-
-
-def config_hash(task: ImageTask) -> str:
-    """Identifies a training: the settings, the seed, the source image's URL, and for a task
-    other than `train` the task and its parameters (a plain training keeps the hash it had
-    before tasks existed)."""
-    defaults = Config().to_dict()
-    settings = {name: value for name, value in task.config.to_dict().items()
-                if name in FIRST_CONFIG_FIELDS or value != defaults[name]}
-    identity = {"config": settings, "seed": task.seed, "uri": task.uri}
-    added = tasks.task_named(task.task).identity(task.params)
-    if added:
-        identity.update(task=added["task"], params=task.params)
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def train_image(task: ImageTask, job: JobSettings, inception: dict | None = None) -> ImageResult:
-    """Train (or resume, or skip) one image; see the module docstring for failure handling.
-
-    `inception`: the Inception stem's weights (pipeline.inception.stem_weights); with them, the
-    SIFID of every scale is logged. None skips SIFID.
-    """
-    return train_bucket([task], job, inception)[0]
-
-
-def train_bucket(bucket: list[ImageTask], job: JobSettings,
-                 inception: dict | None = None) -> list[ImageResult]:
+def train_bucket(rows: Sequence[ManifestRow], job: JobSettings, inception: dict | None = None,
+                 *, device: str | None = None, node: str | None = None) -> list[Entry]:
     """Train (or resume, or skip) a bucket of rows; one result per row, in order.
 
     Rows whose training plans are equal (the driver buckets them so) and that stopped at the
-    same scale train together (singan.train_many); everything else stays per image: its folder,
-    scale files as each scale finishes, its MLflow run, _SUCCESS. Rows already done are skipped,
-    a bad image or a training whose losses diverge fails its own row, and storage that keeps
-    failing raises TransientError for the whole bucket (Ray retries it; every image resumes at
-    its last stored scale).
+    same scale train together (the trainer's `train`: singan.train_many); everything else stays
+    per image: its folder, scale files as each scale finishes, its MLflow run, _SUCCESS. Rows
+    already done are skipped, a bad image or a training whose losses diverge fails its own row,
+    and storage that keeps failing raises TransientError for the whole bucket (Ray retries it;
+    every image resumes at its last stored scale). At the end, what MLflow missed is replayed
+    and every image's ledger file written.
+
+    `inception`: the Inception stem's weights (pipeline.inception.stem_weights); with them, the
+    SIFID of every scale is logged. `device`: where to train (default: the job's, else CPU);
+    `node`: the Ray node, recorded with each result.
     """
-    start = time.perf_counter()
-    device = torch.device(job.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    results: dict[int, ImageResult] = {}
-    ready: list[Prepared] = []
-    for index, task in enumerate(bucket):
-        outcome = _guarded(task, job, start, lambda t=task: _prepare(t, job, device, inception))
-        if isinstance(outcome, ImageResult):
-            results[index] = outcome
+    bucket = _Bucket(job, torch.device(device or job.device or "cpu"), node)
+    ready: list[_Prepared] = []
+    for index, row in enumerate(rows):
+        outcome = bucket.guarded(row, lambda r=row: bucket.prepare(r, inception))
+        if isinstance(outcome, Entry):
+            bucket.ended[index] = outcome
         else:
-            ready.append(outcome)
             outcome.index = index
+            ready.append(outcome)
 
     # Images of equal settings, plan and progress train together.
-    groups: dict[tuple, list[Prepared]] = {}
+    groups: dict[tuple, list[_Prepared]] = {}
     for item in ready:
         key = (item.config, plan(*item.image.shape[-2:], item.config),
                len(item.resume.scales) if item.resume is not None else 0)
         groups.setdefault(key, []).append(item)
     for group in groups.values():
-        models = _guarded_group(group, job, start, device)
+        models = bucket.train(group)
         for item, model in zip(group, models, strict=True):
-            results[item.index] = model if isinstance(model, ImageResult) else _guarded(
-                item.task, job, start, lambda i=item, m=model: _finish(i, m, job, start))
-    return [results[index] for index in range(len(bucket))]
+            bucket.ended[item.index] = model if isinstance(model, Entry) else bucket.guarded(
+                item.row, lambda i=item, m=model: bucket.finish(i, m))
+    return bucket.settle(len(rows))
 
 
 @dataclass
-class Prepared:
+class _Prepared:
     """A row ready to train: its image, training config, resume point, run and recorder."""
 
-    task: ImageTask
+    row: ManifestRow
     store: ImageStore
-    image: torch.Tensor
+    image: Tensor
     config: Config
     resume: Pyramid | None
     run: ImageRun
-    recorder: StoreScales
+    recorder: ImageRecorder
     index: int = 0
 
 
-def _failed(task: ImageTask, job: JobSettings, start: float, reason: str) -> ImageResult:
-    store = ImageStore(job.output, task.image_id)
-    link = store.get_json(TRACKING) or {}
-    return ImageResult(task.image_id, Status.FAILED, reason, None, time.perf_counter() - start,
-                       None, link.get("run_id"), store.url, task=task.task)
+class _Bucket:
+    """One call of train_bucket: its settings, device and node, the results so far, and the
+    MLflow runs to settle at its end."""
+
+    def __init__(self, job: JobSettings, device: torch.device, node: str | None):
+        self.job, self.device, self.node = job, device, node
+        self.start = time.perf_counter()
+        self.ended: dict[int, Entry] = {}
+        self.runs: dict[str, ImageRun] = {}  # by image id
+        # Images found done whose ledger file was missing (so the driver sent them): the task
+        # that finished them died before the end of its bucket, maybe before its requests
+        # reached MLflow. Their folders are replayed at the end of this bucket.
+        self.found_done: dict[str, ImageStore] = {}
+
+    def entry(self, row: ManifestRow, status: Status, **values) -> Entry:
+        store = ImageStore(self.job.output, row.image_id)
+        defaults = dict(error=None, num_scales=None, seconds=time.perf_counter() - self.start,
+                        sifid=None, mlflow_run_id=None, job_id=self.job.job_id)
+        return Entry(row.image_id, status, output_url=store.url, task=row.task.name,
+                     config_hash=config_hash(row), node=self.node, device=self.device.type,
+                     finished_at=now_iso(), **{**defaults, **values})
+
+    def failed(self, row: ManifestRow, reason: str) -> Entry:
+        run = self.runs.get(row.image_id)
+        run_id = run.run_id if run is not None else None
+        if run_id is None:
+            run_id = (ImageStore(self.job.output, row.image_id).get_json("tracking.json")
+                      or {}).get("run_id")
+        return self.entry(row, Status.FAILED, error=reason, mlflow_run_id=run_id)
+
+    def guarded(self, row: ManifestRow, step: Callable[[], object]):
+        """step(), with a bad input or a bug turned into the row's failed result."""
+        try:
+            return step()
+        except TransientError:
+            raise  # Ray retries the task; the retry resumes at the last finished scale
+        except InputError as err:
+            logger.warning("%s: %s", row.image_id, err)
+            return self.failed(row, one_line(err))
+        except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
+            logger.error("%s failed:\n%s", row.image_id, traceback.format_exc())
+            return self.failed(row, one_line(err))
+
+    def prepare(self, row: ManifestRow, inception: dict | None) -> _Prepared | Entry:
+        job, trainer = self.job, self.job.trainer
+        store = ImageStore(job.output, row.image_id)
+        digest = config_hash(row)
+        done = store.success()
+        if job.force and _not_started_by(store, job, done):
+            logger.info("%s: --force: clearing the image's folder", row.image_id)
+            store.remove_all()
+            store.put(FORCE_MARKER, (job.job_id or "").encode())
+            done = None
+        if done is not None and done.get("config_hash") == digest:
+            ours = job.job_id is not None and done.get("job_id") == job.job_id
+            if job.tracking_uri is not None:
+                self.found_done[row.image_id] = store
+            return self.entry(row, Status.DONE if ours else Status.SKIPPED,
+                              num_scales=done.get("num_scales"), sifid=done.get("sifid"),
+                              seconds=done.get("seconds", 0.0) if ours else 0.0,
+                              mlflow_run_id=done.get("run_id"), job_id=done.get("job_id"))
+
+        # 1. The image, through storage, and the config it trains with (super-resolution
+        #    derives it from the image's size). A bad image fails the row in step 3, once its
+        #    MLflow run exists, so that it shows there too.
+        image = train_config = bad_input = None
+        try:
+            image = read_image(row, trainer)
+            train_config = row.task.training_config(row.config, row.params, *image.shape[-2:])
+            plan(*image.shape[-2:], train_config)
+        except InputError as err:
+            bad_input = err
+
+        # 2. Resume what a previous attempt stored with the same settings; otherwise start
+        #    clean, so that no file of another training is mixed into this one. (With a bad
+        #    image only a finished training of other settings is cleared: a partial one may
+        #    resume later.)
+        resume = None
+        if bad_input is None and done is None:
+            resume = trainer.resume_point(store, row, train_config, self.device)
+        if done is not None or (resume is None and bad_input is None
+                                and store.exists("model/config.json")):
+            logger.info("%s: settings changed; retraining from scratch", row.image_id)
+            store.remove_all()
+
+        # 3. The MLflow run (reused when a previous attempt created one); a failure ends it as
+        #    FAILED with the reason, so that bad images show in MLflow too.
+        run = self.runs[row.image_id] = ImageRun(store, job.tracking_uri, job.experiment_id,
+                                                 job.parent_run_id, job.experiment)
+        try:
+            if bad_input is not None:
+                raise bad_input
+            stem = trainer.load_stem(inception if job.sifid_samples else None, self.device)
+            height, width = image.shape[-2:]
+            run.log_params({"image_id": row.image_id, "uri": row.uri, "height": height,
+                            "width": width, "seed": row.seed, "config_hash": digest,
+                            **row.task.identity(row.params),
+                            **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
+            if resume is not None:
+                logger.info("%s: resuming at scale %d", row.image_id, len(resume.scales))
+        except BaseException as err:
+            run.finish("FAILED", tags={"error": one_line(err)})
+            raise
+        recorder = ImageRecorder(
+            store, run, level_files=trainer.level_files,
+            scale_metrics=functools.partial(trainer.scale_metrics, job=job, stem=stem),
+            mlflow_every=job.mlflow_every, on_stored=job.on_scale_stored)
+        return _Prepared(row, store, image, train_config, resume, run, recorder)
+
+    def train(self, group: list[_Prepared]) -> list[Pyramid | Entry]:
+        """4. The group's models, trained together, each image storing its scales as they
+        finish; a bug fails every row of the group, each with its run ended as FAILED."""
+        resume = [item.resume for item in group] if group[0].resume is not None else None
+        try:
+            return self.job.trainer.train(
+                [item.image for item in group], group[0].config,
+                seeds=[item.row.seed for item in group], device=self.device,
+                callbacks=[[item.recorder] for item in group], resume=resume)
+        except TransientError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            logger.error("a bucket of %d failed:\n%s", len(group), traceback.format_exc())
+            for item in group:
+                item.run.finish("FAILED", tags={"error": one_line(err)})
+            return [self.failed(item.row, one_line(err)) for item in group]
+
+    def finish(self, item: _Prepared, model: Pyramid) -> Entry:
+        """5. The final pictures and the task's outputs, then _SUCCESS (only now is it done)."""
+        row, store, run = item.row, item.store, item.run
+        try:
+            if model.failure is not None:
+                raise Diverged(model.failure)
+            files = self.job.trainer.final_files(model, row, self.job.num_samples)
+            TrackedFolder(store, run).put_all(files)
+        except BaseException as err:
+            run.finish("FAILED", tags={"error": one_line(err)})
+            raise
+        run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
+        seconds = time.perf_counter() - self.start
+        sifid_value = item.recorder.sifid
+        store.mark_success({"run_id": run.run_id, "config_hash": config_hash(row),
+                            "num_scales": model.num_scales, "seconds": round(seconds, 3),
+                            "uri": row.uri, "sifid": sifid_value, "finished_at": now_iso(),
+                            "job_id": self.job.job_id, "package_version": package_version(),
+                            **row.task.identity(row.params)})
+        return self.entry(row, Status.DONE, num_scales=model.num_scales, seconds=seconds,
+                          sifid=sifid_value, mlflow_run_id=run.run_id)
+
+    def settle(self, count: int) -> list[Entry]:
+        """6. The end of the bucket: MLflow gets what it has not yet (queued requests now, then
+        a replay from the image's folder for a run that missed some), and each image's ledger
+        file is written. The results in row order."""
+        entries = [self.ended[index] for index in range(count)]
+        if self.job.tracking_uri is not None and (self.runs or self.found_done):
+            sender().drain(DRAIN_SECONDS)
+            # The server may be back: the first replay tries, and a failure there spares the
+            # others the wait (tracking.server_down).
+            forget_down(self.job.tracking_uri)
+            entries = [self.replayed(entry) for entry in entries]
+        ledger = Ledger(self.job.output)
+        for entry in entries:
+            ledger.record(entry)
+        return entries
+
+    def replayed(self, entry: Entry) -> Entry:
+        """The entry, once MLflow has what its image's folder holds, when it may lack some."""
+        run = self.runs.get(entry.image_id)
+        store = self.found_done.get(entry.image_id) or (run.store if run else None)
+        if store is None or (run is not None and run.complete):
+            return entry
+        if server_down(self.job.tracking_uri):
+            logger.warning("MLflow: %s still lacks some of its points or pictures (the server "
+                           "was down a moment ago)", entry.image_id)
+            return _replace(entry, tracking_complete=False)
+        try:
+            report = sync_image(store)
+        except Exception as err:  # noqa: BLE001 - left for jobs/sync_tracking.py
+            mark_down(self.job.tracking_uri)
+            logger.warning("MLflow: %s still lacks some of its points or pictures (%s)",
+                           entry.image_id, one_line(err))
+            return _replace(entry, tracking_complete=False)
+        if report is None:  # never tracked: nothing to replay
+            return entry
+        if report.points_sent or report.artifacts_sent:
+            # A warning: the server missed requests (it was down, or a worker died), which a
+            # user of `ray job logs` should see.
+            logger.warning("MLflow: sent %d late points and %d pictures of %s",
+                           report.points_sent, report.artifacts_sent, entry.image_id)
+        return _replace(entry, mlflow_run_id=entry.mlflow_run_id or report.run_id)
 
 
-def _guarded(task: ImageTask, job: JobSettings, start: float, step):
-    """step(), with a bad input or a bug turned into the row's failed result."""
+def read_image(row: ManifestRow, trainer: Trainer | None = None) -> Tensor:
+    """The row's image, through storage, decoded by the trainer (SinGAN's by default), named in
+    errors by its URL (without any user:password@ in it: the reason goes to the logs, the
+    results and MLflow)."""
     try:
-        return step()
-    except TransientError:
-        raise  # Ray retries the task; the retry resumes at the last finished scale
-    except InputError as err:
-        logger.warning("%s: %s", task.image_id, err)
-        return _failed(task, job, start, one_line(err))
-    except Exception as err:  # noqa: BLE001 - a bug or a device error fails this row only
-        logger.error("%s failed:\n%s", task.image_id, traceback.format_exc())
-        return _failed(task, job, start, one_line(err))
-
-
-def _guarded_group(group: list[Prepared], job: JobSettings, start: float,
-                   device: torch.device) -> list[Pyramid | ImageResult]:
-    """The group's models, trained together; a bug fails every row of the group, each with
-    its run ended as FAILED."""
-    try:
-        return _train_group(group, job, device)
-    except TransientError:
-        raise
-    except Exception as err:  # noqa: BLE001
-        logger.error("a bucket of %d failed:\n%s", len(group), traceback.format_exc())
-        for item in group:
-            item.run.finish("FAILED", tags={"error": one_line(err)})
-        return [_failed(item.task, job, start, one_line(err)) for item in group]
-
-
-def _prepare(task: ImageTask, job: JobSettings, device: torch.device,
-             inception: dict | None) -> Prepared | ImageResult:
-    store = ImageStore(job.output, task.image_id)
-    digest = config_hash(task)
-    done = store.success()
-    if done is not None and done.get("config_hash") == digest:
-        ours = job.job_id is not None and done.get("job_id") == job.job_id
-        return ImageResult(task.image_id, Status.DONE if ours else Status.SKIPPED, None,
-                           done.get("num_scales"), done.get("seconds", 0.0) if ours else 0.0,
-                           done.get("sifid"), done.get("run_id"), store.url, task=task.task)
-
-    # 1. The image, through fsspec, and the config it trains with (super-resolution derives it
-    #    from the image's size). A bad image fails the row in step 3, once its MLflow run
-    #    exists, so that it shows there too.
-    image = train_config = bad_input = None
-    try:
-        image = _read_image(task)
-        train_config = tasks.task_named(task.task).training_config(task.config, task.params,
-                                                                   *image.shape[-2:])
-    except InputError as err:
-        bad_input = err
-
-    # 2. Resume what a previous attempt stored with the same settings; otherwise start clean,
-    #    so that no file of another training is mixed into this one. (With a bad image only a
-    #    finished training of other settings is cleared: a partial one may resume later.)
-    resume = None if bad_input else _resumable(store, task, train_config, device)
-    if done is not None or (resume is None and bad_input is None
-                            and store.exists("model/config.json")):
-        logger.info("%s: settings changed; retraining from scratch", task.image_id)
-        store.remove_all()
-    finished = len(resume.scales) if resume is not None else 0
-    metrics = MetricsLog.load(store, keep_scales=finished)
-
-    # 3. The MLflow run (reused when a previous attempt created one); a failure ends it as
-    #    FAILED with the reason, so that bad images show in MLflow too.
-    run = ImageRun(store, job.tracking_uri, job.experiment_id, job.parent_run_id, job.experiment)
-    try:
-        if bad_input is not None:
-            raise bad_input
-        stem = load_stem(inception, device=device) if inception and job.sifid_samples else None
-        height, width = image.shape[-2:]
-        run.log_params({"image_id": task.image_id, "uri": task.uri, "height": height,
-                        "width": width, "seed": task.seed, "config_hash": digest,
-                        **_task_fields(task),
-                        **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
-        if resume is not None:
-            logger.info("%s: resuming at scale %d", task.image_id, len(resume.scales))
-    except BaseException as err:
-        run.finish("FAILED", tags={"error": one_line(err)})
-        raise
-    return Prepared(task, store, image, train_config, resume, run,
-                    StoreScales(store, run, metrics, job, stem))
-
-
-def _train_group(group: list[Prepared], job: JobSettings,
-                 device: torch.device) -> list[Pyramid | ImageResult]:
-    """4. Train the group together, each image storing its scales as they finish."""
-    resume = [item.resume for item in group] if group[0].resume is not None else None
-    return train_many([item.image for item in group], group[0].config,
-                      seeds=[item.task.seed for item in group], device=device,
-                      callbacks=[[item.recorder] for item in group], resume=resume)
-
-
-def _finish(item: Prepared, model: Pyramid, job: JobSettings, start: float) -> ImageResult:
-    """5. The final pictures and the task's outputs, then _SUCCESS (only now is it done)."""
-    task, store, run, recorder = item.task, item.store, item.run, item.recorder
-    try:
-        if model.failure is not None:
-            raise Diverged(model.failure)
-        folder = TrackedFolder(store, run)
-        outputs.write_final(model, folder, job.num_samples)
-        names = tasks.task_named(task.task).write_outputs(model, folder, task.params)
-        if names:
-            logger.info("%s: %s written", task.image_id, ", ".join(names))
-    except BaseException as err:
-        run.finish("FAILED", tags={"error": one_line(err)})
-        raise
-    run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
-    seconds = time.perf_counter() - start
-    store.mark_success({"run_id": run.run_id, "config_hash": config_hash(task),
-                        "num_scales": model.num_scales, "seconds": round(seconds, 3),
-                        "uri": task.uri, "sifid": recorder.sifid,
-                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "job_id": job.job_id, "package_version": package_version(),
-                        **_task_fields(task)})
-    return ImageResult(task.image_id, Status.DONE, None, model.num_scales, seconds, recorder.sifid,
-                       run.run_id, store.url, run.complete, task=task.task)
-
-
-def _task_fields(task: ImageTask) -> dict:
-    """The task and its parameters, for _SUCCESS and the run's params (pipeline.tasks)."""
-    return tasks.task_named(task.task).identity(task.params)
-
-
-def _read_image(task: ImageTask) -> torch.Tensor:
-    """The row's image, through fsspec. The name makes load_image's errors name the URL (without
-    any user:password@ in it: the reason goes to the logs, the results and MLflow)."""
-    try:
-        source = io.BytesIO(read_url(task.uri))
+        data = read_url(row.uri)
     except FileNotFoundError as err:
-        raise InputError(f"{redact(task.uri)}: no such file") from err
-    source.name = redact(task.uri)
-    return load_image(source)
+        raise InputError(f"{redact(row.uri)}: no such file") from err
+    except IsADirectoryError as err:
+        raise InputError(f"{redact(row.uri)}: a folder, not an image file") from err
+    return (trainer or Trainer()).read_image(data, redact(row.uri), row.height, row.width)
 
 
-class TrackedFolder:
-    """The image's folder for singan.outputs: every file goes to the store, and the pictures
-    MLflow shows (tracking.ARTIFACTS) to the image's run as well."""
-
-    def __init__(self, store: ImageStore, run: ImageRun):
-        self.store, self.run = store, run
-
-    def put(self, name: str, data: bytes) -> None:
-        self.store.put(name, data)
-        if is_artifact(name):
-            self.run.log_artifact(name, data)
+def _replace(entry: Entry, **values) -> Entry:
+    return Entry(**{**entry.__dict__, **values})
 
 
-def _resumable(store: ImageStore, task: ImageTask, train_config: Config,
-               device: torch.device) -> Pyramid | None:
-    """The partial model stored for this image, when it was trained with these settings."""
-    if store.success() is not None:
-        return None  # a finished training with other settings: retrain
-    try:
-        model = store.load_model(device)
-    except InputError as err:
-        logger.warning("%s: stored model unreadable (%s); retraining", task.image_id, err)
-        return None
-    if model is None or model.config != train_config or model.seed != task.seed:
-        return None
-    return model if len(model.scales) else None
-
-
-class StoreScales(Callback):
-    """Stores every finished scale (model file, real, sample grid, metrics) and tracks it."""
-
-    def __init__(self, store: ImageStore, run: ImageRun, metrics: MetricsLog, job: JobSettings,
-                 stem: InceptionStem | None = None):
-        self.store, self.run, self.metrics, self.job, self.stem = store, run, metrics, job, stem
-        self.scale_start = 0.0
-        self.noise_amp = 0.0
-        # The SIFID of the latest scale; after training, the finest scale's (the final SIFID).
-        self.sifid: float | None = None
-
-    def on_scale_start(self, model: Pyramid, scale: int, noise_amp: float) -> None:
-        self.scale_start = time.perf_counter()
-        self.noise_amp = noise_amp
-
-    def scale_metrics(self, model: Pyramid) -> dict[str, float]:
-        """SIFID (with Inception weights) and the patch metrics of samples at the finest finished
-        scale against its real image, each the mean over the samples."""
-        num = max(self.job.sifid_samples if self.stem else 0, self.job.quality_samples)
-        if num == 0:
-            return {}
-        scale = len(model.scales) - 1
-        rng = torch.Generator(device=model.device).manual_seed(model.seed + 7919 * (scale + 1))
-        fakes, real = sample(model, num, generator=rng), model.reals[-1]
-        values = {}
-        if self.stem is not None and self.job.sifid_samples:
-            self.sifid = sifid(real, fakes[:self.job.sifid_samples], stem=self.stem)
-            values["sifid"] = self.sifid
-        if self.job.quality_samples:
-            chosen = fakes[:self.job.quality_samples].split(1)
-            values["patch_swd"] = statistics.fmean(patch_swd(real, f) for f in chosen)
-            values["nn_patch_distance"] = statistics.fmean(nn_patch_distance(real, f) for f in chosen)
-        return values
-
-    def on_iteration(self, log: IterationLog) -> None:
-        values = {name: getattr(log, name) for name in LOSSES}
-        values["d_loss"] = log.d_loss
-        values["g_loss"] = log.g_adv + log.reconstruction
-        # Without a critic (a patch loss in its place) the D terms are None: nothing to log.
-        points = [point(f"s{log.scale:02d}/{name}", value, log.iteration, log.scale)
-                  for name, value in values.items() if value is not None]
-        self.metrics.add(points)
-        self.run.log_points(points)
-
-    def on_scale_end(self, model: Pyramid, scale: int) -> None:
-        # Metrics, then the scale's files, its model file last (the resume point): a worker
-        # dying in between leaves points of an unfinished scale, which the retry drops and logs
-        # again.
-        points = [point("noise_amp", self.noise_amp, scale, scale),
-                  point("scale_seconds", time.perf_counter() - self.scale_start, scale, scale)]
-        points += [point(key, value, scale, scale)
-                   for key, value in self.scale_metrics(model).items()]
-        self.metrics.add(points)
-        self.metrics.save(self.store)
-        outputs.write_level(model, scale, TrackedFolder(self.store, self.run))
-        self.run.log_points(points)
-        self.run.flush()
-        _maybe_inject_fault(self.store, scale)
-
-
-def _maybe_inject_fault(store: ImageStore, scale: int) -> None:
-    target = os.environ.get(FAULT_ENV)
-    if target is None or int(target) != scale or store.exists(FAULT_MARKER):
-        return
-    store.put(FAULT_MARKER, b"")
-    logger.warning("%s=%s: killing this worker after scale %d", FAULT_ENV, target, scale)
-    os.kill(os.getpid(), signal.SIGKILL)
+def _not_started_by(store: ImageStore, job: JobSettings, done: Mapping | None) -> bool:
+    """Whether --force must clear the image's folder: it was not finished, nor started, by this
+    job (a Ray retry of the job's own task goes on where its last attempt stopped)."""
+    if done is not None:
+        return done.get("job_id") != job.job_id
+    marker = store.get(FORCE_MARKER)
+    return marker is None or marker.decode() != (job.job_id or "")

@@ -6,6 +6,8 @@ and by the batch job (into its fsspec store, which also logs every picture to ML
     samples/scale_XX.png                      per level: the real image and 3 samples, side by side
     samples/sample_XX.png                     random samples of the finished model
     samples/reconstruction.png                its reconstruction of the image
+    samples/final.png                         the real image, the reconstruction and up to 4
+                                              samples side by side (what MLflow shows)
     sr/sr_xF.png, sr/bicubic_xF.png           super-resolution by F, and bicubic to compare
     animate/start_scale_S/beta_B.gif          animations (singan.apps.animate), B as 0.80 ... 0.95
 
@@ -73,20 +75,29 @@ def write_level(model: Pyramid, index: int, folder: Folder) -> None:
 
 def sample_grid(model: Pyramid) -> Tensor:
     """The real image at the finest finished level, then GRID_SAMPLES random samples."""
-    real = model.reals[-1]
     samples = sample(model, GRID_SAMPLES, generator=picture_generator(model))
-    white = torch.ones(1, 3, real.shape[-2], GRID_BORDER, device=real.device, dtype=real.dtype)
-    parts = [part for x in (real, *samples.split(1)) for part in (x, white)][:-1]
-    return torch.cat(parts, dim=-1)
+    return side_by_side([model.reals[-1], *samples.split(1)])
+
+
+def side_by_side(pictures: list[Tensor]) -> Tensor:
+    """1 x 3 x H x W pictures of one height in a row, GRID_BORDER white pixels between them."""
+    first = pictures[0]
+    white = torch.ones(1, 3, first.shape[-2], GRID_BORDER, device=first.device, dtype=first.dtype)
+    return torch.cat([part for x in pictures for part in (x, white)][:-1], dim=-1)
 
 
 def write_final(model: Pyramid, folder: Folder, num_samples: int) -> None:
-    """The finished model's random samples and its reconstruction."""
+    """The finished model's random samples, its reconstruction, and both beside the real image
+    in one picture."""
+    samples = []
     if num_samples:  # sample() refuses 0
-        samples = sample(model, num_samples, generator=picture_generator(model))
-        for index, x in enumerate(samples.split(1)):
+        samples = sample(model, num_samples, generator=picture_generator(model)).split(1)
+        for index, x in enumerate(samples):
             folder.put(f"samples/sample_{index:02d}.png", png_bytes(x))
-    folder.put("samples/reconstruction.png", png_bytes(reconstruct(model)))
+    reconstruction = reconstruct(model)
+    folder.put("samples/reconstruction.png", png_bytes(reconstruction))
+    folder.put("samples/final.png",
+               png_bytes(side_by_side([model.reals[-1], reconstruction, *samples[:4]])))
 
 
 def write_super_resolution(model: Pyramid, factor: float, folder: Folder) -> Tensor:

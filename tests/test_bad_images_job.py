@@ -39,7 +39,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 # Tiny trainings: 4 scales (the quick preset) up to 28 px, narrow networks, a few iterations.
 TINY = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
         "--set", "max_nfc=16", "--set", "niter=4", "--num-samples", "1", "--sifid-samples", "0",
-        "--quality-samples", "0", "--gpus-per-image", "0", "--no-tracking"]
+        "--quality-samples", "0", "--gpus-per-task", "0", "--no-tracking"]
 MiB = 1024 * 1024
 RED, BLUE = (220, 20, 20), (20, 20, 220)
 
@@ -255,15 +255,15 @@ def test_every_bad_image_fails_its_own_row_and_every_odd_one_trains(images, tmp_
 # a worker's memory
 
 # A fresh process does what a worker does with a row's image before training: read it through
-# fsspec and convert it (pipeline.train_image._read_image, i.e. singan.image.load_image), then
+# storage and convert it (pipeline.train_image.read_image, i.e. singan.image.load_image), then
 # build the training pyramid from it. It prints its resident memory after the imports and its
 # peak after the load, in bytes. Both come from /proc/self/status (VmRSS, VmHWM), which belong
 # to this process's own address space: ru_maxrss would start at the pytest process's size,
 # since Linux carries the high-water mark of the parent over fork and exec.
 MEASURE = textwrap.dedent("""
     import json, sys
-    from pipeline.manifest import ImageTask
-    from pipeline.train_image import _read_image
+    from pipeline.manifest import manifest_row
+    from pipeline.train_image import read_image
     from singan.config import config
     from singan.errors import InputError
     from singan.pyramid import build_pyramid, plan_pyramid
@@ -276,7 +276,7 @@ MEASURE = textwrap.dedent("""
     settings = config("quick", max_size=28, min_size=12)
     before = status("VmRSS")
     try:
-        image = _read_image(ImageTask("x", sys.argv[1], settings, 0))
+        image = read_image(manifest_row("x", sys.argv[1], settings, 0))
         real = build_pyramid(image, plan_pyramid(*image.shape[-2:], settings))[-1]
         outcome = list(real.shape)
     except InputError as err:

@@ -19,7 +19,7 @@ from PIL import Image
 
 import singan
 from pipeline.catalog import write_manifest
-from pipeline.manifest import ImageTask, ManifestError, read_manifest, seed_for
+from pipeline.manifest import ManifestError, manifest_row, read_manifest, seed_for
 from pipeline.storage import ImageStore
 from pipeline.tracking import ImageRun, start_job_run, sync_image
 from pipeline.train_image import JobSettings, config_hash, train_image
@@ -39,7 +39,7 @@ def write_table(tmp_path: Path, columns: dict) -> str:
 
 def problems(url: str) -> list[str]:
     with pytest.raises(ManifestError) as info:
-        read_manifest(url, check_files=False)
+        read_manifest(url)
     return info.value.problems
 
 
@@ -74,14 +74,14 @@ def test_task_rows_read_with_their_parameters(tmp_path):
         "frames": pa.array([None, None, None, 5, None], pa.int32()),
         "fps": [None, None, None, 12.5, None],
     })
-    tasks = read_manifest(url, check_files=False)
+    tasks = read_manifest(url)
     uri, paper = tasks[0].uri, config()
     assert tasks == [
-        ImageTask("a", uri, paper, seed_for("a")),
-        ImageTask("b", uri, paper, seed_for("b")),
-        ImageTask("c", uri, paper, seed_for("c"), task="sr", params={"sr_factor": 4.0}),
-        ImageTask("d", uri, paper, seed_for("d"), task="animate", params={"frames": 5, "fps": 12.5}),
-        ImageTask("e", uri, paper, seed_for("e"), task="animate"),
+        manifest_row("a", uri, paper, seed_for("a")),
+        manifest_row("b", uri, paper, seed_for("b")),
+        manifest_row("c", uri, paper, seed_for("c"), task="sr", params={"sr_factor": 4.0}),
+        manifest_row("d", uri, paper, seed_for("d"), task="animate", params={"frames": 5, "fps": 12.5}),
+        manifest_row("e", uri, paper, seed_for("e"), task="animate"),
     ]
     assert isinstance(tasks[2].params["sr_factor"], float)
     assert [t.params for t in tasks] == [{}, {}, {"sr_factor": 4.0}, {"frames": 5, "fps": 12.5},
@@ -144,7 +144,7 @@ def test_written_task_manifests_read_back(tmp_path):
                     {"image_id": "b", "uri": "x.png", "task": "animate", "frames": 5},
                     {"image_id": "c", "uri": "x.png"}], url)
     assert pq.read_schema(url).names == ["image_id", "uri", "task", "sr_factor", "frames"]
-    assert [(t.task, t.params) for t in read_manifest(url, check_files=False)] == [
+    assert [(t.task.name, t.params) for t in read_manifest(url)] == [
         ("sr", {"sr_factor": 2.0}), ("animate", {"frames": 5, "fps": 10.0}), ("train", {})]
 
 
@@ -155,21 +155,21 @@ def test_a_plain_training_keeps_its_hash():
     # loss, ...): images already finished are not retrained after an upgrade. (lr_milestone is
     # given: config(niter=10) put the drop at 8 then; it leaves SinGAN's where the preset has it
     # now, which is another training.)
-    task = ImageTask("wall", "file:///data/wall.png", config("quick", niter=10, lr_milestone=8), 7)
+    task = manifest_row("wall", "file:///data/wall.png", config("quick", niter=10, lr_milestone=8), 7)
     assert config_hash(task) == "1a016995928f1e8b"
-    assert config_hash(ImageTask("wall", "file:///data/wall.png", config(), 7)) == \
+    assert config_hash(manifest_row("wall", "file:///data/wall.png", config(), 7)) == \
         "555df0637ff38c2d"
-    assert config_hash(ImageTask(task.image_id, task.uri, task.config, 7, task="train")) == \
+    assert config_hash(manifest_row(task.image_id, task.uri, task.config, 7, task="train")) == \
         "1a016995928f1e8b"
     # A new field away from its default is a new training.
-    changed = ImageTask("wall", task.uri, config("quick", niter=10, lr_milestone=8,
+    changed = manifest_row("wall", task.uri, config("quick", niter=10, lr_milestone=8,
                                                  padding="reflect"), 7)
     assert config_hash(changed) != config_hash(task)
 
 
 def test_the_task_and_its_parameters_are_part_of_the_identity():
     def digest(task: str = "train", **params) -> str:
-        return config_hash(ImageTask("wall", "file:///data/wall.png", config(), 7, task, params))
+        return config_hash(manifest_row("wall", "file:///data/wall.png", config(), 7, task, params))
 
     hashes = [digest(), digest("sr", sr_factor=2), digest("sr", sr_factor=4), digest("animate"),
               digest("animate", frames=5), digest("animate", fps=20)]
@@ -185,7 +185,7 @@ def sr_row(tmp_path_factory, mlflow_server):
     """An sr x2 row of a 40 x 48 image, trained with tracking: (task, job, result, folder)."""
     root = tmp_path_factory.mktemp("sr")
     experiment_id, parent = start_job_run(mlflow_server.url, "batch-tasks", None, {})
-    task = ImageTask("stones", image_uri(root), tiny(), 5, task="sr", params={"sr_factor": 2})
+    task = manifest_row("stones", image_uri(root), tiny(), 5, task="sr", params={"sr_factor": 2})
     job = settings(root / "out", tracking_uri=mlflow_server.url, experiment_id=experiment_id,
                    parent_run_id=parent)
     return task, job, train_image(task, job), root / "out" / "stones"
@@ -229,7 +229,7 @@ def test_an_unchanged_rerun_skips_and_a_changed_task_retrains(sr_row, tmp_path):
 
     # The same row as a plain training, on a copy of the outputs (other tests read the first).
     folder = Path(shutil.copytree(folder, tmp_path / "out" / task.image_id))
-    plain = ImageTask(task.image_id, task.uri, task.config, task.seed)
+    plain = manifest_row(task.image_id, task.uri, task.config, task.seed)
     retrained = train_image(plain, settings(folder.parent))
     assert retrained.status == "done" and retrained.task == "train"
     assert not (folder / "sr").exists()  # the old task's outputs went with its training
@@ -238,7 +238,7 @@ def test_an_unchanged_rerun_skips_and_a_changed_task_retrains(sr_row, tmp_path):
 
 def test_an_animate_row_writes_one_gif_per_beta_and_start_scale(tmp_path):
     # Two scales: start scale 2 of the reference's grid does not exist and is skipped.
-    task = ImageTask("stones", image_uri(tmp_path), tiny(num_scales=2, max_size=48), 5,
+    task = manifest_row("stones", image_uri(tmp_path), tiny(num_scales=2, max_size=48), 5,
                      task="animate", params={"frames": 5, "fps": 20})
     result = train_image(task, settings(tmp_path / "out"))
     assert (result.status, result.error, result.task, result.num_scales) == (
@@ -263,7 +263,7 @@ def test_replay_sends_the_task_outputs_the_server_missed(tmp_path, mlflow_server
     store = ImageStore(str(tmp_path), "img")
     run = ImageRun(store, dead, "0", None)
     run.log_params({"image_id": "img", "task": "animate"})
-    names = ["samples/scale_00.png", "samples/sample_00.png", "sr/sr_x2.png", "sr/bicubic_x2.png",
+    names = ["samples/scale_00.png", "samples/final.png", "sr/sr_x2.png", "sr/bicubic_x2.png",
              "animate/start_scale_0/beta_0.80.gif", "animate/start_scale_1/beta_0.95.gif"]
     for name in names:
         store.put(name, b"picture " + name.encode())
@@ -298,13 +298,13 @@ def test_make_manifest_gives_every_row_the_task(tmp_path, make_manifest, capsys)
     assert make_manifest([str(tmp_path / "photos"), "--out", out, "--task", "sr",
                           "--sr-factor", "4"]) == 0
     assert capsys.readouterr().out == f"2 images -> {out} (task sr)\n"
-    assert [(t.image_id, t.task, t.params) for t in read_manifest(out)] == [
+    assert [(t.image_id, t.task.name, t.params) for t in read_manifest(out)] == [
         ("a", "sr", {"sr_factor": 4.0}), ("b", "sr", {"sr_factor": 4.0})]
 
     out = str(tmp_path / "gifs.parquet")
     assert make_manifest([str(tmp_path / "photos"), "--out", out, "--task", "animate",
                           "--frames", "20"]) == 0
-    assert [(t.task, t.params) for t in read_manifest(out)] == [
+    assert [(t.task.name, t.params) for t in read_manifest(out)] == [
         ("animate", {"frames": 20, "fps": 10.0})] * 2
 
 

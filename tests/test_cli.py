@@ -37,8 +37,11 @@ def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, t
     assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 1600
     assert sorted(p.name for p in (out / "reals").iterdir()) == [f"scale_{i:02d}.png" for i in range(n)]
     samples = sorted(p.name for p in (out / "samples").iterdir())
-    assert samples == ["reconstruction.png", "sample_00.png", "sample_01.png"] + [
+    assert samples == ["final.png", "reconstruction.png", "sample_00.png", "sample_01.png"] + [
         f"scale_{i:02d}.png" for i in range(n)]
+    # final.png: the real image, the reconstruction and the 2 samples side by side.
+    height, width = model.plan.shapes[-1]
+    assert Image.open(out / "samples" / "final.png").size == (4 * width + 3 * 2, height)
     assert Image.open(out / "samples" / "sample_00.png").size == model.plan.shapes[-1][::-1]
     printed = capsys.readouterr().out
     assert f"{n} scales" in printed and "noise_amp" in printed

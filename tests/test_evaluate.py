@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from pipeline import results as results_table
 from pipeline.evaluate import parse_starts, trained_image_ids
-from pipeline.manifest import ImageTask
-from pipeline.storage import Storage
+from pipeline.ledger import Entry, Ledger, Status
+from pipeline.manifest import manifest_row
+from pipeline.storage import ImageStore
 from pipeline.tracking import start_job_run
 from pipeline.train_image import JobSettings, train_image
 from singan.errors import InputError
@@ -47,31 +47,34 @@ def trained(tmp_path_factory, mlflow_server):
     job = JobSettings(output=str(root / "out"), tracking_uri=mlflow_server.url,
                       experiment_id=experiment_id, parent_run_id=parent, num_samples=1,
                       device="cpu")
-    results = []
     for i in range(2):
         save_image(pebbles(28, 36, seed=i), root / f"img{i}.png")
-        task = ImageTask(f"img{i}", (root / f"img{i}.png").as_uri(), tiny_config(niter=6), i)
-        results.append(train_image(task, job))
-    results_table.write(results, Storage(str(root / "out")))
+        task = manifest_row(f"img{i}", (root / f"img{i}.png").as_uri(), tiny_config(niter=6), i)
+        assert train_image(task, job).status == "done"
+    Ledger(str(root / "out")).compact()
     return root
 
 
 @pytest.mark.slow
 def test_evaluation_job(trained, ray_cluster, mlflow_server):
     out = trained / "eval"
-    assert [i for i, _ in trained_image_ids(str(trained / "out"))] == ["img0", "img1"]
+    assert sorted(i for i, _ in trained_image_ids(str(trained / "out"))) == ["img0", "img1"]
     assert [i for i, _ in trained_image_ids(str(trained / "out" / "_results.parquet"))] == [
         "img0", "img1"]
     # A third model whose files are broken fails its own row.
     shutil.copytree(trained / "out" / "img1", trained / "out" / "broken")
     (trained / "out" / "broken" / "model" / "scale_01.pt").write_bytes(b"torn")
+    Ledger(str(trained / "out")).record(Entry(
+        "broken", Status.DONE, None, 4, 1.0, None, None,
+        ImageStore(str(trained / "out"), "broken").url, config_hash="0", job_id="0"))
 
     def submit(submission_id: str) -> tuple[int, str]:
         command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
                    ray_cluster.dashboard_url, "--submission-id", submission_id, "--working-dir",
                    str(ROOT), "--", "python", "jobs/evaluate_sifid.py", "--models",
                    str(trained / "out"), "--out", str(out), "--samples", "3",
-                   "--inception-weights", str(WEIGHTS), "--tracking-uri", mlflow_server.url]
+                   "--inception-weights", str(WEIGHTS), "--tracking-uri", mlflow_server.url,
+                   "--gpus-per-task", "0", "--models-per-task", "2"]
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600,
                               cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         return done.returncode, done.stdout + done.stderr
@@ -89,16 +92,20 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["overall"]) == {"N", "N-1"} and summary["overall"]["N"]["images"] == 2
     assert summary["overall"]["N"]["patch_swd_mean"] > 0
-    assert set(summary["failed"]) == {"broken"}
-    img0 = summary["images"]["img0"]
+    assert set(summary["failed"]) == {"broken"} and summary["failed_count"] == 1
+    images = {(r["image_id"], r["start"]): r
+              for r in pq.read_table(out / "images.parquet").to_pylist()}
+    assert set(images) == {(i, s) for i in ("img0", "img1") for s in ("N", "N-1")}
     mean_n = sum(r["sifid"] for r in rows if r["image_id"] == "img0" and r["start"] == "N") / 3
-    assert img0["N"]["sifid_mean"] == pytest.approx(mean_n)
-    assert 0 < img0["N"]["diversity"] and 0 < img0["N-1"]["diversity"]
+    assert images["img0", "N"]["sifid_mean"] == pytest.approx(mean_n)
+    assert 0 < images["img0", "N"]["diversity"] and 0 < images["img0", "N-1"]["diversity"]
+    assert summary["overall"]["N"]["sifid_mean"] == pytest.approx(
+        (images["img0", "N"]["sifid_mean"] + images["img1", "N"]["sifid_mean"]) / 2)
 
     page = (out / "report.html").read_text()
     for name in ("img0/real.png", "img0/N/sample_02.png", "img1/N-1/sample_00.png"):
         assert name in page and (out / name).is_file()
-    assert "sifid_histogram.png" in page and "failed: " in page
+    assert "sifid_histogram.png" in page and "broken failed: " in page
     assert Image.open(out / "sifid_histogram.png").size == (640, 320)
 
     # MLflow: an evaluation run nested under each image's training run.
@@ -110,16 +117,17 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
             filter_string=f"tags.kind = 'eval' and tags.image_id = '{image_id}'")
         assert run.data.tags["mlflow.parentRunId"] == training
         assert run.data.metrics["eval/sifid_N"] == pytest.approx(
-            summary["images"][image_id]["N"]["sifid_mean"])
+            images[image_id, "N"]["sifid_mean"])
         assert {"eval/sifid_N-1", "eval/diversity_N", "eval/diversity_N-1", "eval/patch_swd_N",
                 "eval/nn_patch_distance_N-1"} <= set(run.data.metrics)
 
     # Again: the two good models are skipped, with the same numbers.
     code, logs = submit("eval-again")
     assert "skipped img0" in logs and "skipped img1" in logs
-    assert json.loads((out / "summary.json").read_text())["images"] == summary["images"]
+    again = pq.read_table(out / "images.parquet").to_pylist()
+    assert {(r["image_id"], r["start"]): r for r in again} == images
 
 
 def test_missing_results_table_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="_results.parquet: no such results table"):
-        trained_image_ids(str(tmp_path / "_results.parquet"))
+        list(trained_image_ids(str(tmp_path / "_results.parquet")))

@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.catalog import write_manifest
+from pipeline.storage import ImageStore
+from pipeline.tracking import stored_points
 from singan.examples import pebbles
 from singan.image import to_pil
 
@@ -44,7 +46,7 @@ NUM_SCALES = 4
 # (test_job.py kills a worker in the middle of a bucket).
 FAST = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
         "--set", "max_nfc=16", "--set", "niter=16", "--num-samples", "1", "--sifid-samples", "0",
-        "--images-per-task", "1"]
+        "--images-per-task", "1", "--gpus-per-task", "0"]
 # Worker processes on two shared cores: one torch thread each, and no cloud metadata probes.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "AWS_EC2_METADATA_DISABLED": "true"}
 SUBMISSION = "faults-driver"  # the submission ids of this module's jobs on the session cluster
@@ -106,7 +108,7 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def noise_amp_steps(folder: Path) -> list[int]:
-    points = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    points = stored_points(ImageStore(str(folder.parent), folder.name))
     return [p["step"] for p in points if p["key"] == "noise_amp"]
 
 
@@ -237,7 +239,7 @@ def test_node_removed_mid_job_resumes_its_trainings_elsewhere(tmp_path, three_no
 
 def training_workers(gcs_address: str) -> list[int]:
     """PIDs of the processes running a train_image task under the raylets of the cluster at
-    `gcs_address` (Linux /proc; Ray titles a busy worker `ray::train_bucket`)."""
+    `gcs_address` (Linux /proc; Ray titles a busy worker by its task's name, `ray::train <id>`)."""
     argv, parent = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -251,7 +253,7 @@ def training_workers(gcs_address: str) -> list[int]:
     raylets = {pid for pid, args in argv.items()
                if args[0].endswith("raylet") and f"--gcs-address={gcs_address}" in args}
     return [pid for pid, args in argv.items()
-            if args[0].strip().startswith("ray::train_bucket") and parent.get(pid) in raylets]
+            if args[0].strip().startswith("ray::train ") and parent.get(pid) in raylets]
 
 
 def submit(ray_cluster, args: list[str], submission_id: str, wait: bool) -> tuple[int, str]:
@@ -334,6 +336,10 @@ def test_killed_driver_then_resubmit_trains_each_image_once(tmp_path, ray_cluste
                if f.name not in finished and finished_scales(f) >= 1}
     assert partial or len(finished) > len(before_kill)  # resumed below, or an orphan finished it
     resubmitted_ns = time.time_ns()
+    # The ledger at the resubmit: a finished image is in it unless its task died between its
+    # _SUCCESS and the end of its bucket (then the resubmit sends it, and its task skips it).
+    ledgered = {name.split("@")[0] for name in os.listdir(output / "_results")}
+    assert ledgered <= finished
 
     # 2. Submitted again: the rest is trained, what was done is skipped and left alone.
     code, logs = submit(ray_cluster, args, second, wait=True)
@@ -341,9 +347,13 @@ def test_killed_driver_then_resubmit_trains_each_image_once(tmp_path, ray_cluste
     rest = images - len(finished)
     assert f"{images} images in" in logs, logs
     assert f"{rest} trained, {len(finished)} already done, 0 failed" in logs, logs
+    # No task for an image the ledger listed as done (one image per task here).
+    assert f"{images - len(ledgered)} Ray tasks of up to 1 images" in logs, logs
     rows = results_by_id(output)
-    assert {i: r["status"] for i, r in rows.items()} == \
-        {f"stones_{i}": "skipped" if f"stones_{i}" in finished else "done" for i in range(images)}
+    assert {i: r["status"] for i, r in rows.items()} == {f"stones_{i}": "done"
+                                                          for i in range(images)}
+    first_job = {rows[i]["job_id"] for i in finished}
+    assert len(first_job) == 1 and first_job.isdisjoint(rows[i]["job_id"] for i in partial)
     for image_id in finished:
         assert folder_state(output / image_id) == unchanged[image_id], f"{image_id} touched"
         assert (output / image_id / "_SUCCESS").read_bytes() == success[image_id]
@@ -382,7 +392,8 @@ def test_killed_driver_then_resubmit_trains_each_image_once(tmp_path, ray_cluste
         assert run.data.tags["job_runs"] == f"{first_run},{second_run}"
     print(f"\ndriver killed: {images} images, {len(before_kill)} done at the kill "
           f"({len(finished) - len(before_kill)} more finished by orphans), orphaned trainings "
-          f"stopped {orphans_gone_s:.1f} s after; resubmitted: {rest} trained ({len(partial)} "
+          f"stopped {orphans_gone_s:.1f} s after; {len(ledgered)} in the ledger at the "
+          f"resubmit; resubmitted: {rest} trained ({len(partial)} "
           f"resumed at scales {sorted(len(s) for s in partial.values())}), {len(finished)} "
           f"skipped untouched; MLflow: {len(image_runs)} image runs for {images} images, all "
           f"FINISHED; the killed job's parent run: {killed_run.info.status}")

@@ -19,7 +19,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.catalog import write_manifest
-from pipeline.train_image import FAULT_ENV
+from pipeline.storage import ImageStore
+from pipeline.tracking import stored_points
 from singan.examples import pebbles
 from singan.image import to_pil
 
@@ -30,8 +31,10 @@ WEIGHTS = ROOT / "tests" / "fixtures" / "sifid_random_weights.pth"  # the Incept
 RAY = str(Path(sys.executable).parent / "ray")
 BUCKET = "singan-e2e"
 # Tiny trainings: 4 scales up to 28 px with narrow networks, a few seconds per image.
+# The shared test cluster has no GPU and no autoscaler: tasks ask for none.
 TINY = ["--preset", "quick", "--set", "max_size=28", "--set", "min_size=12", "--set", "nfc=8",
-        "--set", "max_nfc=16", "--set", "niter=8", "--num-samples", "2", "--sifid-samples", "0"]
+        "--set", "max_nfc=16", "--set", "niter=8", "--num-samples", "2", "--sifid-samples", "0",
+        "--gpus-per-task", "0"]
 
 
 def png(seed: int) -> bytes:
@@ -40,12 +43,14 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def submit(ray_cluster, env: dict, *args: str, submission_id: str) -> tuple[int, str]:
-    """`ray job submit` of the training job; returns (exit code of the job, its logs)."""
+def submit(ray_cluster, env: dict, *args: str, submission_id: str,
+           entrypoint: tuple[str, ...] = ("jobs/train_manifest.py",)) -> tuple[int, str]:
+    """`ray job submit` of the training job (or of `entrypoint`, a script that runs it); returns
+    (exit code of the job, its logs)."""
     command = [RAY, "job", "submit", "--address", ray_cluster.dashboard_url,
                "--submission-id", submission_id, "--working-dir", str(ROOT),
                "--runtime-env-json", json.dumps({"env_vars": env}),
-               "--", "python", "jobs/train_manifest.py", *args]
+               "--", "python", *entrypoint, *args]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=900,
                           cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     return done.returncode, done.stdout + done.stderr
@@ -101,7 +106,7 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
         files = set(s3.find(root))
         assert {f"{root}/model/scale_{k:02d}.pt" for k in range(4)} <= files
         assert {f"{root}/reals/scale_03.png", f"{root}/samples/scale_03.png",
-                f"{root}/samples/sample_01.png", f"{root}/metrics.jsonl"} <= files
+                f"{root}/samples/sample_01.png", f"{root}/metrics/scale_03.jsonl"} <= files
         assert success["num_scales"] == 4
     table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
     rows = {r["image_id"]: r for r in table.to_pylist()}
@@ -132,7 +137,10 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
         stored = {path.removeprefix(f"{BUCKET}/outputs/{run.info.run_name}/")
                   for path in s3.glob(f"{BUCKET}/outputs/{run.info.run_name}/samples/*.png")}
         assert {f"samples/scale_{k:02d}.png" for k in range(4)} < stored  # and the final ones
-        assert {f.path for f in client.list_artifacts(run.info.run_id, "samples")} == stored
+        # MLflow: each scale's picture and the final one (the real image, the reconstruction
+        # and samples side by side); the single samples stay in storage.
+        assert {f.path for f in client.list_artifacts(run.info.run_id, "samples")} == {
+            *(f"samples/scale_{k:02d}.png" for k in range(4)), "samples/final.png"}
     seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
     assert seed_param["stones_2"] == "42"
 
@@ -144,13 +152,16 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     args[1] = f"s3://{BUCKET}/with-broken.parquet"
     code, logs = submit(ray_cluster, s3_server.env, *args, submission_id="e2e-again")
     assert code != 0
-    assert "3 already done" in logs
+    assert "ledger: 3 images done before" in logs and "3 already done" in logs
+    assert "1 Ray tasks of up to 1 images" in logs  # the done ones never left the driver
     assert "failed broken: s3://singan-e2e/corrupt/broken.png:" in logs
     assert s3.info(f"{BUCKET}/outputs/stones_0/_SUCCESS")["LastModified"] == stamp
     table = pq.read_table(io.BytesIO(s3.cat_file(f"{BUCKET}/outputs/_results.parquet")))
     status = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist()))
-    assert status == {"stones_0": "skipped", "stones_1": "skipped", "stones_2": "skipped",
+    assert status == {"stones_0": "done", "stones_1": "done", "stones_2": "done",
                       "broken": "failed"}
+    jobs = dict(zip(table.column("image_id").to_pylist(), table.column("job_id").to_pylist()))
+    assert jobs["stones_0"] == jobs["stones_1"] != jobs["broken"]  # done by the first job
     assert not s3.exists(f"{BUCKET}/outputs/broken/_SUCCESS")
     total = client.search_runs([experiment.experiment_id], filter_string="tags.image_id != ''")
     assert sorted(r.info.run_name for r in total) == ["broken", "stones_0", "stones_1",
@@ -166,7 +177,8 @@ def test_bad_manifest_is_refused_before_any_training(s3, s3_server, ray_cluster)
                         "--output", f"s3://{BUCKET}/bad-out", "--no-tracking", *TINY,
                         submission_id="e2e-bad-manifest")
     assert code != 0
-    assert "row 0 (image_id '../escape')" in logs and "row 1 (image_id 'missing')" in logs
+    assert "row 0 (image_id '../escape')" in logs
+    assert "row 1" not in logs  # a missing image fails its own row in its training
     assert not s3.exists(f"{BUCKET}/bad-out")
 
 
@@ -202,7 +214,7 @@ def test_buckets_of_one_size_train_together_and_a_bad_image_fails_alone(
     assert "6 trained, 0 already done, 1 failed" in logs, logs
     assert "failed small_2: " in logs and "truncated or corrupt image data" in logs
     table = pq.read_table(output / "_results.parquet").to_pylist()
-    assert [r["image_id"] for r in table] == ids  # in manifest order, whatever finished first
+    assert [r["image_id"] for r in table] == sorted(ids)
     rows = {r["image_id"]: r for r in table}
     assert {i: r["status"] for i, r in rows.items()} == {
         i: "failed" if i == "small_2" else "done" for i in ids}
@@ -229,7 +241,8 @@ def test_buckets_of_one_size_train_together_and_a_bad_image_fails_alone(
 
 def test_killed_workers_resume_every_image_at_its_last_scale(tmp_path, mlflow_server,
                                                             ray_cluster):
-    """FAULT_ENV kills the worker once per image, right after it stores scale 1. large_0 (a size
+    """tests/faults.py kills the worker once per image, right after it stores scale 1 (the job
+    with a test callback, submitted as users submit the job). large_0 (a size
     of its own) trains alone in its task; small_0 and small_1 share a bucket, which the first
     kill leaves at different scales, so retries resume them in sub-buckets. Every image keeps
     the scales stored before its kill, a retry trains the rest, and its one MLflow run is reused
@@ -239,10 +252,11 @@ def test_killed_workers_resume_every_image_at_its_last_scale(tmp_path, mlflow_se
     write_manifest([{"image_id": i, "uri": (tmp_path / f"{i}.png").as_uri()} for i in trained],
                    str(manifest))
     output = tmp_path / "out"
-    code, logs = submit(ray_cluster, {FAULT_ENV: "1"}, "--manifest", str(manifest),
+    code, logs = submit(ray_cluster, {}, "--manifest", str(manifest),
                         "--output", str(output), "--tracking-uri", mlflow_server.url,
                         "--experiment", "e2e-kill", "--images-per-task", "4",
-                        "--max-retries", "3", *TINY, submission_id="e2e-kill")
+                        "--max-retries", "3", *TINY, submission_id="e2e-kill",
+                        entrypoint=("tests/faults.py", "1"))
     assert code == 0, logs
     assert "2 Ray tasks of up to 4 images" in logs, logs
     assert "3 trained, 0 already done, 0 failed" in logs, logs
@@ -254,7 +268,7 @@ def test_killed_workers_resume_every_image_at_its_last_scale(tmp_path, mlflow_se
         mtimes = [(root / "model" / f"scale_{k:02d}.pt").stat().st_mtime_ns for k in range(4)]
         assert mtimes[0] < fired and mtimes[1] < fired, image_id  # kept from before the kill
         assert mtimes[2] > fired and mtimes[3] > fired, image_id  # trained by a retry
-        points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+        points = stored_points(ImageStore(str(output), image_id))
         assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3], image_id
         runs = client.search_runs([experiment.experiment_id],
                                   filter_string=f"tags.image_id = '{image_id}'")

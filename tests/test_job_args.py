@@ -43,7 +43,7 @@ def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
                      "--no-tracking"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "row 0 (image_id 'a/b'): image_id contains '/'" in err and "does not exist" in err
+    assert "row 0 (image_id 'a/b'): image_id contains '/'" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -54,6 +54,10 @@ def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
     (["--set", "loss=none"], "loss must be one of wgan_gp, frechet, nnpl, annpl, got 'none'"),
     (["--recipe", "consingan", "--set", "loss=nnpl"],
      "recipe 'consingan' supports only loss='wgan_gp'"),
+    # A setting that cannot train is refused with its reason, not in every image's BatchNorm.
+    (["--set", "max_size=16", "--set", "min_size=8"],
+     "min_size (8) is below the 11x11 px the critic scores"),
+    (["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     manifest = tmp_path / "m.parquet"
@@ -62,47 +66,69 @@ def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_the_summary_names_the_tasks(capsys):
-    from pipeline.train_image import ImageResult
+def test_the_summary_names_the_tasks_and_the_first_failures(capsys, monkeypatch):
+    from pipeline.ledger import Entry
+    from pipeline.train_image import JobSettings
 
-    results = [ImageResult("a", "done", None, 4, 1.0, None, None, "out/a"),
-               ImageResult("b", "failed", "InputError: bad", None, 0.5, None, None, "out/b",
-                           task="sr"),
-               ImageResult("c", "skipped", None, 4, 0.0, None, None, "out/c", task="animate")]
-    job.print_summary(results, 2.0, "out/_results.parquet", None)
+    monkeypatch.setattr(job, "LISTED_FAILURES", 2)
+    tally = job.Tally(JobSettings(output="out"))
+    tally.progress = type("P", (), {"counts": {"done": 1, "skipped": 1, "failed": 3}})()
+    placement = type("Placement", (), {"gpus_per_task": 0})()
+    entries = [Entry("a", "done", None, 4, 1.0, None, None, "out/a"),
+               Entry("b", "failed", "InputError: bad", None, 0.5, None, None, "out/b",
+                     task="sr"),
+               Entry("c", "skipped", None, 4, 0.0, None, None, "out/c", task="animate"),
+               Entry("d", "failed", "x", None, 0.5, None, None, "out/d"),
+               Entry("e", "failed", "y", None, 0.5, None, None, "out/e")]
+    for entry in entries:
+        tally.add(entry, placement)
+    tally.spool.close()
+    tally.print_summary(2.0, "out/_results.parquet", None, "out")
     assert capsys.readouterr().out.splitlines() == [
-        "3 images in 2.0 s: 1 trained, 1 already done, 1 failed",
-        "tasks: 1 train, 1 sr, 1 animate",
+        "5 images in 2.0 s: 1 trained, 1 already done, 3 failed",
+        "tasks: 3 train, 1 sr, 1 animate",
         "  failed b [sr]: InputError: bad",
+        "  failed d: x",
+        "  ... and 1 more (see the results table)",
         "results: out/_results.parquet",
     ]
-    assert job.describe(results[0]) == ("done", "done a (4 scales, 1.0 s)")
-    assert job.describe(results[2]) == ("skipped", "skipped c [animate] (4 scales, 0.0 s)")
+    assert tally.failed_ids == ["b", "d"]
+    assert job.describe(entries[0]) == ("done", "done a (4 scales, 1.0 s)")
+    assert job.describe(entries[2]) == ("skipped", "skipped c [animate] (4 scales, 0.0 s)")
+
+
+def test_the_old_per_image_options_still_work_with_a_notice(capsys):
+    args = job.build_parser().parse_args(["--manifest", "m", "--gpus-per-image", "0.5",
+                                          "--cpus-per-image", "2"])
+    assert (args.gpus_per_task, args.cpus_per_task) == (0.5, 2.0)
+    assert capsys.readouterr().err.splitlines() == [
+        "--gpus-per-image is now --gpus-per-task (it is per Ray task)",
+        "--cpus-per-image is now --cpus-per-task (it is per Ray task)"]
 
 
 def test_storage_down_for_the_results_table_still_prints_the_summary(tmp_path, monkeypatch,
                                                                     capsys):
+    from pipeline.ledger import Ledger
     from pipeline.storage import TransientError
-    from pipeline.train_image import ImageResult
     from singan.examples import pebbles
     from singan.image import save_image
 
     save_image(pebbles(20, 20, seed=1), tmp_path / "a.png")
     manifest = tmp_path / "m.parquet"
     write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
-    done = [ImageResult("a", "done", None, 2, 1.0, None, None, "out/a")]
-    monkeypatch.setattr(job, "fan_out", lambda *args: (done, {}))
+    monkeypatch.setattr(job, "_fan_out", lambda *args: None)
 
     def storage_down(*args):
         raise TransientError("write out/_results.parquet: ConnectionResetError")
 
-    monkeypatch.setattr(job.results_table, "write", storage_down)
+    monkeypatch.setattr(Ledger, "compact", storage_down)
     code = job.main(["--manifest", str(manifest), "--output", str(tmp_path / "out"),
                      "--no-tracking"])
     out, err = capsys.readouterr()
     assert code == 1
     assert "the results table could not be written (write out/_results.parquet" in err
-    assert "1 images in" in out and "1 trained" in out and "results:" not in out
+    assert "python jobs/compact_results.py --output" in err
+    assert "0 images in" in out and "results:" not in out
 
 
 def test_the_printed_mlflow_hint_opens_the_model_training_view_and_runs_as_shown(tmp_path):

@@ -42,7 +42,7 @@ DRIVER_RSS_LIMIT = 800 * MiB
 TINY = ["--preset", "quick", "--set", "max_size=20", "--set", "min_size=12", "--set",
         "num_scales=2", "--set", "nfc=8", "--set", "max_nfc=8", "--set", "niter=1",
         "--num-samples", "0", "--sifid-samples", "0", "--quality-samples", "0",
-        "--gpus-per-image", "0", "--no-tracking", "--images-per-task", "1"]
+        "--gpus-per-task", "0", "--no-tracking", "--images-per-task", "1"]
 
 # The wrapper: argv is REPORT SCRIPT ARGS... It patches fleet.stream to count, then runs the job
 # script as __main__; its exit status is the job's. The peak RSS is VmHWM from /proc, which
@@ -127,9 +127,12 @@ def test_stream_keeps_max_in_flight_when_waits_time_out(monkeypatch):
         return refs[:1], refs[1:]
 
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(wait=wait, get=lambda r: r))
-    progress = types.SimpleNamespace(finished=lambda result, in_flight: None,
-                                     show=lambda in_flight: None, close=lambda: None)
-    results = fleet.stream(submit, range(10), max_in_flight=3, on_crash=None, progress=progress)
+    progress = types.SimpleNamespace(finished=lambda result, in_flight: None, any_finished=True,
+                                     submitted=lambda items: None, show=lambda in_flight: None,
+                                     close=lambda: None)
+    placement = types.SimpleNamespace(window=lambda: 3, slots=3)
+    results = fleet.stream(submit, range(10), placement=placement, on_crash=None,
+                           progress=progress)
     assert sorted(results) == list(range(10))
     assert state["peak"] == 3
 

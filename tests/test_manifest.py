@@ -16,9 +16,9 @@ from PIL import Image
 from pipeline.catalog import manifest_rows_from, safe_image_id, write_manifest
 from pipeline.manifest import (
     OVERRIDE_COLUMNS,
-    ImageTask,
     ManifestError,
     check_image_id,
+    manifest_row,
     read_manifest,
     seed_for,
 )
@@ -125,7 +125,7 @@ def test_null_ids_and_uris_list_every_row(tmp_path):
     uris = images(tmp_path, "a.png", "b.png")
     url = write_table(tmp_path, {"image_id": ["a", None, "c", None],
                                  "uri": [uris[0], uris[1], None, ""]})
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         "row 1 (image_id None): image_id is missing (null)",
         "row 2 (image_id 'c'): uri is missing (null)",
         "row 3 (image_id None): image_id is missing (null)",
@@ -138,7 +138,7 @@ def test_unsafe_ids_each_get_a_precise_reason(tmp_path):
            "été", "ok-1.2_x"]
     url = write_table(tmp_path, {"image_id": ids, "uri": ["a.png"] * len(ids)})
     long_id = "'" + "x" * 49 + "...'"
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         "row 0 (image_id 'a/b'): image_id contains '/'",
         "row 1 (image_id '..'): image_id is '..'",
         "row 2 (image_id '.'): image_id is '.'",
@@ -157,7 +157,7 @@ def test_unsafe_ids_each_get_a_precise_reason(tmp_path):
 
 def test_duplicate_ids_list_all_their_rows(tmp_path):
     url = write_table(tmp_path, {"image_id": ["a", "b", "a", "c", "b", "a"], "uri": ["x.png"] * 6})
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         "image_id 'a' appears in rows 0, 2, 5",
         "image_id 'b' appears in rows 1, 4",
     ]
@@ -170,7 +170,7 @@ def test_bad_override_values_become_row_problems(tmp_path):
         "scale_factor": [None, None, 1.5, float("nan"), None],
         "seed": [None, None, None, None, -1],
     })
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         "row 1 (image_id 'b'): invalid config: max_size (10) is below min_size (25)",
         "row 2 (image_id 'c'): invalid config: scale_factor must be in (0, 1), got 1.5",
         "row 3 (image_id 'd'): scale_factor must be a finite number, got nan",
@@ -181,7 +181,7 @@ def test_bad_override_values_become_row_problems(tmp_path):
 def test_text_and_true_false_columns_have_types(tmp_path):
     url = write_table(tmp_path, {"image_id": ["a"], "uri": ["a.png"], "padding": [1],
                                  "noise_padding": [1], "loss": [True], "patch_size": ["7"]})
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         "column 'padding' must be a string column, got int64",
         "column 'noise_padding' must be a boolean column (or strings 'true' / 'false'), got int64",
         "column 'loss' must be a string column, got bool",
@@ -197,7 +197,7 @@ def test_bad_text_and_true_false_values_become_row_problems(tmp_path):
         "loss": ["l1", None, None, None],
         "niter": pa.array([0, None, None, None], pa.int64()),
     })
-    assert problems(url, check_files=False).problems == [
+    assert problems(url).problems == [
         ("row 0 (image_id 'a'): invalid config: niter must be a positive integer, got 0; loss "
          "must be one of wgan_gp, frechet, nnpl, annpl, got 'l1'"),
         ("row 1 (image_id 'b'): invalid config: padding must be one of zero, circular, reflect, "
@@ -207,50 +207,54 @@ def test_bad_text_and_true_false_values_become_row_problems(tmp_path):
     ]
 
 
-def test_missing_images_and_folders_are_reported_per_row(tmp_path):
+def test_images_are_not_touched_a_missing_one_fails_its_own_row_in_its_training(tmp_path):
+    """Checking a million images would cost a million storage calls before the first training:
+    the manifest does not look at them (pipeline.train_image fails a missing image's row)."""
     uris = images(tmp_path, "a.png")
     (tmp_path / "folder").mkdir()
-    missing = f"file://{tmp_path}/nope.png"
     url = write_table(tmp_path, {
         "image_id": ["a", "b", "c", "d"],
-        "uri": [uris[0], missing, f"file://{tmp_path}/folder", "nosuchproto://x/y.png"]})
-    assert problems(url).problems == [
-        f"row 1 (image_id 'b'): {missing} does not exist",
-        f"row 2 (image_id 'c'): file://{tmp_path}/folder is a folder, not an image file",
-        ("row 3 (image_id 'd'): cannot check nosuchproto://x/y.png: "
-         "ValueError: Protocol not known: nosuchproto"),
-    ]
+        "uri": [uris[0], f"file://{tmp_path}/nope.png", f"file://{tmp_path}/folder",
+                "nosuchproto://x/y.png"]})
+    assert [row.uri for row in read_manifest(url)] == [
+        uris[0], f"file://{tmp_path}/nope.png", f"file://{tmp_path}/folder", "nosuchproto://x/y.png"]
 
 
 def test_all_kinds_of_row_problems_come_in_one_error_in_row_order(tmp_path):
-    url = write_table(tmp_path, {"image_id": ["a", "a/b", "a"],
-                                 "uri": [f"file://{tmp_path}/gone.png", "x.png", None],
-                                 "niter": [None, 0, None]})
+    url = write_table(tmp_path, {"image_id": ["a", "a/b", "a", "b"],
+                                 "uri": ["x.png", "x.png", None, ""],
+                                 "niter": [None, 0, None, None]})
     error = problems(url)
     assert [problem.split(":")[0] for problem in error.problems] == [
-        "row 0 (image_id 'a')", "image_id 'a' appears in rows 0, 2", "row 1 (image_id 'a/b')",
-        "row 1 (image_id 'a/b')", "row 1 (image_id 'a/b')", "row 2 (image_id 'a')"]
+        "image_id 'a' appears in rows 0, 2", "row 1 (image_id 'a/b')", "row 1 (image_id 'a/b')",
+        "row 2 (image_id 'a')", "row 3 (image_id 'b')"]
 
 
-def test_long_listings_are_capped_but_every_problem_is_kept(tmp_path):
-    url = write_table(tmp_path, {"image_id": [f"a/{n}" for n in range(60)],
-                                 "uri": ["x.png"] * 60})
-    error = problems(url, check_files=False)
+def test_long_listings_keep_the_first_hundred_problems_and_count_them_all(tmp_path):
+    ids = [f"a/{n}" for n in range(150)] + ["dup"] * 2 + [f"ok{n}" for n in range(100_000)]
+    ids += [f"b/{n}" for n in range(10)]
+    url = write_table(tmp_path, {"image_id": ids, "uri": ["x.png"] * len(ids)})
+    error = problems(url)
     lines = str(error).splitlines()
-    assert lines[0] == f"manifest {url}: 60 problems"
+    assert lines[0] == f"manifest {url}: 161 problems"
     assert lines[1] == "  row 0 (image_id 'a/0'): image_id contains '/'"
-    assert lines[50] == "  row 49 (image_id 'a/49'): image_id contains '/'"
-    assert lines[51:] == ["  ... and 10 more"]
-    assert len(error.problems) == 60
+    assert lines[100] == "  row 99 (image_id 'a/99'): image_id contains '/'"
+    assert lines[101:] == ["  ... and 61 more"]
+    assert len(error.problems) == 100 and error.count == 161
+    # Duplicates and bad rows found in different record batches list in row order.
+    url = write_table(tmp_path, {"image_id": ["x"] + [f"ok{n}" for n in range(100_000)] + ["x"]
+                                 + ["c/1"], "uri": ["x.png"] * 100_003})
+    assert problems(url).problems == ["image_id 'x' appears in rows 0, 100001",
+                                      "row 100002 (image_id 'c/1'): image_id contains '/'"]
 
 
 def test_a_manifest_error_is_an_input_error_and_pickles():
     import pickle
 
-    error = pickle.loads(pickle.dumps(ManifestError("s3://b/m.parquet", ["p1", "p2"])))
+    error = pickle.loads(pickle.dumps(ManifestError("s3://b/m.parquet", ["p1", "p2"], 5)))
     assert isinstance(error, InputError)
-    assert (error.url, error.problems) == ("s3://b/m.parquet", ["p1", "p2"])
-    assert str(error) == "manifest s3://b/m.parquet: 2 problems\n  p1\n  p2"
+    assert (error.url, error.problems, error.count) == ("s3://b/m.parquet", ["p1", "p2"], 5)
+    assert str(error) == "manifest s3://b/m.parquet: 5 problems\n  p1\n  p2\n  ... and 3 more"
 
 
 def test_a_bad_job_config_or_limit_is_one_input_error(tmp_path):
@@ -276,9 +280,9 @@ def test_override_columns_apply_per_row_and_nulls_keep_the_job_values(tmp_path):
     tasks = read_manifest(url, preset="quick", overrides={"min_size": 20})
     quick = config("quick", min_size=20)
     assert tasks == [
-        ImageTask("a", uris[0], config("quick", min_size=20, lr_g=1e-3), seed_for("a")),
-        ImageTask("b", uris[1], config("quick", min_size=20, max_size=64), seed_for("b")),
-        ImageTask("c", uris[2], quick, seed_for("c")),
+        manifest_row("a", uris[0], config("quick", min_size=20, lr_g=1e-3), seed_for("a")),
+        manifest_row("b", uris[1], config("quick", min_size=20, max_size=64), seed_for("b")),
+        manifest_row("c", uris[2], quick, seed_for("c")),
     ]
     assert tasks[2].config.num_scales == 4  # the preset's, kept through the all-null column
 
@@ -339,7 +343,7 @@ def test_limit_keeps_the_first_rows_and_checks_only_those(tmp_path):
                                  "uri": [*uris, f"file://{tmp_path}/gone.png"]})
     assert [task.image_id for task in read_manifest(url, limit=2)] == ["a", "b"]
     assert [task.image_id for task in read_manifest(url, limit=1)] == ["a"]
-    assert len(problems(url).problems) == 2  # without the limit, the third row is checked
+    assert len(problems(url).problems) == 1  # without the limit, the third row is checked
 
 
 def test_limit_still_checks_the_schema_of_the_whole_file(tmp_path):
@@ -351,10 +355,9 @@ def test_limit_still_checks_the_schema_of_the_whole_file(tmp_path):
 def test_plain_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
     png(tmp_path / "a.png")
     monkeypatch.chdir(tmp_path)
-    url = write_table(tmp_path, {"image_id": ["a", "b"], "uri": ["a.png", "b.png"]})
-    assert problems(url).problems == [f"row 1 (image_id 'b'): file://{tmp_path}/b.png does not exist"]
-    [task] = read_manifest(url, limit=1)
-    assert task.uri == f"file://{tmp_path}/a.png"
+    url = write_table(tmp_path, {"image_id": ["a", "b"], "uri": ["a.png", "sub/b.png"]})
+    assert [task.uri for task in read_manifest(url)] == [f"file://{tmp_path}/a.png",
+                                                         f"file://{tmp_path}/sub/b.png"]
 
 
 # --- Image ids ------------------------------------------------------------------------------------
@@ -458,8 +461,8 @@ def test_written_manifests_read_back(tmp_path):
     assert schema.field("padding").type == pa.string()
     assert schema.field("noise_padding").type == pa.bool_()
     assert read_manifest(url) == [
-        ImageTask("a_b", f"file://{tmp_path}/photos/a b.png", config(), seed_for("a_b")),
-        ImageTask("c", f"file://{tmp_path}/photos/c.jpg",
+        manifest_row("a_b", f"file://{tmp_path}/photos/a b.png", config(), seed_for("a_b")),
+        manifest_row("c", f"file://{tmp_path}/photos/c.jpg",
                   config(max_size=64, padding="circular", noise_padding=True), 3),
     ]
 
@@ -553,15 +556,7 @@ def test_manifests_of_images_on_s3(tmp_path, s3_bucket):
     assert [row["image_id"] for row in manifest_rows_from("s3://manifests/photos/*.png")] == ["a"]
 
     write_manifest(rows, "s3://manifests/m.parquet")
-    tasks = read_manifest("s3://manifests/m.parquet", check_files=True)
+    tasks = read_manifest("s3://manifests/m.parquet")
     assert [(task.image_id, task.uri) for task in tasks] == [
         ("a", "s3://manifests/photos/a.png"), ("b", "s3://manifests/photos/b.jpg")]
-
-    rows.append({"image_id": "c", "uri": "s3://manifests/photos/c.png"})
-    rows.append({"image_id": "d", "uri": "s3://manifests/photos"})
-    write_manifest(rows, "s3://manifests/m2.parquet")
-    assert problems("s3://manifests/m2.parquet").problems == [
-        "row 2 (image_id 'c'): s3://manifests/photos/c.png does not exist",
-        "row 3 (image_id 'd'): s3://manifests/photos is a folder, not an image file",
-    ]
     assert problems("s3://manifests/nope.parquet").problems == ["the file does not exist"]

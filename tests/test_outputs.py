@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import singan
-from pipeline.manifest import ImageTask
+from pipeline.manifest import manifest_row
 from pipeline.train_image import JobSettings, train_image
 from singan import outputs
 from singan.apps.sr import sr_config
@@ -21,8 +21,8 @@ from singan.cli import main
 from singan.examples import pebbles
 from singan.image import save_image
 
-# Files only the job writes: its metrics, MLflow link (with tracking on) and done-marker.
-JOB_ONLY = {"metrics.jsonl", "tracking.json", "_SUCCESS"}
+# Files only the job writes: its MLflow link (with tracking on) and done-marker, and metrics/.
+JOB_ONLY = {"tracking.json", "_SUCCESS"}
 SEED = 5
 
 
@@ -54,13 +54,14 @@ def assert_same_contents(cli: dict[str, bytes], job: dict[str, bytes]) -> None:
             assert data == other, name
 
 
-def run_job(task: ImageTask, output: Path) -> dict[str, bytes]:
+def run_job(task, output: Path) -> dict[str, bytes]:
     result = train_image(task, JobSettings(output=str(output), num_samples=2, sifid_samples=0,
                                            quality_samples=0, device="cpu"))
     assert result.status == "done", result.error
     written = files(output / task.image_id)
-    assert {"metrics.jsonl", "_SUCCESS"} <= set(written)
-    return {name: data for name, data in written.items() if name not in JOB_ONLY}
+    assert {"metrics/scale_00.jsonl", "_SUCCESS"} <= set(written)
+    return {name: data for name, data in written.items()
+            if name not in JOB_ONLY and not name.startswith("metrics/")}
 
 
 def test_the_command_and_the_job_write_the_same_files_and_pixels(photo, tmp_path):
@@ -69,7 +70,7 @@ def test_the_command_and_the_job_write_the_same_files_and_pixels(photo, tmp_path
                  "48", "--niter", "4", "--seed", str(SEED), "--num-samples", "2",
                  "--device", "cpu"]) == 0
     cfg = singan.config("quick", max_size=48, niter=4)
-    job = run_job(ImageTask("stones", photo.as_uri(), cfg, SEED), tmp_path / "job")
+    job = run_job(manifest_row("stones", photo.as_uri(), cfg, SEED), tmp_path / "job")
     cli = files(cli_out)
     assert sorted(cli) == sorted(job)
     assert {"model/config.json", "model/scale_03.pt", "reals/scale_03.png",
@@ -84,11 +85,12 @@ def test_super_resolution_from_the_command_and_the_job(photo, tmp_path):
     cli = files(cli_out)
     assert {"sr/sr_x2.png", "sr/bicubic_x2.png"} <= set(cli)
     # The job's sr row trains with the same config (sr_config of the quick preset) and seed.
-    job = run_job(ImageTask("stones", photo.as_uri(), singan.config("quick", niter=4), SEED,
+    job = run_job(manifest_row("stones", photo.as_uri(), singan.config("quick", niter=4), SEED,
                             task="sr", params={"sr_factor": 2}), tmp_path / "job")
     # The command writes 4 final samples for sr, the job its num_samples (2): drawn as another
-    # batch, they differ; everything else is the same.
-    shared = {name for name in cli if not name.startswith("samples/sample_")}
+    # batch, they differ (and final.png, which shows them); everything else is the same.
+    shared = {name for name in cli
+              if not name.startswith("samples/sample_") and name != "samples/final.png"}
     assert shared <= set(job)
     assert_same_contents({n: cli[n] for n in shared}, {n: job[n] for n in shared})
     assert sr_config(40, 48, 2.0, base=singan.config("quick", niter=4)) == singan.load(

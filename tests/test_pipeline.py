@@ -13,12 +13,13 @@ import pytest
 import torch
 
 import singan
-from pipeline import results as results_table
 from pipeline import storage
-from pipeline.manifest import ImageTask
+from pipeline.ledger import Ledger, Spool
+from pipeline.manifest import config_hash, manifest_row
+from pipeline.recording import ImageRecorder
 from pipeline.storage import ImageStore, Storage, TransientError, is_transient, with_retries
-from pipeline.tracking import MetricsLog
-from pipeline.train_image import JobSettings, StoreScales, config_hash, train_image
+from pipeline.tracking import stored_points
+from pipeline.train_image import JobSettings, train_image
 from singan import outputs
 from singan.errors import InputError
 from singan.examples import pebbles
@@ -26,11 +27,11 @@ from singan.image import save_image
 from tests.conftest import tiny_config
 
 
-def tiny_task(tmp_path, image_id="wall", seed=1, **overrides) -> ImageTask:
+def tiny_task(tmp_path, image_id="wall", seed=1, **overrides):
     path = tmp_path / "images" / f"{image_id}.png"
     if not path.exists():
         save_image(pebbles(28, 36, seed=3), path)
-    return ImageTask(image_id, path.as_uri(), tiny_config(niter=6, **overrides), seed)
+    return manifest_row(image_id, path.as_uri(), tiny_config(niter=6, **overrides), seed)
 
 
 def job(tmp_path, **kw) -> JobSettings:
@@ -133,19 +134,24 @@ def test_train_image_writes_the_layout_then_skips(tmp_path):
     root = tmp_path / "out" / "wall"
     files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
     n = result.num_scales
-    assert files == {"_SUCCESS", "metrics.jsonl", "model/config.json",
+    assert files == {"_SUCCESS", "model/config.json",
                      *(f"model/scale_{i:02d}.pt" for i in range(n)),
                      *(f"reals/scale_{i:02d}.png" for i in range(n)),
                      *(f"samples/scale_{i:02d}.png" for i in range(n)),
-                     "samples/sample_00.png", "samples/sample_01.png", "samples/reconstruction.png"}
+                     *(f"metrics/scale_{i:02d}.jsonl" for i in range(n)),
+                     "samples/sample_00.png", "samples/sample_01.png", "samples/reconstruction.png",
+                     "samples/final.png"}
     success = json.loads((root / "_SUCCESS").read_text())
     assert success["config_hash"] == config_hash(task) and success["num_scales"] == n
     model = singan.load(root / "model")
     assert model.is_complete and model.seed == task.seed and model.config == task.config
 
-    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    points = stored_points(ImageStore(str(tmp_path / "out"), "wall"))
     keys = {p["key"] for p in points}
     assert {"s00/d_loss", "s02/reconstruction", "noise_amp", "scale_seconds"} <= keys
+    # Each scale's file holds that scale's points, and is written once.
+    scale_2 = (root / "metrics" / "scale_02.jsonl").read_text().splitlines()
+    assert {json.loads(line)["scale"] for line in scale_2} == {2}
     steps = [p["step"] for p in points if p["key"] == "s01/g_loss"]
     assert steps == [5, 6]  # log_every 5, and the last iteration
     assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
@@ -154,6 +160,12 @@ def test_train_image_writes_the_layout_then_skips(tmp_path):
     again = train_image(task, job(tmp_path))
     assert again.status == "skipped" and again.num_scales == n
     assert (root / "_SUCCESS").stat().st_mtime_ns == stamp
+    # The ledger: one file, named so that a listing says the image is done with these settings.
+    ledger = os.listdir(tmp_path / "out" / "_results")
+    assert ledger == [f"wall@{config_hash(task)}@done@-.json"]
+    assert (f"wall@{config_hash(task)}" in Ledger(str(tmp_path / "out")).done()
+            and f"wall@{config_hash(tiny_task(tmp_path, seed=9))}" not in Ledger(
+                str(tmp_path / "out")).done())
 
 
 def test_changed_settings_retrain(tmp_path):
@@ -170,7 +182,7 @@ def test_bad_image_fails_its_row_with_one_line(tmp_path):
     bad = tmp_path / "images" / "bad.png"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"this is not a png")
-    task = ImageTask("bad", bad.as_uri(), tiny_config(niter=2), 0)
+    task = manifest_row("bad", bad.as_uri(), tiny_config(niter=2), 0)
     result = train_image(task, job(tmp_path))
     assert result.status == "failed" and "\n" not in result.error
     assert bad.as_uri() in result.error and "not" in result.error.lower()
@@ -179,26 +191,26 @@ def test_bad_image_fails_its_row_with_one_line(tmp_path):
 
 def test_transient_failure_resumes_at_the_last_finished_scale(tmp_path, monkeypatch):
     task = tiny_task(tmp_path)
-    original = StoreScales.on_scale_end
+    original = ImageRecorder.on_scale_end
 
     def fail_after_scale_1(self, model, scale):
         original(self, model, scale)
         if scale == 1:
             raise TransientError("storage throttled")
 
-    monkeypatch.setattr(StoreScales, "on_scale_end", fail_after_scale_1)
+    monkeypatch.setattr(ImageRecorder, "on_scale_end", fail_after_scale_1)
     with pytest.raises(TransientError):  # raised, so that Ray retries the task
         train_image(task, job(tmp_path))
     root = tmp_path / "out" / "wall"
     assert not (root / "_SUCCESS").exists()
     kept = {i: (root / "model" / f"scale_{i:02d}.pt").stat().st_mtime_ns for i in (0, 1)}
 
-    monkeypatch.setattr(StoreScales, "on_scale_end", original)
+    monkeypatch.setattr(ImageRecorder, "on_scale_end", original)
     result = train_image(task, job(tmp_path))  # the retry
     assert result.status == "done"
     assert {i: (root / "model" / f"scale_{i:02d}.pt").stat().st_mtime_ns for i in (0, 1)} == kept
     # Each metric point once: the resumed run logs scales 2 and 3 only.
-    points = MetricsLog.load(ImageStore(str(tmp_path / "out"), "wall"), 99).points
+    points = stored_points(ImageStore(str(tmp_path / "out"), "wall"))
     assert [p["step"] for p in points if p["key"] == "noise_amp"] == [0, 1, 2, 3]
     assert sum(p["key"] == "s00/d_loss" for p in points) == 2
     # Same model as an uninterrupted run: resuming is exact.
@@ -209,18 +221,40 @@ def test_transient_failure_resumes_at_the_last_finished_scale(tmp_path, monkeypa
         assert torch.allclose(x, y, atol=1e-6)
 
 
-def test_results_table(tmp_path):
+def test_the_results_table_compacts_the_ledger(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
     task = tiny_task(tmp_path)
-    done = train_image(task, job(tmp_path))
-    bad = train_image(ImageTask("gone", (tmp_path / "nope.png").as_uri(), task.config, 0),
-                      job(tmp_path))
-    url = results_table.write([done, bad], Storage(str(tmp_path / "out")))
+    done = train_image(task, job(tmp_path, job_id="j1"))
+    bad = train_image(manifest_row("gone", (tmp_path / "nope.png").as_uri(), task.config, 0),
+                      job(tmp_path, job_id="j1"))
+    assert "no such file" in bad.error
+    ledger = Ledger(str(tmp_path / "out"))
+    # What a driver saw comes from its spool; the rest from the ledger's files (here: both).
+    spool = Spool()
+    spool.add(done)
+    url = ledger.compact(spool.batches())
+    spool.close()
     assert url.endswith("/_results.parquet")
-    rows = results_table.read(Storage(str(tmp_path / "out"))).to_pylist()
-    assert [(r["image_id"], r["status"]) for r in rows] == [("wall", "done"), ("gone", "failed")]
-    assert rows[0]["num_scales"] == 4 and rows[0]["output_url"].endswith("/out/wall")
-    assert rows[1]["error"] and rows[1]["sifid"] is None
+    rows = pq.read_table(io.BytesIO(Storage(str(tmp_path / "out")).get("_results.parquet")))
+    rows = rows.to_pylist()
+    assert [(r["image_id"], r["status"]) for r in rows] == [("gone", "failed"), ("wall", "done")]
+    assert rows[1]["num_scales"] == 4 and rows[1]["output_url"].endswith("/out/wall")
+    assert rows[0]["error"] == bad.error and rows[0]["sifid"] is None
     assert [r["task"] for r in rows] == ["train", "train"]
+    assert [r["job_id"] for r in rows] == ["j1", "j1"] and rows[1]["device"] == "cpu"
+    # A later success of the failed image wins over its failure, which keeps its own file.
+    (tmp_path / "nope.png").write_bytes((tmp_path / "images" / "wall.png").read_bytes())
+    again = train_image(manifest_row("gone", (tmp_path / "nope.png").as_uri(), task.config, 0),
+                        job(tmp_path, job_id="j2"))
+    assert again.status == "done"
+    ledger.compact()
+    rows = pq.read_table(io.BytesIO(Storage(str(tmp_path / "out")).get("_results.parquet")))
+    assert [(r["image_id"], r["status"], r["job_id"]) for r in rows.to_pylist()] == [
+        ("gone", "done", "j2"), ("wall", "done", "j1")]
+    assert len(os.listdir(tmp_path / "out" / "_results")) == 3
 
 
 def test_per_scale_sifid(tmp_path):
@@ -230,7 +264,7 @@ def test_per_scale_sifid(tmp_path):
     inception = stem_weights(str(weights), required=True)
     result = train_image(tiny_task(tmp_path), job(tmp_path, sifid_samples=2), inception)
     root = tmp_path / "out" / "wall"
-    points = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
+    points = stored_points(ImageStore(str(tmp_path / "out"), "wall"))
     sifids = [p for p in points if p["key"] == "sifid"]
     assert [p["step"] for p in sifids] == [0, 1, 2, 3]
     assert all(p["value"] >= 0 for p in sifids)
@@ -243,8 +277,7 @@ def test_per_scale_sifid(tmp_path):
     other = train_image(tiny_task(tmp_path, image_id="plain"),
                         job(tmp_path, sifid_samples=0, quality_samples=0), inception)
     assert other.sifid is None
-    keys = {json.loads(line)["key"] for line in
-            (tmp_path / "out" / "plain" / "metrics.jsonl").read_text().splitlines()}
+    keys = {p["key"] for p in stored_points(ImageStore(str(tmp_path / "out"), "plain"))}
     assert not keys & {"sifid", "patch_swd", "nn_patch_distance"}
 
 

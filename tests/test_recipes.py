@@ -3,7 +3,7 @@ resume at a stage boundary, tracking) and the evaluation, with a ConSinGAN model
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,14 +11,16 @@ import torch
 import singan
 from pipeline.catalog import write_manifest
 from pipeline.evaluate import EvalSettings, evaluate_image
-from pipeline.manifest import ImageTask, read_manifest
+from pipeline.manifest import manifest_row, read_manifest
 from pipeline.storage import ImageStore
-from pipeline.train_image import FAULT_ENV, JobSettings, train_image
+from pipeline.tracking import stored_points
+from pipeline.train_image import JobSettings, train_image
 from singan.cli import main
 from singan.consingan import ConSinGAN
 from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import save_image
+from tests.faults import KillAfterScale
 
 
 def tiny_consingan(**overrides) -> singan.Config:
@@ -69,17 +71,17 @@ def test_applications_refuse_a_consingan_model():
 def test_the_pipeline_stores_resumes_and_evaluates_a_consingan_model(image_uri, tmp_path,
                                                                      monkeypatch):
     cfg = tiny_consingan()
-    task = ImageTask("stones", image_uri, cfg, seed=3)
+    task = manifest_row("stones", image_uri, cfg, seed=3)
     job = JobSettings(output=str(tmp_path / "out"), tracking_uri=None, num_samples=2,
                       sifid_samples=0, quality_samples=1, device="cpu")
     store = ImageStore(job.output, "stones")
 
-    # A worker killed after stage 1 (the test switch raises instead of killing in-process).
-    monkeypatch.setenv(FAULT_ENV, "1")
-    monkeypatch.setattr("os.kill", lambda pid, sig: (_ for _ in ()).throw(SystemExit("killed")))
+    # A worker killed after stage 1 (the test's kill raises instead of killing in-process).
+    def kill(pid, signal):
+        raise SystemExit("killed")
+
     with pytest.raises(SystemExit):
-        train_image(task, job)
-    monkeypatch.delenv(FAULT_ENV)
+        train_image(task, replace(job, on_scale_stored=KillAfterScale(1, kill)))
     assert store.exists("model/scale_01.pt") and not store.exists("model/scale_02.pt")
     stage_0 = (tmp_path / "out" / "stones" / "model" / "scale_00.pt").stat().st_mtime_ns
 
@@ -93,7 +95,7 @@ def test_the_pipeline_stores_resumes_and_evaluates_a_consingan_model(image_uri, 
     for a, b in zip(model.generator.state_dict().values(),
                     uninterrupted.generator.state_dict().values()):
         assert torch.equal(a, b)
-    points = [json.loads(line) for line in store.get("metrics.jsonl").decode().splitlines()]
+    points = stored_points(store)
     assert sorted(p["step"] for p in points if p["key"] == "noise_amp") == [0, 1, 2]
     assert train_image(task, job).status == "skipped"
 

@@ -30,6 +30,7 @@ import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -37,12 +38,14 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import singan
+from jobs import fleet
 from pipeline.catalog import write_manifest
 from pipeline.inception import stem_weights
+from pipeline.ledger import LEDGER, RESULTS
 from pipeline.manifest import ManifestError, check_image_id, read_manifest
-from pipeline.storage import RESULTS, SUCCESS, ImageStore, Storage, redact
-from pipeline.tracking import METRICS, TRACKING
-from pipeline.train_image import FAULT_MARKER, train_image
+from pipeline.storage import SUCCESS, ImageStore, Storage, redact
+from pipeline.tracking import TRACKING, points_file
+from pipeline.train_image import FORCE_MARKER, train_image
 from singan.base import scale_file_name
 from singan.consingan import ConSinGAN, plan_consingan
 from singan.errors import InputError
@@ -51,6 +54,7 @@ from singan.image import to_pil
 from singan.models import SinGAN
 from singan.pyramid import plan_pyramid
 from singan.sifid import WEIGHTS_FILE, find_weights, load_stem
+from tests.faults import FAULT_MARKER
 from tests.services import make_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +83,8 @@ LAYOUT_FILES = (
     "model/config.json", f"model/{scale_file_name(0)}", f"model/{scale_file_name(12)}",
     "reals/scale_00.png", "samples/scale_00.png", "samples/sample_00.png",
     "samples/reconstruction.png", "sr/sr_x4.png", "sr/bicubic_x4.png",
-    "animate/start_scale_0/beta_0.90.gif", METRICS, TRACKING, SUCCESS, FAULT_MARKER,
+    "animate/start_scale_0/beta_0.90.gif", points_file(0), points_file(12), TRACKING, SUCCESS,
+    FAULT_MARKER, FORCE_MARKER, "samples/final.png",
 )
 
 # Texts built from the pieces of path tricks: separators, parent folders, drive letters, URL
@@ -141,6 +146,7 @@ def test_no_image_id_reaches_outside_its_folder_in_the_output_root(image_id, tmp
                 assert resolved == os.path.join(local_root, image_id, *name.split("/"))
         # The results table beside the image folders is never one of an image's files.
         assert not inside(Storage(root).path(RESULTS), store.root)
+        assert not inside(Storage(root).path(LEDGER), store.root)
 
 
 def test_refused_ids_stop_the_job_before_anything_is_written(tmp_path, capsys):
@@ -152,7 +158,7 @@ def test_refused_ids_stop_the_job_before_anything_is_written(tmp_path, capsys):
     manifest = tmp_path / "m.parquet"
     write_manifest([{"image_id": i, "uri": str(image)} for i in nasty], str(manifest))
     with pytest.raises(ManifestError) as error:
-        read_manifest(str(manifest), check_files=False)
+        read_manifest(str(manifest))
     problems = error.value.problems
     assert len(problems) == len(nasty)
     for number, problem in enumerate(problems):
@@ -445,9 +451,18 @@ def test_no_credentials_reach_mlflow_or_the_logs(s3_server, mlflow_server, tmp_p
         host = mlflow_server.url.removeprefix("http://")
         experiment = f"security-{uuid.uuid4().hex[:8]}"
         job = load_job("train_manifest")
-        # The trainings in this process, one after the other, as Ray's workers would run them.
-        monkeypatch.setattr(job, "fan_out", lambda tasks, settings, inception, args, tick: ([
-            train_image(task, settings, inception) for task in tasks], {}))
+
+        def in_process(args, manifest, done, settings, inception, tally, started):
+            """The trainings in this process, one after the other, as Ray's workers would."""
+            placement = SimpleNamespace(gpus_per_task=0, slots=1)
+            tally.progress = fleet.Progress(manifest.num_rows, placement, job.describe,
+                                            started=started)
+            for row in manifest.rows():
+                entry = train_image(row, settings, inception)
+                tally.progress.finished(entry, 0)
+                tally.add(entry, placement)
+
+        monkeypatch.setattr(job, "_fan_out", in_process)
         caplog.set_level(logging.INFO)
         code = job.main(["--manifest", f"{authed}/m.parquet", "--output", f"s3://{bucket}/out",
                          "--tracking-uri", f"http://tracker:{TRACKING_PASSWORD}@{host}",
@@ -708,7 +723,7 @@ def test_s3_without_credentials_is_one_clear_error_before_any_request(no_aws_cre
     # The error below is the project's own check; botocore's, after a request was prepared,
     # says "Unable to locate credentials" (and moto might even answer unsigned requests).
     job = load_job("train_manifest")
-    monkeypatch.setattr(job, "fan_out", lambda *args: pytest.fail("the job started training"))
+    monkeypatch.setattr(job, "_fan_out", lambda *args: pytest.fail("the job started training"))
     make_manifest = load_job("make_manifest")
     photos = tmp_path / "photos"
     photos.mkdir()

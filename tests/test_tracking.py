@@ -10,9 +10,16 @@ import pytest
 from mlflow import MlflowClient
 
 import pipeline.tracking as tracking
-from pipeline.manifest import ImageTask
+from pipeline.manifest import manifest_row
 from pipeline.storage import ImageStore
-from pipeline.tracking import ImageRun, experiment_id_for, point, start_job_run, sync_image
+from pipeline.tracking import (
+    ImageRun,
+    experiment_id_for,
+    point,
+    start_job_run,
+    stored_points,
+    sync_image,
+)
 from pipeline.train_image import JobSettings, train_image
 from singan.examples import pebbles
 from singan.image import save_image
@@ -32,7 +39,7 @@ def test_image_run_layout(tmp_path, mlflow_server):
     experiment_id, parent = start_job_run(uri, "adapter", None, {"manifest": "m.parquet"})
     path = tmp_path / "wall.png"
     save_image(pebbles(28, 36, seed=3), path)
-    task = ImageTask("wall", path.as_uri(), tiny_config(niter=6), 1)
+    task = manifest_row("wall", path.as_uri(), tiny_config(niter=6), 1)
     job = JobSettings(output=str(tmp_path / "out"), tracking_uri=uri, experiment_id=experiment_id,
                       parent_run_id=parent, num_samples=1, device="cpu")
     result = train_image(task, job)
@@ -44,19 +51,23 @@ def test_image_run_layout(tmp_path, mlflow_server):
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["pyramid_url"].endswith("/out/wall/model")
     assert run.data.params["config.niter"] == "6" and run.data.params["height"] == "28"
+    # The iteration is the step; MLflow gets every MLFLOW_EVERY-th and the last, the image's
+    # folder every one the training reports (log_every 5 here).
     losses = client.get_metric_history(run.info.run_id, "s01/d_loss")
-    assert [m.step for m in losses] == [5, 6]  # the iteration is the step
+    assert [m.step for m in losses] == [6]
+    kept = stored_points(ImageStore(str(tmp_path / "out"), "wall"))
+    assert [p["step"] for p in kept if p["key"] == "s01/d_loss"] == [5, 6]
     amps = client.get_metric_history(run.info.run_id, "noise_amp")
     assert sorted(m.step for m in amps) == list(range(result.num_scales))  # the scale is the step
     assert amps[0].value == 1.0
     pictures = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
     assert pictures == {f"samples/scale_{i:02d}.png" for i in range(result.num_scales)} | {
-        "samples/sample_00.png", "samples/reconstruction.png"}
+        "samples/final.png"}
 
     # A failing image ends its run FAILED, with the reason.
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    failed = train_image(ImageTask("bad", bad.as_uri(), task.config, 0), job)
+    failed = train_image(manifest_row("bad", bad.as_uri(), task.config, 0), job)
     assert failed.status == "failed" and failed.mlflow_run_id
     run = client.get_run(failed.mlflow_run_id)
     assert run.info.status == "FAILED" and "bad.png" in run.data.tags["error"]
@@ -74,11 +85,10 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     store.put("samples/scale_00.png", b"\x89PNG fake picture")
     run.log_artifact("samples/scale_00.png", b"\x89PNG fake picture")
     run.finish("FINISHED")
-    assert run.run_id is None and not run.complete and len(run.pending) == len(points)
-    # What the worker keeps: metrics.jsonl (written by the training) and tracking.json.
-    from pipeline.tracking import MetricsLog
-
-    MetricsLog(points).save(store)
+    assert tracking.sender().drain(60)
+    assert run.run_id is None and not run.complete
+    # What the worker keeps: the points (written by the training) and tracking.json.
+    store.put(tracking.points_file(0), tracking.points_bytes(points))
     store.mark_success({"config_hash": "x"})
 
     # The server is back (here: another address, as after a move): the replay creates the run
@@ -106,7 +116,7 @@ def test_run_finds_its_experiment_by_name_when_the_driver_could_not(tmp_path, ml
     run = ImageRun(store, mlflow_server.url, None, None, experiment="late-experiment")
     run.log_points([point("noise_amp", 1.0, 0, 0)])
     run.finish("FINISHED")
-    assert run.complete
+    assert tracking.sender().drain(60) and run.complete
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("late-experiment")
     assert client.get_run(run.run_id).info.experiment_id == experiment.experiment_id
@@ -137,6 +147,7 @@ def test_a_worker_killed_between_creating_and_recording_its_run_gets_no_second_r
     if opener == "worker":  # the Ray retry
         run = ImageRun(store, mlflow_server.url, experiment_id, None, experiment=experiment)
         run.finish("FINISHED")
+        assert tracking.sender().drain(60)
         run_id = run.run_id
     else:  # the job's replay, or sync_tracking.py
         report = sync_image(store)
