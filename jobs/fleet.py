@@ -193,6 +193,7 @@ def stream(submit: Callable[[Any], Any], items: Iterable, *, placement: Placemen
             for one in result if isinstance(result, list) else [result]:
                 progress.finished(one, len(in_flight))
                 yield one
+        placement.refresh()  # the cluster may have grown or shrunk (at most every 10 s)
         waiting_since = _notice_waiting(placement, in_flight, progress, waiting_since)
         progress.show(len(in_flight))
         if tick is not None:

@@ -33,6 +33,7 @@ import shlex
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
+from pipeline import tasks as task_registry
 from pipeline import tracking
 from pipeline.buckets import IMAGES_PER_TASK, buckets
 from pipeline.inception import stem_weights
@@ -55,7 +57,6 @@ from pipeline.manifest import (
     parse_bool,
 )
 from pipeline.storage import ImageStore, TransientError, check_credentials, redact
-from pipeline.tasks import DEFAULT as PLAIN_TRAINING
 from pipeline.train_image import JobSettings, Trainer, train_bucket
 from singan.config import PRESETS, config
 from singan.errors import InputError, one_line
@@ -292,7 +293,7 @@ class Tally:
         self.failed = 0
         self.failed_ids: list[str] = []  # the first LISTED_FAILURES
         self.failures: list[str] = []  # their lines
-        self.tasks: dict[str, int] = {}
+        self.tasks: Counter[str] = Counter()  # images by manifest task
         self.untracked = 0  # images whose run still lacks something after the worker's replay
         self.cpu_notice = False
         self.gpus_used = 0.0
@@ -301,14 +302,15 @@ class Tally:
 
     def add(self, entry: Entry, placement: fleet.Placement) -> None:
         self.spool.add(entry)
-        self.tasks[entry.task] = self.tasks.get(entry.task, 0) + 1
+        self.tasks[entry.task] += 1
         if not entry.tracking_complete:
             self.untracked += 1
         if entry.status == Status.FAILED:
             self.failed += 1
             if len(self.failures) < LISTED_FAILURES:
                 self.failed_ids.append(entry.image_id)
-                self.failures.append(f"  failed {entry.image_id}{_note(entry.task)}: {entry.error}")
+                self.failures.append(f"  failed {entry.image_id}"
+                                     f"{task_registry.note(entry.task)}: {entry.error}")
         if placement.gpus_per_task and entry.device == "cpu" and not self.cpu_notice:
             self.cpu_notice = True
             print(f"tasks get GPUs from Ray, but torch sees no CUDA device on node {entry.node}: "
@@ -340,8 +342,8 @@ class Tally:
         total = sum(counts.values())
         print(f"{total} images in {seconds:.1f} s: {counts['done']} trained, "
               f"{counts['skipped']} already done, {counts['failed']} failed")
-        if set(self.tasks) - {PLAIN_TRAINING}:
-            print("tasks: " + ", ".join(f"{count} {name}" for name, count in self.tasks.items()))
+        if task_registry.any_besides_training(self.tasks):
+            print(f"tasks: {task_registry.counts(self.tasks.elements())}")
         for line in self.failures:
             print(line)
         if self.failed > len(self.failures):
@@ -355,14 +357,9 @@ class Tally:
             print(ui_hint)
 
 
-def _note(task: str) -> str:
-    """' [sr]' after an image of another task than a plain training, else nothing."""
-    return "" if task == PLAIN_TRAINING else f" [{task}]"
-
-
 def describe(entry: Entry) -> tuple[str, str]:
     """(status, one line) of a finished image, for the progress display."""
-    name = f"{entry.image_id}{_note(entry.task)}"
+    name = f"{entry.image_id}{task_registry.note(entry.task)}"
     if entry.error:
         return entry.status, f"{entry.status} {name}: {entry.error}"
     sifid = f", SIFID {entry.sifid:.4f}" if entry.sifid is not None else ""

@@ -1,15 +1,17 @@
 """Everything around one image, as the jobs fan it out (DESIGN.md: jobs -> pipeline -> singan).
 
-manifest     the Parquet manifest: its columns, read and check every row
+manifest     the Parquet manifest: its columns, streamed and checked a record batch at a time
 catalog      making a manifest: the images of a folder, bucket prefix or glob, written as Parquet
-storage      one image's folder at any fsspec URL: whole-or-absent writes, retries, model files
-tracking     MLflow runs that never fail a training; metrics.jsonl replay without duplicates
-train_image  the per-image training task: resume, skip, failure isolation, per-scale metrics
-apps         the sr and animate tasks of a row: their training config and their outputs
-results      the job's results table
+tasks        what a row does with its model (train, sr, animate): columns, config, outputs
+buckets      the rows that train together in one Ray task, made as the rows stream by
+train_image  a Ray task's bucket of rows: resume, skip, failure isolation, the ledger files
+recording    what a training leaves as it goes: each scale's files, points and MLflow requests
+storage      the only module that talks to storage: whole-or-absent writes, limits, retries
+tracking     MLflow at a bounded rate, never failing a training; the replay without duplicates
+ledger       one file per finished image, and its compaction into the results table
 inception    the Inception weights for SIFID, resolved once per job
 evaluate     the per-model SIFID / diversity / patch-metric evaluation task
-report       the evaluation's table, summary, histogram and HTML report
+report       the evaluation's tables, summary, histogram and HTML report, built as results stream
 
 No Ray here: each function runs in one process, and the jobs declare the Ray tasks.
 """

@@ -27,6 +27,8 @@ One more Ray fixture is a test's own, started before it and stopped after it (no
                    Costs: 5-10 s to start, 3 s to stop; 1.8 GiB RSS (0.7 GiB PSS), plus
                    0.3 GiB (0.2) per worker node; a node joins 2-4 s after the demand.
 
+And a moto S3 server of a test module's own, in the test process: `moto_endpoint`, its URL.
+
 Ray's own temporary folder (RAY_TMPDIR) is a folder of this session, removed at its end: Ray
 drivers started by tests (`ray.init()` without an address, ray.cluster_utils) leave nothing in
 the machine's /tmp/ray.
@@ -210,6 +212,19 @@ def fake_autoscaling_cluster(request):
             ray.shutdown()  # else the driver keeps trying to reach the stopped cluster
         local_services.stop(["ray"], state)
         shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A moto S3 server of the test module's own, in this process (ThreadedMotoServer), for
+    tests that fill and empty buckets freely; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 _FIXTURE_NAMES = {"s3_server": "s3", "mlflow_server": "mlflow", "ray_cluster": "ray"}

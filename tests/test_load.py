@@ -130,7 +130,7 @@ def test_stream_keeps_max_in_flight_when_waits_time_out(monkeypatch):
     progress = types.SimpleNamespace(finished=lambda result, in_flight: None, any_finished=True,
                                      submitted=lambda items: None, show=lambda in_flight: None,
                                      close=lambda: None)
-    placement = types.SimpleNamespace(window=lambda: 3, slots=3)
+    placement = types.SimpleNamespace(window=lambda: 3, slots=3, refresh=lambda: None)
     results = fleet.stream(submit, range(10), placement=placement, on_crash=None,
                            progress=progress)
     assert sorted(results) == list(range(10))

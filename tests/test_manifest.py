@@ -517,17 +517,6 @@ def test_the_script_fails_cleanly_without_images(tmp_path, make_manifest, capsys
 
 # --- S3 (moto's server on 127.0.0.1) --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3_bucket(moto_endpoint, monkeypatch):
     """An empty bucket on moto; s3fs, boto3 and pyarrow find it through AWS_ENDPOINT_URL."""

@@ -297,3 +297,32 @@ def test_inception_weights_resolution(tmp_path, monkeypatch, capsys):
                         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     assert stem_weights(None, required=False) is None
     assert "SIFID skipped for this job" in capsys.readouterr().out
+
+
+def test_force_retrains_in_the_task_and_a_retry_of_the_same_job_goes_on(tmp_path, monkeypatch):
+    """--force clears an image's folder in its own task (no storage call per row on the
+    driver), once per job: a Ray retry of the forcing job's task resumes what it started."""
+    task = tiny_task(tmp_path)
+    root = tmp_path / "out" / "wall"
+    assert train_image(task, job(tmp_path, job_id="j1")).status == "done"
+    first = (root / "model" / "scale_00.pt").stat().st_mtime_ns
+    assert train_image(task, job(tmp_path, job_id="j2")).status == "skipped"
+
+    original = ImageRecorder.on_scale_end
+
+    def fail_after_scale_1(self, model, scale):
+        original(self, model, scale)
+        if scale == 1:
+            raise TransientError("storage throttled")
+
+    monkeypatch.setattr(ImageRecorder, "on_scale_end", fail_after_scale_1)
+    with pytest.raises(TransientError):
+        train_image(task, job(tmp_path, job_id="j3", force=True))
+    assert not (root / "_SUCCESS").exists()  # cleared, and retraining
+    kept = (root / "model" / "scale_00.pt").stat().st_mtime_ns
+    assert kept > first
+    monkeypatch.setattr(ImageRecorder, "on_scale_end", original)
+    again = train_image(task, job(tmp_path, job_id="j3", force=True))  # Ray's retry
+    assert again.status == "done"
+    assert (root / "model" / "scale_00.pt").stat().st_mtime_ns == kept  # resumed, not cleared
+    assert train_image(task, job(tmp_path, job_id="j3", force=True)).status == "done"  # ours

@@ -283,17 +283,6 @@ def test_iter_names_on_local_disk_pages_of_1000(tmp_path):
     assert sum(len(page) for page in store.iter_names("_results/")) == len(names) - 1500
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(moto_endpoint, monkeypatch):
     """An empty bucket on moto's S3 (BUCKET), and moto's backend to fill it without requests."""
