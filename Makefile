@@ -33,7 +33,7 @@ demo: install
 	$(PY) jobs/train_manifest.py --manifest $(DEMO_OUT)/manifest.parquet \
 		--output $(DEMO_OUT)/outputs --preset quick --set max_size=64 \
 		--tracking-uri sqlite:///$(abspath $(DEMO_OUT))/mlflow.db
-	@echo "outputs: $(DEMO_OUT)/outputs (one folder per image: model/, reals/, samples/, metrics.jsonl)"
+	@echo "outputs: $(DEMO_OUT)/outputs (one folder per image: model/, reals/, samples/, metrics/)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
