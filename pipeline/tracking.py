@@ -342,12 +342,13 @@ class ImageRun:
                     self._queued -= 1
         sender().schedule(send, jitter)
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Record the params in tracking.json (for a replay), and send them."""
+    def log_params(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
+        """Record the params in tracking.json (for a replay), and send them, with `tags`, in
+        one request."""
         if not self.enabled:
             return
         self.store.put_json(TRACKING, self.link(params))
-        self._queue("log params", _log_params, params)
+        self._queue("log params", _log_params, params, tags or {})
 
     def log_points(self, points: Iterable[dict]) -> None:
         """Keep the points meant for MLflow; the next `flush` sends them."""
@@ -413,13 +414,16 @@ def create_image_run(client, experiment_id: str, image_id: str, parent_run_id: s
     return client.create_run(experiment_id, tags=tags, run_name=image_id).info.run_id
 
 
-def _log_params(client, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
+def _log_params(client, run_id: str, params: dict[str, Any],
+                tags: dict[str, str] | None = None) -> None:
+    from mlflow.entities import Param, RunTag
 
     # redact: an image's uri or the manifest's URL may hold user:password@ (HTTP basic auth).
     items = [Param(k, redact(str(v))) for k, v in params.items()]
-    for first in range(0, len(items), 100):  # MLflow's limit of params per batch
-        client.log_batch(run_id, params=items[first:first + 100], synchronous=True)
+    labels = [RunTag(k, redact(str(v))) for k, v in (tags or {}).items()]
+    for first in range(0, max(len(items), 1), 100):  # MLflow's limit of params per batch
+        client.log_batch(run_id, params=items[first:first + 100],
+                         tags=labels if first == 0 else [], synchronous=True)
 
 
 def _log_points(client, run_id: str, points: list[dict]) -> None:

@@ -320,10 +320,13 @@ class _Bucket:
                 raise bad_input
             stem = trainer.load_stem(inception if job.sifid_samples else None, self.device)
             height, width = image.shape[-2:]
+            # The pyramid's URL now, with the params: one request fewer at the end (the run's
+            # status says whether the pyramid there is finished).
             run.log_params({"image_id": row.image_id, "uri": row.uri, "height": height,
                             "width": width, "seed": row.seed, "config_hash": digest,
                             **row.task.identity(row.params),
-                            **{f"config.{k}": v for k, v in train_config.to_dict().items()}})
+                            **{f"config.{k}": v for k, v in train_config.to_dict().items()}},
+                           tags={"pyramid_url": store.url_of("model")})
             if resume is not None:
                 logger.info("%s: resuming at scale %d", row.image_id, len(resume.scales))
         except BaseException as err:
@@ -363,7 +366,7 @@ class _Bucket:
         except BaseException as err:
             run.finish("FAILED", tags={"error": one_line(err)})
             raise
-        run.finish("FINISHED", tags={"pyramid_url": store.url_of("model")})
+        run.finish("FINISHED")
         seconds = time.perf_counter() - self.start
         sifid_value = item.recorder.sifid
         store.mark_success({"run_id": run.run_id, "config_hash": config_hash(row),
