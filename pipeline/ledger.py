@@ -18,7 +18,8 @@ driver's memory stays flat) plus the files it did not see (`compact`), and
 from __future__ import annotations
 
 import hashlib
-import io
+import heapq
+import itertools
 import json
 import logging
 import tempfile
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.storage import Storage, join
+from pipeline.storage import Storage, join, local_copy
 
 logger = logging.getLogger(__name__)
 
@@ -188,27 +189,101 @@ class Ledger:
                 yield image_id
 
     def compact(self, seen: Iterable[pa.RecordBatch] = ()) -> str:
-        """Write `{output}/_results.parquet`: one row per image, its latest entry, from the last
-        table, the entries `seen` (batches of SCHEMA: what this job's driver received), and the
-        ledger files neither holds (read THREADS at a time). Returns its URL."""
+        """Write `{output}/_results.parquet`: one row per image, its latest entry, sorted by id,
+        from the last table, the entries `seen` (batches of SCHEMA: what this job's driver
+        received), and the ledger files neither holds (read THREADS at a time). Returns its URL.
+
+        A million entries must not sit in the driver's memory: they are sorted RUN_ROWS at a time
+        into local files, then merged a few rows per file at a time (an external merge sort), and
+        the table is uploaded from its local file."""
         output = Storage(self.output)
-        parts = list(seen)
-        previous = output.get(RESULTS)
-        if previous is not None:
-            parts += _conform(pq.read_table(io.BytesIO(previous))).to_batches()
-        known = KeySet(name for batch in parts for name in _file_names(batch))
-        missing = [name for name, _ in self.names() if name not in known]
-        if missing:
-            logger.info("compacting %d ledger files not in the results yet", len(missing))
+        with tempfile.TemporaryDirectory(prefix="singan-ledger-") as folder:
+            runs = _Runs(folder)
+            for batch in seen:
+                runs.add(batch)
+            try:
+                with local_copy(output.url_of(RESULTS)) as previous:
+                    for batch in pq.ParquetFile(previous).iter_batches(RUN_ROWS):
+                        for part in _conform(pa.Table.from_batches([batch])).to_batches():
+                            runs.add(part)
+            except FileNotFoundError:
+                pass  # the first compaction of this output
+            known = runs.known()
+            missing = (name for name, _ in self.names() if name not in known)
             with ThreadPoolExecutor(THREADS) as pool:
-                found = pool.map(lambda name: json.loads(self.store.get(name) or b"null"), missing)
-                rows = [Entry.from_dict(values).to_dict() for values in found if values]
-            parts.append(pa.RecordBatch.from_pylist(rows, schema=SCHEMA))
-        table = latest(pa.Table.from_batches(parts, schema=SCHEMA))
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        output.put(RESULTS, buffer.getvalue())
+                while chunk := list(itertools.islice(missing, RUN_ROWS)):
+                    logger.info("compacting %d ledger files not in the results yet", len(chunk))
+                    found = pool.map(lambda name: json.loads(self.store.get(name) or b"null"),
+                                     chunk)
+                    rows = [Entry.from_dict(values).to_dict() for values in found if values]
+                    runs.add(pa.RecordBatch.from_pylist(rows, schema=SCHEMA))
+            output.put_file(RESULTS, runs.merge(f"{folder}/{RESULTS}"))
         return output.url_of(RESULTS)
+
+
+RUN_ROWS = 10_000  # entries sorted in memory at once by a compaction
+MERGE_ROWS = 256  # entries read at a time from each sorted run while merging
+
+
+class _Runs:
+    """Sorted runs of entries in local Parquet files, and their merge into one row per image."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.files: list[str] = []
+        self.keys: list[np.ndarray] = []  # of the ledger file names already held
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        self.keys.append(np.fromiter((_key(name) for name in _file_names(batch)), np.uint64,
+                                     batch.num_rows))
+        table = pa.Table.from_batches([batch])
+        # Unknown finishing times (entries of older versions) first, as _order has them.
+        order = pc.sort_indices(table, sort_keys=[("image_id", "ascending"),
+                                                  ("finished_at", "ascending", "at_start"),
+                                                  ("status", "descending")])
+        path = f"{self.folder}/run_{len(self.files):06d}.parquet"
+        pq.write_table(table.take(order), path, row_group_size=MERGE_ROWS)
+        self.files.append(path)
+
+    def known(self) -> KeySet:
+        """The ledger file names of the entries held."""
+        known = KeySet()
+        if self.keys:
+            known.keys = np.unique(np.concatenate(self.keys))
+        return known
+
+    def merge(self, path: str) -> str:
+        """Write every image's latest entry (the last to finish; of one second, a done one over
+        a failed one) to `path`, sorted by id; `path`."""
+        streams = [_rows(file) for file in self.files]
+        writer = pq.ParquetWriter(path, SCHEMA)
+        chosen: list[dict] = []
+        last = None
+        for row in heapq.merge(*streams, key=_order):
+            if last is not None and row["image_id"] != last["image_id"]:
+                chosen.append(last)
+                if len(chosen) == RUN_ROWS:
+                    writer.write_batch(pa.RecordBatch.from_pylist(chosen, schema=SCHEMA))
+                    chosen = []
+            last = row
+        if last is not None:
+            chosen.append(last)
+        if chosen or not self.files:
+            writer.write_batch(pa.RecordBatch.from_pylist(chosen, schema=SCHEMA))
+        writer.close()
+        return path
+
+
+def _order(row: dict) -> tuple:
+    """An entry's place: by id, then by when it finished (unknown first), a done one last."""
+    return row["image_id"], row["finished_at"] or "", row["status"] == Status.DONE
+
+
+def _rows(path: str) -> Iterator[dict]:
+    for batch in pq.ParquetFile(path).iter_batches(MERGE_ROWS):
+        yield from batch.to_pylist()
 
 
 def _file_names(batch: pa.RecordBatch) -> Iterator[str]:
@@ -216,21 +291,6 @@ def _file_names(batch: pa.RecordBatch) -> Iterator[str]:
     columns = (batch.column(c).to_pylist() for c in ("image_id", "config_hash", "status", "job_id"))
     for image_id, digest, status, job_id in zip(*columns, strict=True):
         yield file_name(image_id, digest or "-", Status(status), job_id or "-")
-
-
-def latest(table: pa.Table) -> pa.Table:
-    """One row per image id, the entry that finished last (a done one over a failed one of the
-    same second), sorted by id."""
-    if table.num_rows == 0:
-        return table
-    done = pc.equal(table.column("status"), "done").cast(pa.int8())
-    table = table.append_column("_done", done)
-    order = pc.sort_indices(table, [("image_id", "ascending"), ("finished_at", "descending"),
-                                    ("_done", "descending")])
-    table = table.take(order)
-    ids = table.column("image_id").to_numpy(zero_copy_only=False)
-    first = np.r_[True, ids[1:] != ids[:-1]]
-    return table.filter(pa.array(first)).drop_columns(["_done"])
 
 
 def _conform(table: pa.Table) -> pa.Table:

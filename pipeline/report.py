@@ -38,8 +38,8 @@ class Report:
     def __init__(self, starts: list[str], dims: int):
         self.starts, self.dims = starts, dims
         self._folder = tempfile.TemporaryDirectory(prefix="singan-eval-")
-        self._rows = pq.ParquetWriter(f"{self._folder.name}/sifid.parquet", ROWS)
-        self._images = pq.ParquetWriter(f"{self._folder.name}/images.parquet", IMAGES)
+        self._rows = _Buffered(f"{self._folder.name}/sifid.parquet", ROWS)
+        self._images = _Buffered(f"{self._folder.name}/images.parquet", IMAGES)
         self.sifids = {name: array("d") for name in starts}  # every sample's, for the histogram
         # Per start: the number of images, the sums of their means, and of squared SIFID means.
         self.count = dict.fromkeys(starts, 0)
@@ -59,8 +59,7 @@ class Report:
                 self.failed[result.image_id] = result.error
             return
         self.evaluated += 1
-        if result.rows:
-            self._rows.write_batch(pa.RecordBatch.from_pylist(result.rows, schema=ROWS))
+        self._rows.extend(result.rows)
         for row in result.rows:
             self.sifids[row["start"]].append(row["sifid"])
         images = []
@@ -70,8 +69,7 @@ class Report:
             for key in MEANS:
                 self.sums[name][key] += values[key]
             self.squares[name] += values["sifid_mean"] ** 2
-        if images:
-            self._images.write_batch(pa.RecordBatch.from_pylist(images, schema=IMAGES))
+        self._images.extend(images)
         first = result.summary.get(self.starts[0])
         if first is not None:
             self._order += 1
@@ -115,6 +113,32 @@ class Report:
         out.put("report.html", html_report(shown, summary, self.starts, self.dims).encode())
         self._folder.cleanup()
         return summary
+
+
+class _Buffered:
+    """A local Parquet file written BUFFER_ROWS rows at a time: a row group per model would grow
+    the file's metadata (and the driver) by kilobytes per model."""
+
+    BUFFER_ROWS = 10_000
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self.schema = schema
+        self.writer = pq.ParquetWriter(path, schema)
+        self.rows: list[dict] = []
+
+    def extend(self, rows: list[dict]) -> None:
+        self.rows += rows
+        if len(self.rows) >= self.BUFFER_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.writer.write_batch(pa.RecordBatch.from_pylist(self.rows, schema=self.schema))
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
 
 
 def histogram(values: list[list[float]], starts: list[str]) -> bytes:

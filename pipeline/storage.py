@@ -50,6 +50,7 @@ import os
 import posixpath
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -488,6 +489,19 @@ class Storage:
     def put(self, name: str, data: bytes) -> None:
         """Write `data` to `name` whole or not at all."""
         with_retries(f"write {self.url_of(name)}", partial(_write, self.fs, self.path(name), data))
+
+    def put_file(self, name: str, local_path: str | os.PathLike) -> None:
+        """Write the local file `local_path` to `name` whole or not at all, without reading it
+        into memory (a results table of a million rows is tens of MB)."""
+        path = self.path(name)
+
+        def write() -> None:
+            if isinstance(self.fs, LocalFileSystem):
+                with open(local_path, "rb") as source:
+                    atomic_write(path, lambda f: shutil.copyfileobj(source, f))
+            else:  # one upload (multipart for a large file): the object appears whole or not
+                self.fs.put_file(os.fspath(local_path), path, **limits(self.fs))
+        with_retries(f"write {self.url_of(name)}", write)
 
     def get(self, name: str) -> bytes | None:
         """The bytes of `name`, or None when it does not exist."""

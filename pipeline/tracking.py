@@ -318,11 +318,12 @@ class ImageRun:
 
     def link(self, params: dict | None = None) -> dict:
         """What tracking.json holds: where the run lives, and the params to replay."""
-        old = self.store.get_json(TRACKING) or {}
+        if params is None:  # keep those of tracking.json (a read only then)
+            params = (self.store.get_json(TRACKING) or {}).get("params", {})
         return {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
                 "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "run_id": self.run_id, "claim": self.claim,
-                "params": params if params is not None else old.get("params", {})}
+                "params": params}
 
     def _queue(self, what: str, fn, *args, jitter: float = 0.0) -> None:
         """Send `fn(client, run_id, *args)` through the Sender; a failure leaves needs_sync."""
@@ -526,7 +527,9 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
 
     points = [p for p in stored_points(store) if p.get("mlflow", True)]
     sent = set()
-    for key in {p["key"] for p in points}:
+    # Only the keys the run has are asked for their history (a request each); the others are
+    # sent whole.
+    for key in {p["key"] for p in points} & set(run.data.metrics):
         sent |= {(key, m.step, m.timestamp) for m in client.get_metric_history(run_id, key)}
     missing = [p for p in points if (p["key"], p["step"], p["timestamp"]) not in sent]
     _log_points_batched(client, run_id, missing)

@@ -131,3 +131,30 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
 def test_missing_results_table_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="_results.parquet: no such results table"):
         list(trained_image_ids(str(tmp_path / "_results.parquet")))
+
+
+def test_the_report_streams_a_row_group_per_10000_rows_and_shows_the_ends_of_the_ranking(
+        tmp_path):
+    from pipeline.evaluate import EvalResult
+    from pipeline.report import REPORT_IMAGES, Report
+    from pipeline.storage import Storage
+
+    report = Report(["N"], 64)
+    for n in range(3 * REPORT_IMAGES):
+        rows = [{"image_id": f"m{n}", "start": "N", "start_scale": 0, "sample": k,
+                 "sifid": n + k / 10, "patch_swd": 0.1, "nn_patch_distance": 0.2,
+                 "recipe": "singan"} for k in range(2)]
+        summary = {"N": {"sifid_mean": n + 0.05, "sifid_std": 0.05, "diversity": 0.5,
+                         "patch_swd_mean": 0.1, "nn_patch_distance_mean": 0.2}}
+        report.add(EvalResult(f"m{n}", Status.DONE, None, rows, summary))
+    report.add(EvalResult("bad", Status.FAILED, "InputError: torn"))
+    summary = report.write(Storage(str(tmp_path)))
+    assert summary["evaluated"] == 150 and summary["failed"] == {"bad": "InputError: torn"}
+    assert summary["overall"]["N"]["sifid_mean"] == pytest.approx(74.55)
+    table = pq.ParquetFile(tmp_path / "sifid.parquet")
+    assert table.metadata.num_rows == 300 and table.metadata.num_row_groups == 1
+    page = (tmp_path / "report.html").read_text()
+    shown = [f"m{n}" for n in range(150) if f"<h2>m{n}</h2>" in page]
+    assert shown == [f"m{n}" for n in range(REPORT_IMAGES)] + [
+        f"m{n}" for n in range(150 - REPORT_IMAGES, 150)]
+    assert page.index("<h2>m149</h2>") < page.index("<h2>m0</h2>")  # the highest SIFID first

@@ -19,7 +19,6 @@ from pipeline.ledger import (
     Status,
     done_key,
     file_name,
-    latest,
     parse_name,
 )
 from pipeline.storage import ImageStore, Storage
@@ -65,20 +64,26 @@ def test_record_and_list_one_file_per_image_and_job(tmp_path):
     assert stored["error"] == "ValueError: still bad" and stored["status"] == "failed"
 
 
-def test_latest_keeps_each_images_last_entry_a_success_over_a_failure_of_the_same_second():
+def test_the_table_keeps_each_images_last_entry_a_success_over_a_failure_of_the_same_second(
+        tmp_path, monkeypatch):
+    from pipeline import ledger
+
+    monkeypatch.setattr(ledger, "RUN_ROWS", 2)  # several sorted runs, merged
     spool = Spool()
     for item in (entry("b", "failed", at="2026-12-01T10:00:00Z"),
                  entry("a", at="2026-12-01T09:00:00Z"),
                  entry("b", at="2026-12-01T10:00:00Z"),
                  entry("c", "failed", at="2026-12-01T11:00:00Z", error="late"),
-                 entry("c", at="2026-12-01T10:30:00Z")):
+                 entry("d", at=None),
+                 entry("c", at="2026-12-01T10:30:00Z"),
+                 entry("d", "failed", at="2026-12-01T08:00:00Z")):
         spool.add(item)
-    import pyarrow as pa
-
-    table = latest(pa.Table.from_batches(list(spool.batches())))
+    batches = [batch.slice(start, 2) for batch in spool.batches() for start in range(0, 7, 2)]
+    Ledger(str(tmp_path / "out")).compact(batches)
     spool.close()
+    table = pq.read_table(tmp_path / "out" / "_results.parquet")
     assert [(r["image_id"], r["status"]) for r in table.to_pylist()] == [
-        ("a", "done"), ("b", "done"), ("c", "failed")]
+        ("a", "done"), ("b", "done"), ("c", "failed"), ("d", "failed")]
 
 
 def test_compaction_reads_only_what_the_last_table_and_the_driver_lack(tmp_path, monkeypatch):
@@ -98,11 +103,11 @@ def test_compaction_reads_only_what_the_last_table_and_the_driver_lack(tmp_path,
     spool.add(entry("a"))  # what the driver received: not read again
     ledger.compact(spool.batches())
     spool.close()
-    assert sorted(reads) == ["_results.parquet", "b@abc@done@j1.json", "c@abc@done@j1.json"]
+    assert sorted(reads) == ["b@abc@done@j1.json", "c@abc@done@j1.json"]
     reads.clear()
     ledger.record(entry("d", "failed", job="j2", error="gone"))
     ledger.compact()  # the last table holds a, b and c
-    assert sorted(reads) == ["_results.parquet", "d@abc@failed@j2.json"]
+    assert sorted(reads) == ["d@abc@failed@j2.json"]
     table = pq.read_table(io.BytesIO(Storage(output).get("_results.parquet"))).to_pylist()
     assert [(r["image_id"], r["status"], r["error"]) for r in table] == [
         ("a", "done", None), ("b", "done", None), ("c", "done", None), ("d", "failed", "gone")]
