@@ -48,17 +48,10 @@ from pipeline import tracking
 from pipeline.buckets import IMAGES_PER_TASK, buckets
 from pipeline.inception import stem_weights
 from pipeline.ledger import Entry, KeySet, Ledger, Spool, Status, done_key, now_iso
-from pipeline.manifest import (
-    CONFIG_FIELD_KINDS,
-    NULLABLE_FIELDS,
-    Manifest,
-    ManifestRow,
-    config_hash,
-    parse_bool,
-)
+from pipeline.manifest import Manifest, ManifestRow, config_hash
 from pipeline.storage import ImageStore, TransientError, check_credentials, redact
 from pipeline.train_image import JobSettings, Trainer, train_bucket
-from singan.config import PRESETS, config
+from singan.config import PRESETS, config, parse_overrides
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
 
@@ -150,7 +143,7 @@ def main(argv: list[str] | None = None, *, trainer: Trainer | None = None,
         for name in ("limit", "images_per_task", "max_in_flight"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        overrides = parse_sets(args.set)
+        overrides = parse_overrides(args.set)
         # No credentials for an S3 URL: one line now, not a traceback after the trainings.
         for url in (args.manifest, output, args.inception_weights):
             if url is not None:
@@ -379,34 +372,6 @@ class _closing_on_error:
     def __exit__(self, kind, *rest):
         if kind is not None:
             self.manifest.close()
-
-
-def parse_sets(items: list[str]) -> dict:
-    """--set FIELD=VALUE options -> config overrides, typed like the Config field: numbers,
-    text (padding=circular), true/false (noise_padding=true), `none` where the field takes it.
-    Whether the value is allowed (a padding of that name) is the config's check."""
-    overrides = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        kind = CONFIG_FIELD_KINDS.get(name)
-        if not sep or kind is None:
-            raise InputError(f"--set {item}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(CONFIG_FIELD_KINDS)}")
-        if text == "none" and name in NULLABLE_FIELDS:
-            overrides[name] = None
-        elif kind == "str":
-            overrides[name] = text
-        elif kind == "bool":
-            overrides[name] = parse_bool(text)
-            if overrides[name] is None:
-                raise InputError(f"--set {item}: {text!r} is not true or false")
-        else:
-            try:
-                overrides[name] = float(text) if kind == "float" else int(text)
-            except ValueError as err:
-                raise InputError(f"--set {item}: {text!r} is not "
-                                 f"{'a number' if kind == 'float' else 'an integer'}") from err
-    return overrides
 
 
 def tracking_target(args) -> str | None:

@@ -12,12 +12,13 @@ import torch
 from singan import outputs
 from singan.api import load, train
 from singan.base import Callback, IterationLog, Pyramid
-from singan.config import PRESETS, Config, config
+from singan.config import PRESETS, Config, config, parse_overrides
 from singan.errors import InputError
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    """--preset, --max-size, --niter, --device, --seed: shared by every command that trains."""
+    """--preset, --max-size, --niter, --device, --seed, --set: shared by every command that
+    trains."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="paper: every reference default; quick: a small CPU smoke run "
                         "(default: %(default)s)")
@@ -28,15 +29,20 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "iteration 1600 as in the reference code, so not at all below that")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change any config field (repeatable), applied after the options "
+                        "above, e.g. --set scale_factor=0.8 --set noise_padding=true; the same "
+                        "syntax as the batch job's --set and its manifest's columns")
 
 
 def training_config(args: argparse.Namespace, **fields) -> Config:
-    """The config the training options ask for, with `fields` on top."""
+    """The config the training options ask for: `fields`, then --max-size and --niter, then
+    the --set changes on top."""
     if args.max_size is not None:
         fields.setdefault("max_size", args.max_size)
     if args.niter is not None:
         fields["niter"] = args.niter  # config() puts the drop where the recipe's code does
-    return config(args.preset, **fields)
+    return config(args.preset, **{**fields, **parse_overrides(args.set)})
 
 
 def resolve_device(name: str | None) -> torch.device:

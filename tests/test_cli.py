@@ -31,10 +31,12 @@ def tiny_preset(monkeypatch):
 
 def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, tiny_preset):
     out = tmp_path / "run"
-    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    assert main(["train", str(photo), "--out", str(out), *TINY, "--set", "noise_amp=0.2",
+                 "--set", "padding=reflect"]) == 0
     model = singan.load(out)
     n = model.num_scales
     assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 1600
+    assert model.config.noise_amp == 0.2 and model.config.padding == "reflect"
     assert sorted(p.name for p in (out / "reals").iterdir()) == [f"scale_{i:02d}.png" for i in range(n)]
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert samples == ["final.png", "reconstruction.png", "sample_00.png", "sample_01.png"] + [
@@ -57,6 +59,15 @@ def test_train_resumes_an_interrupted_run(photo, tmp_path, capsys, tiny_preset):
     assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
     assert "resuming" in capsys.readouterr().out
     assert singan.load(out).is_complete
+
+
+def test_train_refuses_a_bad_set_before_reading_the_image(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "absent.png"), "--out", str(tmp_path / "run"),
+                 "--set", "niter=many"]) == 2
+    assert "--set niter=many: niter must be an integer, got 'many'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "absent.png"), "--out", str(tmp_path / "run"),
+                 "--set", "max_size=16", "--set", "min_size=8"]) == 2
+    assert "min_size (8) is below the 11x11 px the critic scores" in capsys.readouterr().err
 
 
 def test_train_refuses_a_folder_with_another_model(photo, tmp_path, capsys, tiny_preset):
@@ -112,7 +123,7 @@ SCRIPT = Path(sys.executable).parent / "singan"
 def test_console_script_help_documents_every_option():
     exe = str(SCRIPT)
     for command, options in [("train", ["--out", "--preset", "--max-size", "--niter", "--device",
-                                        "--seed", "Examples"]),
+                                        "--seed", "--set", "Examples"]),
                              ("sample", ["--num", "--start-scale", "--scale-h", "--scale-v",
                                          "--seed", "Examples"]),
                              ("demo", ["--out"])]:

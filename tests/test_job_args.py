@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalog import write_manifest
-from singan.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("train_manifest", ROOT / "jobs" / "train_manifest.py")
@@ -16,24 +15,13 @@ job = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(job)
 
 
-def test_set_overrides_are_typed_like_the_config():
-    assert job.parse_sets(["max_size=200", "scale_factor=0.8", "num_scales=none"]) == {
-        "max_size": 200, "scale_factor": 0.8, "num_scales": None}
-    assert job.parse_sets(["padding=circular", "noise_padding=true", "loss=nnpl",
-                           "patch_size=5", "log_every=3"]) == {
-        "padding": "circular", "noise_padding": True, "loss": "nnpl", "patch_size": 5,
-        "log_every": 3}
-    assert job.parse_sets(["noise_padding=False"]) == {"noise_padding": False}
-    with pytest.raises(InputError, match="max_szie=3: expected FIELD=VALUE"):
-        job.parse_sets(["max_szie=3"])
-    with pytest.raises(InputError, match="'big' is not an integer"):
-        job.parse_sets(["max_size=big"])
-    with pytest.raises(InputError, match="'fast' is not a number"):
-        job.parse_sets(["lr_g=fast"])
-    with pytest.raises(InputError, match="noise_padding=1: '1' is not true or false"):
-        job.parse_sets(["noise_padding=1"])
-    with pytest.raises(InputError, match="'none' is not an integer"):  # only num_scales takes it
-        job.parse_sets(["max_size=none"])
+def test_a_bad_set_exits_2_naming_the_option(tmp_path, capsys):
+    manifest = tmp_path / "m.parquet"
+    write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
+    code = job.main(["--manifest", str(manifest), "--output", str(tmp_path / "out"),
+                     "--no-tracking", "--set", "max_size=big"])
+    assert code == 2
+    assert "--set max_size=big: max_size must be an integer, got 'big'" in capsys.readouterr().err
 
 
 def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
