@@ -38,9 +38,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # `python jobs/train_manifest.py` puts jobs/ first on sys.path; the project root must be there
-# too, and first, so that the submitted working dir wins over an older installed copy.
+# too, and first, so that the submitted working dir wins over an older installed copy. Installed
+# (the singan-fleet-train command), it is the package jobs.train_manifest and needs neither.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:
+    sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
 from pipeline import tasks as task_registry

@@ -143,3 +143,19 @@ def test_version_and_verbose_before_or_after_the_command(capsys):
     assert parser.parse_args(["-v", "train", "x.png", "--out", "d"]).verbose
     assert not parser.parse_args(["train", "x.png", "--out", "d"]).verbose
     assert parser.parse_args(["sample", "m", "--out", "d", "--verbose"]).verbose
+
+
+def test_progress_in_a_log_is_a_line_every_tenth():
+    import io
+
+    from singan.cli_common import ProgressLine
+
+    log = io.StringIO()  # not a terminal
+    line = ProgressLine("scale 2/5 33x44", 200, stream=log)
+    for done in range(10, 201, 10):
+        line.update(done, "D 0.100 G 0.200 rec 0.0300")
+    line.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("scale 2/5 33x44 20/200 it D 0.100 G 0.200")
+    assert "left" in lines[0] and lines[9].startswith("scale 2/5 33x44 200/200 it")
+    assert lines[10].startswith("scale 2/5 33x44 done in ")
