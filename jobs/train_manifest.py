@@ -65,18 +65,21 @@ LISTED_FAILURES = 20  # failed images named in the summary (all are in the resul
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_manifest.py", description=__doc__.split("\n\n")[0],
-        epilog="Without --tracking-uri the runs go to sqlite:///$PWD/mlflow.db; open them with "
-               "the `mlflow ui` command printed at the end. Under `ray job submit` the working "
-               "directory is temporary: give --output (and --tracking-uri) explicitly there.")
+        epilog="Without --tracking-uri the runs go to $MLFLOW_TRACKING_URI, else to "
+               "sqlite:///$PWD/mlflow.db; open them with the `mlflow ui` command printed at the "
+               "end. Under `ray job submit` the working directory is temporary: give --output "
+               "(and --tracking-uri) explicitly there.")
     p.add_argument("--manifest", required=True, metavar="URL",
                    help="Parquet manifest (image_id, uri, optional per-row overrides)")
     p.add_argument("--output", default="outputs", metavar="URL",
                    help="output root, any fsspec URL (default: ./outputs)")
-    p.add_argument("--tracking-uri", metavar="URL",
-                   help="MLflow tracking server (default: a local sqlite database)")
+    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
+                   help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, else a local "
+                        "sqlite database)")
     p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
-    p.add_argument("--experiment", default="singan-fleet", metavar="NAME",
-                   help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
+                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
+                        f"{tracking.DEFAULT_EXPERIMENT})")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
@@ -377,7 +380,8 @@ class _closing_on_error:
 
 
 def tracking_target(args) -> str | None:
-    """The tracking URI to use: --tracking-uri, else a local sqlite database; None without."""
+    """The tracking URI to use: --tracking-uri (or $MLFLOW_TRACKING_URI), else a local sqlite
+    database; None with --no-tracking."""
     if args.no_tracking:
         return None
     return args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"

@@ -70,6 +70,23 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
+# MLflow's own variables, as every MLflow client honours them: where the runs go when a job is
+# not told, and into which experiment.
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+EXPERIMENT_VARIABLE = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "singan-fleet"
+
+
+def default_tracking_uri() -> str | None:
+    """$MLFLOW_TRACKING_URI, when set."""
+    return os.environ.get(TRACKING_URI_VARIABLE) or None
+
+
+def default_experiment() -> str:
+    """$MLFLOW_EXPERIMENT_NAME, else singan-fleet."""
+    return os.environ.get(EXPERIMENT_VARIABLE) or DEFAULT_EXPERIMENT
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -238,7 +255,7 @@ class ImageRun:
     `complete` says whether everything reached the server."""
 
     def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
-                 parent_run_id: str | None, experiment: str = "singan-fleet",
+                 parent_run_id: str | None, experiment: str = DEFAULT_EXPERIMENT,
                  jitter: float = SEND_JITTER):
         self.store = store
         self.tracking_uri = tracking_uri
@@ -513,7 +530,7 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     run_id, created = link.get("run_id"), False
     if run_id is None or uri != link["tracking_uri"]:
         experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
-        experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", "singan-fleet"))
+        experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", DEFAULT_EXPERIMENT))
         claim = link.get("claim") if uri == link["tracking_uri"] else None
         link, created = open_image_run(client, store, {**link, "tracking_uri": uri,
                                                        "experiment_id": experiment_id,

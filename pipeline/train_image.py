@@ -35,6 +35,7 @@ from pipeline.manifest import ManifestRow, config_hash
 from pipeline.recording import ImageRecorder, TrackedFolder
 from pipeline.storage import ImageStore, TransientError, read_url, redact
 from pipeline.tracking import (
+    DEFAULT_EXPERIMENT,
     MLFLOW_EVERY,
     ImageRun,
     forget_down,
@@ -149,7 +150,7 @@ class JobSettings:
 
     output: str  # output root URL
     tracking_uri: str | None = None  # None: no tracking
-    experiment: str = "singan-fleet"
+    experiment: str = DEFAULT_EXPERIMENT
     experiment_id: str | None = None  # None: looked up (or created) by name
     parent_run_id: str | None = None
     num_samples: int = 8  # final random samples written per image

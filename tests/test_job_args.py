@@ -134,3 +134,20 @@ def test_the_printed_mlflow_hint_opens_the_model_training_view_and_runs_as_shown
     # The command works as printed, without an activated environment.
     argv = shlex.split(command.split(" --backend-store-uri")[0]) + ["--help"]
     assert subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
+
+
+def test_mlflow_variables_are_the_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "photos-2026")
+    args = job.build_parser().parse_args(["--manifest", "m.parquet"])
+    assert job.tracking_target(args) == "http://127.0.0.1:5999"
+    assert args.experiment == "photos-2026"
+    args = job.build_parser().parse_args(["--manifest", "m.parquet", "--tracking-uri",
+                                          "http://127.0.0.1:5001", "--experiment", "other"])
+    assert (job.tracking_target(args), args.experiment) == ("http://127.0.0.1:5001", "other")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.chdir(tmp_path)
+    args = job.build_parser().parse_args(["--manifest", "m.parquet"])
+    assert job.tracking_target(args) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert args.experiment == "singan-fleet"
