@@ -56,6 +56,7 @@ from pipeline.train_image import JobSettings, Trainer, train_bucket
 from singan.config import PRESETS, config, parse_overrides
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
+from singan.verdict import SUSPECT
 
 logger = logging.getLogger("train_manifest")
 
@@ -293,6 +294,8 @@ class Tally:
         self.failures: list[str] = []  # their lines
         self.tasks: Counter[str] = Counter()  # images by manifest task
         self.untracked = 0  # images whose run still lacks something after the worker's replay
+        self.suspect = 0  # done images whose verdict is suspect (singan.verdict)
+        self.suspects: list[str] = []  # the first LISTED_FAILURES, as lines
         self.cpu_notice = False
         self.gpus_used = 0.0
         self.per_task = 0
@@ -303,6 +306,10 @@ class Tally:
         self.tasks[entry.task] += 1
         if not entry.tracking_complete:
             self.untracked += 1
+        if entry.quality == SUSPECT and entry.status != Status.FAILED:
+            self.suspect += 1
+            if len(self.suspects) < LISTED_FAILURES:
+                self.suspects.append(f"  suspect {entry.image_id}: {entry.quality_reason}")
         if entry.status == Status.FAILED:
             self.failed += 1
             if len(self.failures) < LISTED_FAILURES:
@@ -332,7 +339,7 @@ class Tally:
 
     def counts(self) -> dict[str, int]:
         counts = dict(self.progress.counts) if self.progress else {}
-        return {**counts, "untracked": self.untracked}
+        return {**counts, "suspect": self.suspect, "untracked": self.untracked}
 
     def print_summary(self, seconds: float, table_url: str | None, ui_hint: str | None,
                       output: str) -> None:
@@ -346,6 +353,12 @@ class Tally:
             print(line)
         if self.failed > len(self.failures):
             print(f"  ... and {self.failed - len(self.failures)} more (see the results table)")
+        if self.suspect:
+            print(f"{self.suspect} trained images look suspect (the quality column of the "
+                  "results, the quality tag in MLflow):")
+            print("\n".join(self.suspects))
+            if self.suspect > len(self.suspects):
+                print(f"  ... and {self.suspect - len(self.suspects)} more")
         if table_url is not None:
             print(f"results: {table_url}")
         if self.untracked:
@@ -361,8 +374,9 @@ def describe(entry: Entry) -> tuple[str, str]:
     if entry.error:
         return entry.status, f"{entry.status} {name}: {entry.error}"
     sifid = f", SIFID {entry.sifid:.4f}" if entry.sifid is not None else ""
+    suspect = f"; suspect: {entry.quality_reason}" if entry.quality == SUSPECT else ""
     return entry.status, (f"{entry.status} {name} ({entry.num_scales} scales, "
-                          f"{entry.seconds:.1f} s{sifid})")
+                          f"{entry.seconds:.1f} s{sifid}){suspect}")
 
 
 class _closing_on_error:

@@ -117,7 +117,8 @@ EXPERIMENT_TAGS = {
         "image under it (params; per-scale losses sNN/d_loss, sNN/g_loss, ... every 100th "
         "iteration, with the iteration as step; noise_amp, scale_seconds, sifid, patch_swd with "
         "the scale as step; the pictures under Artifacts > samples; the pyramid's URL in the tag "
-        "pyramid_url)."),
+        "pyramid_url; when it ends, summary metrics final/... to sort by and the tag quality, "
+        "ok or suspect, with quality_reason)."),
 }
 
 
@@ -389,12 +390,14 @@ class ImageRun:
             self._queue("upload " + name, _log_bytes, name, data,
                         jitter=self.jitter if jitter is None else jitter)
 
-    def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
-        """Send what is kept, then tag and end the run (FINISHED or FAILED)."""
+    def finish(self, status: str, tags: dict[str, str] | None = None,
+               metrics: dict[str, float] | None = None) -> None:
+        """Send what is kept, then tag the run, log its summary `metrics` (one request for
+        both) and end it (FINISHED or FAILED)."""
         if not self.enabled:
             return
         self.flush(jitter=0.0)
-        self._queue("end the run", _end_run, tags or {}, status)
+        self._queue("end the run", _end_run, tags or {}, status, metrics or {})
 
 
 def open_image_run(client, store: ImageStore, link: dict) -> tuple[dict, bool]:
@@ -463,10 +466,20 @@ def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
                      synchronous=True)
 
 
-def _end_run(client, run_id: str, tags: dict[str, str], status: str) -> None:
-    if tags:
-        _set_tags(client, run_id, tags)
+def _end_run(client, run_id: str, tags: dict[str, str], status: str,
+             metrics: dict[str, float] | None = None) -> None:
+    if tags or metrics:
+        _log_summary(client, run_id, tags, metrics or {})
     client.set_terminated(run_id, status)
+
+
+def _log_summary(client, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+    """Tags and summary metrics (step 0) in one request."""
+    from mlflow.entities import Metric, RunTag
+
+    stamp = now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, redact(str(v))) for k, v in tags.items()], synchronous=True)
 
 
 def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
@@ -565,6 +578,12 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     if done is not None:
         if run.data.tags.get("pyramid_url") is None:
             _set_tags(client, run_id, {"pyramid_url": store.url_of("model")})
+        summary = {k: v for k, v in (done.get("summary") or {}).items()
+                   if k not in run.data.metrics}
+        verdict = {k: str(done[k]) for k in ("quality", "quality_reason")
+                   if done.get(k) is not None and k not in run.data.tags}
+        if summary or verdict:
+            _log_summary(client, run_id, verdict, summary)
         if run.info.status != "FINISHED":
             client.set_terminated(run_id, "FINISHED")
     return SyncReport(store.image_id, run_id, len(missing), artifacts, created)

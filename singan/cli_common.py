@@ -15,6 +15,7 @@ from singan.api import load, train
 from singan.base import Callback, IterationLog, Pyramid
 from singan.config import PRESETS, Config, config, parse_overrides
 from singan.errors import InputError
+from singan.verdict import judge, summarize
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
@@ -73,6 +74,11 @@ def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int
         model = resume.to(device)
     outputs.write_final(model, outputs.LocalFolder(out), num_samples)
     progress.summary(model, time.perf_counter() - start)
+    summary = summarize(model, seed=model.seed)
+    verdict = judge(summary)
+    print(f"quality: {verdict.quality}" + (f" ({verdict.reason})" if verdict.reason else "") +
+          f"; patch SWD {summary.patch_swd:.4f} ({summary.swd_ratio:.1f}x a blurred copy's), "
+          f"diversity {summary.diversity:.3f}")
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,8 @@ def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, t
     assert Image.open(out / "samples" / "sample_00.png").size == model.plan.shapes[-1][::-1]
     printed = capsys.readouterr().out
     assert f"{n} scales" in printed and "noise_amp" in printed
+    assert re.search(r"^quality: (ok|suspect \(.+\)); patch SWD \d\.\d{4} \(\d+\.\dx a blurred "
+                     r"copy's\), diversity \d\.\d{3}$", printed, re.M)
 
 
 def test_train_resumes_an_interrupted_run(photo, tmp_path, capsys, tiny_preset):
