@@ -11,10 +11,11 @@ DEMO_OUT ?= runs/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+# The project with the fleet and test extras at the versions of constraints.txt (CI's).
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 # Two workers (pytest-xdist): the tests of the shared services run on one, the rest beside them

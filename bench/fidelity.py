@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 import singan
+from singan.config import parse_overrides
 from singan.image import load_image
 from singan.quality import nn_patch_distance, patch_swd
 from singan.recipe import recipe_named
@@ -154,21 +155,10 @@ def quirks_on(names: list[str]):
         yield
 
 
-def parse_sets(items: list[str]) -> dict:
-    values = {}
-    for item in items:
-        name, _, text = item.partition("=")
-        try:
-            values[name] = json.loads(text)  # numbers, true / false, lists
-        except json.JSONDecodeError:
-            values[name] = text  # a word: fixed, redrawn, ...
-    return values
-
-
 def our_config(args: argparse.Namespace) -> singan.Config:
     """`singan train --preset paper --max-size M --niter N` plus the --set changes."""
     return singan.config("paper", max_size=args.max_size, niter=args.niter,
-                         **parse_sets(args.set))
+                         **parse_overrides(args.set))
 
 
 def real_image(photo: Path, cfg: singan.Config, shape: tuple[int, int]) -> torch.Tensor:
@@ -373,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "bench": "fidelity", "label": args.label, "settings": settings,
-        "ours_overrides": parse_sets(args.set), "ours_quirks": sorted(args.quirk),
+        "ours_overrides": parse_overrides(args.set), "ours_quirks": sorted(args.quirk),
         "ours_config": cfg.to_dict(),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__},

@@ -158,6 +158,12 @@ class SimulatedTrainer(Trainer):
         files["samples/final.png"] = _placeholder(self.picture_bytes * 2)
         return files
 
+    def summary(self, model: SimulatedModel) -> dict[str, float]:
+        """A working model's summary (the verdict's inputs), without computing anything."""
+        return dict(patch_swd=0.03, nn_patch_distance=0.11, diversity=0.33,
+                    reconstruction_rmse=0.02, blur_swd=0.011, min_sample_std=0.2, real_std=0.21,
+                    swd_ratio=0.03 / 0.011)
+
     def scale_metrics(self, model: SimulatedModel, job: JobSettings,
                       stem) -> dict[str, float]:
         """The keys Trainer.scale_metrics gives (SIFID only with a stem, which this has not)."""

@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+if not __package__:  # run as a script from a checkout, not installed (jobs.*)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.ledger import Entry, Ledger, Status
 from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError

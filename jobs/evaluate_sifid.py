@@ -28,9 +28,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script from a checkout, not installed (jobs.*)
+    sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
+from pipeline import tracking
 from pipeline.evaluate import (
     EvalResult,
     EvalSettings,
@@ -61,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="URL",
                    help="inception_v3_google-0cc3c7bd.pth at any fsspec URL (default: "
                         "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
-    p.add_argument("--tracking-uri", metavar="URL", help="MLflow server (default: no tracking)")
-    p.add_argument("--experiment", default="singan-fleet", metavar="NAME",
-                   help="MLflow experiment for models without a training run")
+    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
+                   help="MLflow server (default: $MLFLOW_TRACKING_URI, else no tracking)")
+    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
+                   help="MLflow experiment for models without a training run (default: "
+                        f"$MLFLOW_EXPERIMENT_NAME, else {tracking.DEFAULT_EXPERIMENT})")
     p.add_argument("--gpus-per-task", type=float, default=1.0, metavar="G",
                    help="GPUs per Ray task, asked of Ray even before a GPU node has joined; "
                         "fractions allowed; 0 = CPU (a local Ray started on a machine without "

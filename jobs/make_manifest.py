@@ -18,7 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+if not __package__:  # run as a script from a checkout, not installed (jobs.*)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.buckets import header_sizes
 from pipeline.catalog import manifest_rows_from, write_manifest

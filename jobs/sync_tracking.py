@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as a script from a checkout, not installed (jobs.*)
+    sys.path.insert(0, str(ROOT))
 
 from collections.abc import Iterator
 

@@ -38,9 +38,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # `python jobs/train_manifest.py` puts jobs/ first on sys.path; the project root must be there
-# too, and first, so that the submitted working dir wins over an older installed copy.
+# too, and first, so that the submitted working dir wins over an older installed copy. Installed
+# (the singan-fleet-train command), it is the package jobs.train_manifest and needs neither.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if not __package__:
+    sys.path.insert(0, str(ROOT))
 
 from jobs import fleet
 from pipeline import tasks as task_registry
@@ -48,19 +50,13 @@ from pipeline import tracking
 from pipeline.buckets import IMAGES_PER_TASK, buckets
 from pipeline.inception import stem_weights
 from pipeline.ledger import Entry, KeySet, Ledger, Spool, Status, done_key, now_iso
-from pipeline.manifest import (
-    CONFIG_FIELD_KINDS,
-    NULLABLE_FIELDS,
-    Manifest,
-    ManifestRow,
-    config_hash,
-    parse_bool,
-)
+from pipeline.manifest import Manifest, ManifestRow, config_hash
 from pipeline.storage import ImageStore, TransientError, check_credentials, redact
 from pipeline.train_image import JobSettings, Trainer, train_bucket
-from singan.config import PRESETS, config
+from singan.config import PRESETS, config, parse_overrides
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
+from singan.verdict import SUSPECT
 
 logger = logging.getLogger("train_manifest")
 
@@ -70,18 +66,21 @@ LISTED_FAILURES = 20  # failed images named in the summary (all are in the resul
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_manifest.py", description=__doc__.split("\n\n")[0],
-        epilog="Without --tracking-uri the runs go to sqlite:///$PWD/mlflow.db; open them with "
-               "the `mlflow ui` command printed at the end. Under `ray job submit` the working "
-               "directory is temporary: give --output (and --tracking-uri) explicitly there.")
+        epilog="Without --tracking-uri the runs go to $MLFLOW_TRACKING_URI, else to "
+               "sqlite:///$PWD/mlflow.db; open them with the `mlflow ui` command printed at the "
+               "end. Under `ray job submit` the working directory is temporary: give --output "
+               "(and --tracking-uri) explicitly there.")
     p.add_argument("--manifest", required=True, metavar="URL",
                    help="Parquet manifest (image_id, uri, optional per-row overrides)")
     p.add_argument("--output", default="outputs", metavar="URL",
                    help="output root, any fsspec URL (default: ./outputs)")
-    p.add_argument("--tracking-uri", metavar="URL",
-                   help="MLflow tracking server (default: a local sqlite database)")
+    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
+                   help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, else a local "
+                        "sqlite database)")
     p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
-    p.add_argument("--experiment", default="singan-fleet", metavar="NAME",
-                   help="MLflow experiment (default: %(default)s)")
+    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
+                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
+                        f"{tracking.DEFAULT_EXPERIMENT})")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None, *, trainer: Trainer | None = None,
         for name in ("limit", "images_per_task", "max_in_flight"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-        overrides = parse_sets(args.set)
+        overrides = parse_overrides(args.set)
         # No credentials for an S3 URL: one line now, not a traceback after the trainings.
         for url in (args.manifest, output, args.inception_weights):
             if url is not None:
@@ -295,6 +294,8 @@ class Tally:
         self.failures: list[str] = []  # their lines
         self.tasks: Counter[str] = Counter()  # images by manifest task
         self.untracked = 0  # images whose run still lacks something after the worker's replay
+        self.suspect = 0  # done images whose verdict is suspect (singan.verdict)
+        self.suspects: list[str] = []  # the first LISTED_FAILURES, as lines
         self.cpu_notice = False
         self.gpus_used = 0.0
         self.per_task = 0
@@ -305,6 +306,10 @@ class Tally:
         self.tasks[entry.task] += 1
         if not entry.tracking_complete:
             self.untracked += 1
+        if entry.quality == SUSPECT and entry.status != Status.FAILED:
+            self.suspect += 1
+            if len(self.suspects) < LISTED_FAILURES:
+                self.suspects.append(f"  suspect {entry.image_id}: {entry.quality_reason}")
         if entry.status == Status.FAILED:
             self.failed += 1
             if len(self.failures) < LISTED_FAILURES:
@@ -334,7 +339,7 @@ class Tally:
 
     def counts(self) -> dict[str, int]:
         counts = dict(self.progress.counts) if self.progress else {}
-        return {**counts, "untracked": self.untracked}
+        return {**counts, "suspect": self.suspect, "untracked": self.untracked}
 
     def print_summary(self, seconds: float, table_url: str | None, ui_hint: str | None,
                       output: str) -> None:
@@ -348,6 +353,12 @@ class Tally:
             print(line)
         if self.failed > len(self.failures):
             print(f"  ... and {self.failed - len(self.failures)} more (see the results table)")
+        if self.suspect:
+            print(f"{self.suspect} trained images look suspect (the quality column of the "
+                  "results, the quality tag in MLflow):")
+            print("\n".join(self.suspects))
+            if self.suspect > len(self.suspects):
+                print(f"  ... and {self.suspect - len(self.suspects)} more")
         if table_url is not None:
             print(f"results: {table_url}")
         if self.untracked:
@@ -363,8 +374,9 @@ def describe(entry: Entry) -> tuple[str, str]:
     if entry.error:
         return entry.status, f"{entry.status} {name}: {entry.error}"
     sifid = f", SIFID {entry.sifid:.4f}" if entry.sifid is not None else ""
+    suspect = f"; suspect: {entry.quality_reason}" if entry.quality == SUSPECT else ""
     return entry.status, (f"{entry.status} {name} ({entry.num_scales} scales, "
-                          f"{entry.seconds:.1f} s{sifid})")
+                          f"{entry.seconds:.1f} s{sifid}){suspect}")
 
 
 class _closing_on_error:
@@ -381,36 +393,9 @@ class _closing_on_error:
             self.manifest.close()
 
 
-def parse_sets(items: list[str]) -> dict:
-    """--set FIELD=VALUE options -> config overrides, typed like the Config field: numbers,
-    text (padding=circular), true/false (noise_padding=true), `none` where the field takes it.
-    Whether the value is allowed (a padding of that name) is the config's check."""
-    overrides = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        kind = CONFIG_FIELD_KINDS.get(name)
-        if not sep or kind is None:
-            raise InputError(f"--set {item}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(CONFIG_FIELD_KINDS)}")
-        if text == "none" and name in NULLABLE_FIELDS:
-            overrides[name] = None
-        elif kind == "str":
-            overrides[name] = text
-        elif kind == "bool":
-            overrides[name] = parse_bool(text)
-            if overrides[name] is None:
-                raise InputError(f"--set {item}: {text!r} is not true or false")
-        else:
-            try:
-                overrides[name] = float(text) if kind == "float" else int(text)
-            except ValueError as err:
-                raise InputError(f"--set {item}: {text!r} is not "
-                                 f"{'a number' if kind == 'float' else 'an integer'}") from err
-    return overrides
-
-
 def tracking_target(args) -> str | None:
-    """The tracking URI to use: --tracking-uri, else a local sqlite database; None without."""
+    """The tracking URI to use: --tracking-uri (or $MLFLOW_TRACKING_URI), else a local sqlite
+    database; None with --no-tracking."""
     if args.no_tracking:
         return None
     return args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"

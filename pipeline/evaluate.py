@@ -27,7 +27,7 @@ import torch
 
 from pipeline.ledger import Ledger, Status
 from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, local_copy
-from pipeline.tracking import client_for, experiment_id_for, now_ms
+from pipeline.tracking import DEFAULT_EXPERIMENT, client_for, experiment_id_for, now_ms
 from singan.api import sample
 from singan.errors import InputError, one_line
 from singan.quality import nn_patch_distance, patch_swd
@@ -67,7 +67,7 @@ class EvalSettings:
     dims: int = 64
     seed: int = 0
     tracking_uri: str | None = None
-    experiment: str = "singan-fleet"
+    experiment: str = DEFAULT_EXPERIMENT
     device: str | None = None
 
     def digest(self) -> str:

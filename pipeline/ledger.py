@@ -75,6 +75,8 @@ class Entry:
     node: str | None = None  # the Ray node it ran on
     device: str | None = None  # what it trained on: cpu or cuda
     finished_at: str | None = None  # UTC, ISO 8601
+    quality: str | None = None  # a done image's verdict (singan.verdict): ok or suspect
+    quality_reason: str | None = None  # why it is suspect
 
     def to_dict(self) -> dict:
         return {**asdict(self), "status": str(self.status)}
@@ -102,6 +104,8 @@ SCHEMA = pa.schema([
     ("node", pa.string()),
     ("device", pa.string()),
     ("finished_at", pa.string()),
+    ("quality", pa.string()),
+    ("quality_reason", pa.string()),
 ])
 
 

@@ -32,8 +32,6 @@ import json
 import logging
 import math
 import re
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,37 +43,14 @@ import pyarrow.parquet as pq
 
 from pipeline import tasks
 from pipeline.storage import TransientError, absolute_url, local_copy, redact
-from singan.config import Config, config
+from singan.config import FIELD_KINDS, Config, config, field_value
 from singan.errors import InputError, one_line
 
 logger = logging.getLogger(__name__)
 
-# The kind of value of a column (and of a Config field): "int", "float", "str" or "bool".
-_KINDS = {int: "int", float: "float", str: "str", bool: "bool"}
-
-
-def _config_field_kinds() -> tuple[dict[str, str], frozenset[str]]:
-    """Every Config field's kind, and the fields that also take None (`int | None`)."""
-    kinds, nullable = {}, set()
-    for name, hint in typing.get_type_hints(Config).items():
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        options = typing.get_args(hint) if union else (hint,)
-        if type(None) in options:
-            nullable.add(name)
-        options = [option for option in options if option is not type(None)]
-        if len(options) == 1 and typing.get_origin(options[0]) is typing.Literal:
-            options = list({type(value) for value in typing.get_args(options[0])})  # a choice
-        if len(options) != 1 or options[0] not in _KINDS:
-            # A new kind of field needs a column kind here and in the checks below.
-            raise TypeError(f"Config.{name}: a manifest column cannot hold {hint}")
-        kinds[name] = _KINDS[options[0]]
-    return kinds, frozenset(nullable)
-
-
-# FIELD -> kind for every Config field, and those that take None (`--set num_scales=none`).
-CONFIG_FIELD_KINDS, NULLABLE_FIELDS = _config_field_kinds()
+# FIELD -> kind ("int", "float", "str", "bool") for every Config field: singan.config.FIELD_KINDS.
 # Config fields a row may override. `log_every` only changes logging, which is the job's business.
-_CONFIG_COLUMNS = {name: kind for name, kind in CONFIG_FIELD_KINDS.items() if name != "log_every"}
+_CONFIG_COLUMNS = {name: kind for name, kind in FIELD_KINDS.items() if name != "log_every"}
 OVERRIDE_COLUMNS: tuple[str, ...] = (*_CONFIG_COLUMNS, "seed")
 
 # What a row does with its trained model (pipeline.tasks), and the tasks' parameter columns.
@@ -458,20 +433,14 @@ class Manifest:
     def _resolve(self, values: dict[str, Any]) -> _Settings:
         """The settings of rows with these override and task column values."""
         row_overrides, value_problems = {}, []
-        for name, kind in _CONFIG_COLUMNS.items():
+        for name in _CONFIG_COLUMNS:
             value = values.get(name)
             if value is None:
                 continue
-            if kind == "float":
-                value = float(value)
-                if not math.isfinite(value):
-                    value_problems.append(f"{name} must be a finite number, got {value}")
-            elif kind == "bool" and isinstance(value, str):
-                parsed = parse_bool(value)
-                if parsed is None:
-                    value_problems.append(f"{name} must be true or false, got {value!r}")
-                value = parsed
-            row_overrides[name] = value
+            try:
+                row_overrides[name] = field_value(name, value)
+            except InputError as err:
+                value_problems.append(str(err))
         row_config, config_problems = None, []
         if not value_problems:
             try:
@@ -549,11 +518,6 @@ def _type_problem(name: str, arrow_type: pa.DataType) -> str | None:
         ok = pa.types.is_boolean(arrow_type) or _is_string(arrow_type)
         wanted = "a boolean column (or strings 'true' / 'false')"
     return None if ok else f"column {name!r} must be {wanted}, got {arrow_type}"
-
-
-def parse_bool(text: str) -> bool | None:
-    """True for "true", False for "false" (any case, spaces around allowed), else None."""
-    return {"true": True, "false": False}.get(text.strip().lower())
 
 
 def _in_row(number: int, image_id: Any, problem: str) -> str:

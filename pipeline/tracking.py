@@ -71,6 +71,23 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
                  "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
+# MLflow's own variables, as every MLflow client honours them: where the runs go when a job is
+# not told, and into which experiment.
+TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
+EXPERIMENT_VARIABLE = "MLFLOW_EXPERIMENT_NAME"
+DEFAULT_EXPERIMENT = "singan-fleet"
+
+
+def default_tracking_uri() -> str | None:
+    """$MLFLOW_TRACKING_URI, when set."""
+    return os.environ.get(TRACKING_URI_VARIABLE) or None
+
+
+def default_experiment() -> str:
+    """$MLFLOW_EXPERIMENT_NAME, else singan-fleet."""
+    return os.environ.get(EXPERIMENT_VARIABLE) or DEFAULT_EXPERIMENT
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -101,7 +118,8 @@ EXPERIMENT_TAGS = {
         "image under it (params; per-scale losses sNN/d_loss, sNN/g_loss, ... every 100th "
         "iteration, with the iteration as step; noise_amp, scale_seconds, sifid, patch_swd with "
         "the scale as step; the pictures under Artifacts > samples; the pyramid's URL in the tag "
-        "pyramid_url)."),
+        "pyramid_url; when it ends, summary metrics final/... to sort by and the tag quality, "
+        "ok or suspect, with quality_reason)."),
 }
 
 
@@ -239,7 +257,7 @@ class ImageRun:
     `complete` says whether everything reached the server."""
 
     def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
-                 parent_run_id: str | None, experiment: str = "singan-fleet",
+                 parent_run_id: str | None, experiment: str = DEFAULT_EXPERIMENT,
                  jitter: float = SEND_JITTER):
         self.store = store
         self.tracking_uri = tracking_uri
@@ -373,12 +391,14 @@ class ImageRun:
             self._queue("upload " + name, _log_bytes, name, data,
                         jitter=self.jitter if jitter is None else jitter)
 
-    def finish(self, status: str, tags: dict[str, str] | None = None) -> None:
-        """Send what is kept, then tag and end the run (FINISHED or FAILED)."""
+    def finish(self, status: str, tags: dict[str, str] | None = None,
+               metrics: dict[str, float] | None = None) -> None:
+        """Send what is kept, then tag the run, log its summary `metrics` (one request for
+        both) and end it (FINISHED or FAILED)."""
         if not self.enabled:
             return
         self.flush(jitter=0.0)
-        self._queue("end the run", _end_run, tags or {}, status)
+        self._queue("end the run", _end_run, tags or {}, status, metrics or {})
 
 
 def open_image_run(client, store: ImageStore, link: dict) -> tuple[dict, bool]:
@@ -447,10 +467,20 @@ def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
                      synchronous=True)
 
 
-def _end_run(client, run_id: str, tags: dict[str, str], status: str) -> None:
-    if tags:
-        _set_tags(client, run_id, tags)
+def _end_run(client, run_id: str, tags: dict[str, str], status: str,
+             metrics: dict[str, float] | None = None) -> None:
+    if tags or metrics:
+        _log_summary(client, run_id, tags, metrics or {})
     client.set_terminated(run_id, status)
+
+
+def _log_summary(client, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
+    """Tags and summary metrics (step 0) in one request."""
+    from mlflow.entities import Metric, RunTag
+
+    stamp = now_ms()
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, redact(str(v))) for k, v in tags.items()], synchronous=True)
 
 
 def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
@@ -514,7 +544,7 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     run_id, created = link.get("run_id"), False
     if run_id is None or uri != link["tracking_uri"]:
         experiment_id = link.get("experiment_id") if uri == link["tracking_uri"] else None
-        experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", "singan-fleet"))
+        experiment_id = experiment_id or experiment_id_for(uri, link.get("experiment", DEFAULT_EXPERIMENT))
         claim = link.get("claim") if uri == link["tracking_uri"] else None
         link, created = open_image_run(client, store, {**link, "tracking_uri": uri,
                                                        "experiment_id": experiment_id,
@@ -549,6 +579,12 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     if done is not None:
         if run.data.tags.get("pyramid_url") is None:
             _set_tags(client, run_id, {"pyramid_url": store.url_of("model")})
+        summary = {k: v for k, v in (done.get("summary") or {}).items()
+                   if k not in run.data.metrics}
+        verdict = {k: str(done[k]) for k in ("quality", "quality_reason")
+                   if done.get(k) is not None and k not in run.data.tags}
+        if summary or verdict:
+            _log_summary(client, run_id, verdict, summary)
         if run.info.status != "FINISHED":
             client.set_terminated(run_id, "FINISHED")
     return SyncReport(store.image_id, run_id, len(missing), artifacts, created)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import resource
 import statistics
 import time
 import traceback
@@ -35,6 +36,7 @@ from pipeline.manifest import ManifestRow, config_hash
 from pipeline.recording import ImageRecorder, TrackedFolder
 from pipeline.storage import ImageStore, TransientError, read_url, redact
 from pipeline.tracking import (
+    DEFAULT_EXPERIMENT,
     MLFLOW_EVERY,
     ImageRun,
     forget_down,
@@ -51,6 +53,7 @@ from singan.errors import InputError, one_line
 from singan.image import load_image
 from singan.quality import nn_patch_distance, patch_swd
 from singan.sifid import InceptionStem, load_stem, sifid
+from singan.verdict import Verdict, judge, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +115,10 @@ class Trainer:
             logger.info("%s: %s made", row.image_id, ", ".join(names))
         return files
 
+    def summary(self, model: Pyramid) -> dict[str, float]:
+        """The finished model's summary (singan.verdict.Summary.metrics), for its verdict."""
+        return summarize(model, seed=model.seed).metrics()
+
     def scale_metrics(self, model: Pyramid, job: JobSettings,
                       stem: InceptionStem | None) -> dict[str, float]:
         """SIFID (with Inception weights) and the patch metrics of samples at the finest
@@ -149,7 +156,7 @@ class JobSettings:
 
     output: str  # output root URL
     tracking_uri: str | None = None  # None: no tracking
-    experiment: str = "singan-fleet"
+    experiment: str = DEFAULT_EXPERIMENT
     experiment_id: str | None = None  # None: looked up (or created) by name
     parent_run_id: str | None = None
     num_samples: int = 8  # final random samples written per image
@@ -286,7 +293,9 @@ class _Bucket:
             return self.entry(row, Status.DONE if ours else Status.SKIPPED,
                               num_scales=done.get("num_scales"), sifid=done.get("sifid"),
                               seconds=done.get("seconds", 0.0) if ours else 0.0,
-                              mlflow_run_id=done.get("run_id"), job_id=done.get("job_id"))
+                              mlflow_run_id=done.get("run_id"), job_id=done.get("job_id"),
+                              quality=done.get("quality"),
+                              quality_reason=done.get("quality_reason"))
 
         # 1. The image, through storage, and the config it trains with (super-resolution
         #    derives it from the image's size). A bad image fails the row in step 3, once its
@@ -366,16 +375,35 @@ class _Bucket:
         except BaseException as err:
             run.finish("FAILED", tags={"error": one_line(err)})
             raise
-        run.finish("FINISHED")
         seconds = time.perf_counter() - self.start
         sifid_value = item.recorder.sifid
+        summary, verdict = self.judged(row, model, seconds, sifid_value)
+        run.finish("FINISHED", tags=verdict_tags(verdict), metrics=summary)
         store.mark_success({"run_id": run.run_id, "config_hash": config_hash(row),
                             "num_scales": model.num_scales, "seconds": round(seconds, 3),
                             "uri": row.uri, "sifid": sifid_value, "finished_at": now_iso(),
                             "job_id": self.job.job_id, "package_version": package_version(),
+                            "summary": summary, **verdict_tags(verdict),
                             **row.task.identity(row.params)})
         return self.entry(row, Status.DONE, num_scales=model.num_scales, seconds=seconds,
-                          sifid=sifid_value, mlflow_run_id=run.run_id)
+                          sifid=sifid_value, mlflow_run_id=run.run_id, **verdict_fields(verdict))
+
+    def judged(self, row: ManifestRow, model: Pyramid, seconds: float,
+               sifid_value: float | None) -> tuple[dict[str, float], Verdict | None]:
+        """The image's summary metrics (SUMMARY_PREFIX + name: the trainer's summary, the final
+        SIFID, seconds, scales, the task's peak memory) and its verdict (singan.verdict)."""
+        try:
+            values = self.job.trainer.summary(model)
+        except Exception as err:  # noqa: BLE001 - a finished training stays finished
+            logger.warning("%s: no summary (%s)", row.image_id, one_line(err))
+            values, verdict = {}, None
+        else:
+            verdict = judge(values)
+        if sifid_value is not None:
+            values["sifid"] = sifid_value
+        values.update(seconds=seconds, num_scales=model.num_scales,
+                      peak_memory_mib=peak_memory_mib(self.device))
+        return {SUMMARY_PREFIX + k: float(v) for k, v in values.items()}, verdict
 
     def settle(self, count: int) -> list[Entry]:
         """6. The end of the bucket: MLflow gets what it has not yet (queued requests now, then
@@ -418,6 +446,31 @@ class _Bucket:
             logger.warning("MLflow: sent %d late points and %d pictures of %s",
                            report.points_sent, report.artifacts_sent, entry.image_id)
         return _replace(entry, mlflow_run_id=entry.mlflow_run_id or report.run_id)
+
+
+# The summary metrics of an image's run (MLflow groups them by this prefix).
+SUMMARY_PREFIX = "final/"
+
+
+def verdict_tags(verdict: Verdict | None) -> dict[str, str]:
+    """An image run's tags for its verdict: quality (ok / suspect), and quality_reason."""
+    if verdict is None:
+        return {}
+    return {"quality": verdict.quality, **({"quality_reason": verdict.reason}
+                                           if verdict.reason else {})}
+
+
+def verdict_fields(verdict: Verdict | None) -> dict[str, str | None]:
+    return {"quality": verdict.quality if verdict else None,
+            "quality_reason": verdict.reason if verdict else None}
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """The task's peak memory so far (the images of a bucket share it): CUDA's allocations on a
+    GPU, else the process's peak resident memory."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def read_image(row: ManifestRow, trainer: Trainer | None = None) -> Tensor:

@@ -1,9 +1,10 @@
 """What the `singan` commands share: the training options, the device, and training into an
-output folder (singan.outputs' layout) with a progress bar and a summary."""
+output folder (singan.outputs' layout) with a progress line per scale and a summary."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import torch
 from singan import outputs
 from singan.api import load, train
 from singan.base import Callback, IterationLog, Pyramid
-from singan.config import PRESETS, Config, config
+from singan.config import PRESETS, Config, config, parse_overrides
 from singan.errors import InputError
+from singan.verdict import judge, summarize
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    """--preset, --max-size, --niter, --device, --seed: shared by every command that trains."""
+    """--preset, --max-size, --niter, --device, --seed, --set: shared by every command that
+    trains."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="paper: every reference default; quick: a small CPU smoke run "
                         "(default: %(default)s)")
@@ -28,15 +31,20 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                         "iteration 1600 as in the reference code, so not at all below that")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--seed", type=int, help="random seed, for a reproducible model")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change any config field (repeatable), applied after the options "
+                        "above, e.g. --set scale_factor=0.8 --set noise_padding=true; the same "
+                        "syntax as the batch job's --set and its manifest's columns")
 
 
 def training_config(args: argparse.Namespace, **fields) -> Config:
-    """The config the training options ask for, with `fields` on top."""
+    """The config the training options ask for: `fields`, then --max-size and --niter, then
+    the --set changes on top."""
     if args.max_size is not None:
         fields.setdefault("max_size", args.max_size)
     if args.niter is not None:
         fields["niter"] = args.niter  # config() puts the drop where the recipe's code does
-    return config(args.preset, **fields)
+    return config(args.preset, **{**fields, **parse_overrides(args.set)})
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -66,6 +74,11 @@ def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int
         model = resume.to(device)
     outputs.write_final(model, outputs.LocalFolder(out), num_samples)
     progress.summary(model, time.perf_counter() - start)
+    summary = summarize(model, seed=model.seed)
+    verdict = judge(summary)
+    print(f"quality: {verdict.quality}" + (f" ({verdict.reason})" if verdict.reason else "") +
+          f"; patch SWD {summary.patch_swd:.4f} ({summary.swd_ratio:.1f}x a blurred copy's), "
+          f"diversity {summary.diversity:.3f}")
     return model
 
 
@@ -80,8 +93,42 @@ def previous_model(directory: Path, cfg, seed: int | None) -> Pyramid | None:
     return model
 
 
+class ProgressLine:
+    """One line of progress for a scale: iterations, losses, rate and time left. On a terminal
+    it is redrawn in place (at most 10 times a second); in a log, a line every 10 %."""
+
+    def __init__(self, title: str, total: int, stream=None):
+        self.title, self.total = title, total
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.start = self.last_draw = time.perf_counter()
+        self.shown_tenths = 0
+        self.text = ""
+
+    def update(self, done: int, losses: str) -> None:
+        now = time.perf_counter()
+        rate = done / max(now - self.start, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else 0.0
+        self.text = (f"{self.title} {done}/{self.total} it {losses}  {rate:.1f} it/s, "
+                     f"{int(left) // 60}:{int(left) % 60:02d} left")
+        if self.live and (now - self.last_draw >= 0.1 or done == self.total):
+            self.stream.write("\r" + self.text + "\033[K")
+            self.stream.flush()
+            self.last_draw = now
+        elif not self.live and done * 10 // self.total > self.shown_tenths:
+            self.shown_tenths = done * 10 // self.total
+            print(self.text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        seconds = time.perf_counter() - self.start
+        end = f"{self.title} done in {seconds:.1f} s"
+        self.stream.write(("\r" + end + "\033[K\n") if self.live else end + "\n")
+        self.stream.flush()
+
+
 class Progress(Callback):
-    """A progress bar per scale; writes each finished scale's files (singan.outputs)."""
+    """A progress line per scale (ProgressLine); writes each finished scale's files
+    (singan.outputs)."""
 
     def __init__(self, out: Path):
         self.folder = outputs.LocalFolder(out)
@@ -93,20 +140,15 @@ class Progress(Callback):
         self.last: IterationLog | None = None
 
     def on_scale_start(self, model, scale, noise_amp):
-        from tqdm import tqdm
-
         h, w = model.plan.shapes[scale]
         self.noise_amp = noise_amp
         self.scale_start = time.perf_counter()
-        self.bar = tqdm(total=model.config.niter, unit="it", dynamic_ncols=True, leave=True,
-                        desc=f"scale {scale + 1}/{model.num_scales} {h}x{w}")
+        self.bar = ProgressLine(f"scale {scale + 1}/{model.num_scales} {h}x{w}", model.config.niter)
 
     def on_iteration(self, log: IterationLog):
-        self.bar.update(log.iteration - self.bar.n)
         self.last = log
-        losses = {} if log.d_loss is None else {"D": f"{log.d_loss:.3f}"}
-        self.bar.set_postfix(**losses, G=f"{log.g_adv:.3f}", rec=f"{log.reconstruction:.4f}",
-                             refresh=False)
+        losses = "" if log.d_loss is None else f"D {log.d_loss:.3f} "
+        self.bar.update(log.iteration, f"{losses}G {log.g_adv:.3f} rec {log.reconstruction:.4f}")
 
     def on_scale_end(self, model, scale):
         self.bar.close()

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -180,3 +185,89 @@ def config(preset: str = "paper", **overrides: Any) -> Config:
     if derives_drop and isinstance(niter, int):
         overrides["lr_milestone"] = max(1, round(recipe.lr_drop_at * niter))
     return Config(**{**recipe.defaults, **PRESETS[preset], **overrides})
+
+
+# --- one override syntax ----------------------------------------------------------------------
+# `singan train --set FIELD=VALUE`, the batch job's `--set` and a manifest's per-row columns all
+# read a field's value here, so that a value means the same thing wherever it is written.
+
+def _field_kinds() -> tuple[dict[str, str], frozenset[str]]:
+    """Every Config field's kind ("int", "float", "str" or "bool"; a choice of texts is "str"),
+    and the fields that also take None (`int | None`)."""
+    names = {int: "int", float: "float", str: "str", bool: "bool"}
+    kinds, nullable = {}, set()
+    for name, hint in typing.get_type_hints(Config).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        if type(None) in options:
+            nullable.add(name)
+        options = [option for option in options if option is not type(None)]
+        if len(options) == 1 and typing.get_origin(options[0]) is typing.Literal:
+            options = list({type(value) for value in typing.get_args(options[0])})
+        if len(options) != 1 or options[0] not in names:
+            # A new kind of field needs a reading in field_value and a manifest column kind.
+            raise TypeError(f"Config.{name}: no override syntax for {hint}")
+        kinds[name] = names[options[0]]
+    return kinds, frozenset(nullable)
+
+
+FIELD_KINDS, NULLABLE_FIELDS = _field_kinds()
+
+
+def parse_bool(text: str) -> bool | None:
+    """True for "true", False for "false" (any case, spaces around allowed), else None."""
+    return {"true": True, "false": False}.get(text.strip().lower())
+
+
+def field_value(name: str, value: Any) -> Any:
+    """Config field `name`'s value from `value`: a text as typed after `--set name=` (`300`,
+    `0.8`, `circular`, `true`, `none` where the field takes None), or a manifest cell (a number,
+    a bool, a text). Raises InputError "name must be ..., got ..."; whether the value is allowed
+    (a padding of that name, a positive niter) is Config's own check."""
+    kind = FIELD_KINDS.get(name)
+    if kind is None:
+        raise InputError(f"unknown config field {name!r}; the fields are "
+                         f"{', '.join(FIELD_KINDS)}")
+    text = value.strip() if isinstance(value, str) else None
+    if value is None or (text is not None and text.lower() == "none"):
+        if name in NULLABLE_FIELDS:
+            return None
+        value = "none" if value is None else value
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise InputError(f"{name} must be a text, got {value!r}")
+    if kind == "bool":
+        parsed = parse_bool(value) if text is not None else value
+        if isinstance(parsed, bool):
+            return parsed
+        raise InputError(f"{name} must be true or false, got {value!r}")
+    if kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        raise InputError(f"{name} must be an integer, got {value!r}")
+    try:  # float
+        number = float(text if text is not None else value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def parse_overrides(items: Iterable[str], option: str = "--set") -> dict[str, Any]:
+    """`FIELD=VALUE` texts (repeated `--set` options) -> config overrides, typed by field_value.
+    An error names the option as given: "--set max_size=big: max_size must be an integer"."""
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in FIELD_KINDS:
+            raise InputError(f"{option} {item}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(FIELD_KINDS)}")
+        try:
+            overrides[name] = field_value(name, text)
+        except InputError as err:
+            raise InputError(f"{option} {item}: {err}") from None
+    return overrides

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,10 +32,12 @@ def tiny_preset(monkeypatch):
 
 def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, tiny_preset):
     out = tmp_path / "run"
-    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    assert main(["train", str(photo), "--out", str(out), *TINY, "--set", "noise_amp=0.2",
+                 "--set", "padding=reflect"]) == 0
     model = singan.load(out)
     n = model.num_scales
     assert model.is_complete and model.config.niter == 4 and model.config.lr_milestone == 1600
+    assert model.config.noise_amp == 0.2 and model.config.padding == "reflect"
     assert sorted(p.name for p in (out / "reals").iterdir()) == [f"scale_{i:02d}.png" for i in range(n)]
     samples = sorted(p.name for p in (out / "samples").iterdir())
     assert samples == ["final.png", "reconstruction.png", "sample_00.png", "sample_01.png"] + [
@@ -45,6 +48,8 @@ def test_train_writes_the_output_layout_and_a_summary(photo, tmp_path, capsys, t
     assert Image.open(out / "samples" / "sample_00.png").size == model.plan.shapes[-1][::-1]
     printed = capsys.readouterr().out
     assert f"{n} scales" in printed and "noise_amp" in printed
+    assert re.search(r"^quality: (ok|suspect \(.+\)); patch SWD \d\.\d{4} \(\d+\.\dx a blurred "
+                     r"copy's\), diversity \d\.\d{3}$", printed, re.M)
 
 
 def test_train_resumes_an_interrupted_run(photo, tmp_path, capsys, tiny_preset):
@@ -57,6 +62,15 @@ def test_train_resumes_an_interrupted_run(photo, tmp_path, capsys, tiny_preset):
     assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
     assert "resuming" in capsys.readouterr().out
     assert singan.load(out).is_complete
+
+
+def test_train_refuses_a_bad_set_before_reading_the_image(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "absent.png"), "--out", str(tmp_path / "run"),
+                 "--set", "niter=many"]) == 2
+    assert "--set niter=many: niter must be an integer, got 'many'" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "absent.png"), "--out", str(tmp_path / "run"),
+                 "--set", "max_size=16", "--set", "min_size=8"]) == 2
+    assert "min_size (8) is below the 11x11 px the critic scores" in capsys.readouterr().err
 
 
 def test_train_refuses_a_folder_with_another_model(photo, tmp_path, capsys, tiny_preset):
@@ -112,7 +126,7 @@ SCRIPT = Path(sys.executable).parent / "singan"
 def test_console_script_help_documents_every_option():
     exe = str(SCRIPT)
     for command, options in [("train", ["--out", "--preset", "--max-size", "--niter", "--device",
-                                        "--seed", "Examples"]),
+                                        "--seed", "--set", "Examples"]),
                              ("sample", ["--num", "--start-scale", "--scale-h", "--scale-v",
                                          "--seed", "Examples"]),
                              ("demo", ["--out"])]:
@@ -132,3 +146,19 @@ def test_version_and_verbose_before_or_after_the_command(capsys):
     assert parser.parse_args(["-v", "train", "x.png", "--out", "d"]).verbose
     assert not parser.parse_args(["train", "x.png", "--out", "d"]).verbose
     assert parser.parse_args(["sample", "m", "--out", "d", "--verbose"]).verbose
+
+
+def test_progress_in_a_log_is_a_line_every_tenth():
+    import io
+
+    from singan.cli_common import ProgressLine
+
+    log = io.StringIO()  # not a terminal
+    line = ProgressLine("scale 2/5 33x44", 200, stream=log)
+    for done in range(10, 201, 10):
+        line.update(done, "D 0.100 G 0.200 rec 0.0300")
+    line.close()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 11 and lines[0].startswith("scale 2/5 33x44 20/200 it D 0.100 G 0.200")
+    assert "left" in lines[0] and lines[9].startswith("scale 2/5 33x44 200/200 it")
+    assert lines[10].startswith("scale 2/5 33x44 done in ")

@@ -31,8 +31,10 @@ def pyproject() -> dict:
 
 
 def dependency(name: str) -> Requirement:
-    return next(r for r in map(Requirement, pyproject()["project"]["dependencies"])
-                if r.name == name)
+    """The project's requirement `name`, from its core dependencies or an extra."""
+    project = pyproject()["project"]
+    listed = [*project["dependencies"], *project["optional-dependencies"]["fleet"]]
+    return next(r for r in map(Requirement, listed) if r.name == name)
 
 
 def k8s_documents() -> dict[str, list[dict]]:
@@ -60,8 +62,10 @@ def test_dockerfile_base_copies_and_install_line():
     makefile = (ROOT / "Makefile").read_text()
     assert f"torch=={torch_version}" in makefile
     assert dependency("torch").specifier.contains(torch_version)
-    # The project itself is installed from its folder, so its dependencies are pyproject's.
-    assert re.search(r"^RUN pip install --no-cache-dir \. ", text, re.M)
+    # The project itself is installed from its folder with the fleet extra, at the versions
+    # of constraints.txt, which the Makefile (CI) installs too.
+    assert re.search(r'^RUN pip install --no-cache-dir -c constraints.txt "\.\[fleet\]" ', text, re.M)
+    assert "-c constraints.txt" in makefile
     ignored = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", ".git", "runs", "outputs"} <= set(ignored)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.catalog import write_manifest
-from singan.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("train_manifest", ROOT / "jobs" / "train_manifest.py")
@@ -16,24 +15,13 @@ job = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(job)
 
 
-def test_set_overrides_are_typed_like_the_config():
-    assert job.parse_sets(["max_size=200", "scale_factor=0.8", "num_scales=none"]) == {
-        "max_size": 200, "scale_factor": 0.8, "num_scales": None}
-    assert job.parse_sets(["padding=circular", "noise_padding=true", "loss=nnpl",
-                           "patch_size=5", "log_every=3"]) == {
-        "padding": "circular", "noise_padding": True, "loss": "nnpl", "patch_size": 5,
-        "log_every": 3}
-    assert job.parse_sets(["noise_padding=False"]) == {"noise_padding": False}
-    with pytest.raises(InputError, match="max_szie=3: expected FIELD=VALUE"):
-        job.parse_sets(["max_szie=3"])
-    with pytest.raises(InputError, match="'big' is not an integer"):
-        job.parse_sets(["max_size=big"])
-    with pytest.raises(InputError, match="'fast' is not a number"):
-        job.parse_sets(["lr_g=fast"])
-    with pytest.raises(InputError, match="noise_padding=1: '1' is not true or false"):
-        job.parse_sets(["noise_padding=1"])
-    with pytest.raises(InputError, match="'none' is not an integer"):  # only num_scales takes it
-        job.parse_sets(["max_size=none"])
+def test_a_bad_set_exits_2_naming_the_option(tmp_path, capsys):
+    manifest = tmp_path / "m.parquet"
+    write_manifest([{"image_id": "a", "uri": str(tmp_path / "a.png")}], str(manifest))
+    code = job.main(["--manifest", str(manifest), "--output", str(tmp_path / "out"),
+                     "--no-tracking", "--set", "max_size=big"])
+    assert code == 2
+    assert "--set max_size=big: max_size must be an integer, got 'big'" in capsys.readouterr().err
 
 
 def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
@@ -146,3 +134,20 @@ def test_the_printed_mlflow_hint_opens_the_model_training_view_and_runs_as_shown
     # The command works as printed, without an activated environment.
     argv = shlex.split(command.split(" --backend-store-uri")[0]) + ["--help"]
     assert subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
+
+
+def test_mlflow_variables_are_the_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "photos-2026")
+    args = job.build_parser().parse_args(["--manifest", "m.parquet"])
+    assert job.tracking_target(args) == "http://127.0.0.1:5999"
+    assert args.experiment == "photos-2026"
+    args = job.build_parser().parse_args(["--manifest", "m.parquet", "--tracking-uri",
+                                          "http://127.0.0.1:5001", "--experiment", "other"])
+    assert (job.tracking_target(args), args.experiment) == ("http://127.0.0.1:5001", "other")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
+    monkeypatch.chdir(tmp_path)
+    args = job.build_parser().parse_args(["--manifest", "m.parquet"])
+    assert job.tracking_target(args) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert args.experiment == "singan-fleet"

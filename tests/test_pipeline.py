@@ -143,6 +143,13 @@ def test_train_image_writes_the_layout_then_skips(tmp_path):
                      "samples/final.png"}
     success = json.loads((root / "_SUCCESS").read_text())
     assert success["config_hash"] == config_hash(task) and success["num_scales"] == n
+    # The summary and the verdict (singan.verdict), kept for the results and for a replay.
+    summary = success["summary"]
+    assert {"final/patch_swd", "final/diversity", "final/swd_ratio", "final/reconstruction_rmse",
+            "final/seconds", "final/num_scales", "final/peak_memory_mib"} <= set(summary)
+    assert summary["final/num_scales"] == n and summary["final/peak_memory_mib"] > 50
+    assert success["quality"] in ("ok", "suspect") and result.quality == success["quality"]
+    assert (success.get("quality_reason") is None) == (success["quality"] == "ok")
     model = singan.load(root / "model")
     assert model.is_complete and model.seed == task.seed and model.config == task.config
 
@@ -159,6 +166,7 @@ def test_train_image_writes_the_layout_then_skips(tmp_path):
     stamp = (root / "_SUCCESS").stat().st_mtime_ns
     again = train_image(task, job(tmp_path))
     assert again.status == "skipped" and again.num_scales == n
+    assert again.quality == result.quality
     assert (root / "_SUCCESS").stat().st_mtime_ns == stamp
     # The ledger: one file, named so that a listing says the image is done with these settings.
     ledger = os.listdir(tmp_path / "out" / "_results")

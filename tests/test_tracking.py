@@ -63,6 +63,11 @@ def test_image_run_layout(tmp_path, mlflow_server):
     pictures = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
     assert pictures == {f"samples/scale_{i:02d}.png" for i in range(result.num_scales)} | {
         "samples/final.png"}
+    # The summary metrics and the verdict, to sort and filter the experiment's runs by.
+    assert run.data.tags["quality"] == result.quality in ("ok", "suspect")
+    assert run.data.metrics["final/num_scales"] == result.num_scales
+    assert {"final/patch_swd", "final/diversity", "final/swd_ratio",
+            "final/seconds"} <= set(run.data.metrics)
 
     # A failing image ends its run FAILED, with the reason.
     bad = tmp_path / "bad.png"
@@ -89,7 +94,8 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     assert run.run_id is None and not run.complete
     # What the worker keeps: the points (written by the training) and tracking.json.
     store.put(tracking.points_file(0), tracking.points_bytes(points))
-    store.mark_success({"config_hash": "x"})
+    store.mark_success({"config_hash": "x", "summary": {"final/diversity": 0.01},
+                        "quality": "suspect", "quality_reason": "collapsed diversity"})
 
     # The server is back (here: another address, as after a move): the replay creates the run
     # and sends every point once; a second replay sends nothing.
@@ -103,6 +109,8 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     assert len(client.get_metric_history(report.run_id, "s00/d_loss")) == 1200
     finished = client.get_run(report.run_id)
     assert finished.info.status == "FINISHED" and finished.data.params["seed"] == "3"
+    assert finished.data.metrics["final/diversity"] == 0.01  # the summary, replayed
+    assert finished.data.tags["quality"] == "suspect"
 
 
 def test_experiment_is_created_once(mlflow_server):
