@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fleet.limit_malloc_arenas()
     try:
         return evaluate(build_parser().parse_args(argv))
     except TransientError as err:  # storage kept failing for the driver itself

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None, *, trainer: Trainer | None = None,
          on_scale_stored: Callable | None = None) -> int:
     """The job. `trainer` and `on_scale_stored` are for code that runs the job in a harness
     (bench/fleet_scale.py's simulated trainer, the fault tests' worker kill), never options."""
+    fleet.limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
