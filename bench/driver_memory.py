@@ -5,7 +5,7 @@ only the driver works. Prints one JSON (written to bench/results/ with --out NAM
 process's RSS every --every results, and its growth per image after the first 10,000.
 
     python bench/driver_memory.py --rows 150000 --out driver_memory_150k
-    MALLOC_ARENA_MAX=8 python bench/driver_memory.py --rows 150000    # glibc's default arenas
+    MALLOC_ARENA_MAX=16 python bench/driver_memory.py --rows 150000   # glibc's default, 2 cores
 
 About 4.5 minutes per 150,000 rows on two cores.
 """
