@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 # The top-level modules of the fleet extra's packages (pyproject.toml).
-FLEET_MODULES = frozenset({"ray", "mlflow", "pyarrow", "fsspec", "s3fs", "matplotlib"})
+FLEET_MODULES = frozenset({"ray", "mlflow", "pyarrow", "fsspec", "s3fs", "matplotlib", "tqdm"})
 
 
 def run(module: str) -> int:

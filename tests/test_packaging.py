@@ -82,7 +82,7 @@ def test_the_wheel_installs_the_core_without_the_fleet(tmp_path):
     fleet = {canonical(r.name) for r in requires
              if r.marker is not None and r.marker.evaluate({"extra": "fleet"})}
     assert core == CORE
-    assert {"ray", "mlflow", "s3fs", "pyarrow", "fsspec", "matplotlib"} <= fleet
+    assert {"ray", "mlflow", "s3fs", "pyarrow", "fsspec", "matplotlib", "tqdm"} <= fleet
     assert {"singan", "pipeline", "jobs"} <= packages
     for command, target in JOBS.items():
         assert f"{command} = {target}" in entry_points
