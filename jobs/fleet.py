@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import sys
@@ -75,16 +76,43 @@ def connect(verbose: bool) -> bool:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    global _DASHBOARD
     start = time.perf_counter()
     if not ray.is_initialized():
         if local:
             # The project importable by the local workers, whatever is installed.
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
-                     log_to_driver=verbose, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+            context = ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+                               log_to_driver=verbose,
+                               runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         else:
-            ray.init(log_to_driver=verbose)
+            context = ray.init(log_to_driver=verbose)
+        _DASHBOARD = getattr(context, "dashboard_url", None) or None
     print(f"Ray ready in {time.perf_counter() - start:.1f} s")
     return local
+
+
+_DASHBOARD: str | None = None  # host:port of the Ray dashboard, when connect() learnt it
+# What `ray job submit` gives its driver: the job's config, with the submission id in it.
+JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def ray_tags() -> dict[str, str]:
+    """MLflow tags that tie a job's runs to Ray (after connect): the Ray job id, the submission
+    id of `ray job submit` (`ray job logs ID`), and the dashboard's page of the job."""
+    import ray
+
+    tags = {"ray.job_id": ray.get_runtime_context().get_job_id()}
+    try:
+        config = json.loads(os.environ.get(JOB_CONFIG_VARIABLE) or "{}")
+    except ValueError:
+        config = {}
+    submission = (config.get("metadata") or {}).get("job_submission_id")
+    if submission:
+        tags["ray.submission_id"] = submission
+    if _DASHBOARD:
+        page = f"#/jobs/{submission}" if submission else "#/jobs"
+        tags["ray.dashboard"] = f"http://{_DASHBOARD.removeprefix('http://')}/{page}"
+    return tags
 
 
 class Placement:

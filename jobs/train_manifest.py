@@ -27,6 +27,7 @@ job with `--manifest m.parquet`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import shlex
@@ -186,10 +187,11 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
     tracking_uri = tracking_target(args)
     experiment_id = parent_run_id = None
+    context = tracking.context_tags("jobs/train_manifest.py")
     if tracking_uri is not None:
         try:
             experiment_id, parent_run_id = tracking.start_job_run(
-                tracking_uri, args.experiment, local_artifacts(tracking_uri),
+                tracking_uri, args.experiment, local_artifacts(tracking_uri), tags=context,
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
                         "images": manifest.num_rows, "gpus_per_task": args.gpus_per_task,
                         "force": args.force,
@@ -212,7 +214,8 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
                            experiment_id=experiment_id, parent_run_id=parent_run_id,
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
                            quality_samples=args.quality_samples, job_id=job_id,
-                           force=args.force, trainer=trainer, on_scale_stored=on_scale_stored)
+                           force=args.force, trainer=trainer, on_scale_stored=on_scale_stored,
+                           run_tags=context)
     tally = Tally(settings)
     try:
         _fan_out(args, manifest, done, settings, inception, tally, started)
@@ -242,6 +245,11 @@ def _fan_out(args, manifest: Manifest, done: KeySet, settings: JobSettings,
     import ray
 
     local = fleet.connect(args.verbose)
+    # The runs name the Ray job they ran in (known only now that Ray is up).
+    ray_tags = fleet.ray_tags()
+    if settings.parent_run_id is not None:
+        tracking.tag_run(settings.tracking_uri, settings.parent_run_id, ray_tags)
+    settings = dataclasses.replace(settings, run_tags={**settings.run_tags, **ray_tags})
     placement = fleet.Placement(args.gpus_per_task, args.cpus_per_task, local=local,
                                 max_in_flight=args.max_in_flight)
     # Unless told, as many as train best together, but no fewer tasks than the cluster's

@@ -27,6 +27,7 @@ point.
 from __future__ import annotations
 
 import fnmatch
+import getpass
 import heapq
 import itertools
 import json
@@ -34,6 +35,7 @@ import logging
 import os
 import random
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -45,6 +47,7 @@ from typing import Any
 
 from pipeline.ledger import Status
 from pipeline.storage import ImageStore, redact
+from singan.base import package_version
 from singan.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -599,16 +602,57 @@ HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 600.0
 
 
+def context_tags(source: str) -> dict[str, str]:
+    """MLflow's own tags for who ran what, which runs made through the client lack: the user,
+    the entry point (`source`), the git commit of the code when it runs from a checkout (not
+    under `ray job submit --working-dir`, which uploads no .git), and the package version."""
+    tags = {"mlflow.user": _user(), "mlflow.source.name": source, "mlflow.source.type": "JOB",
+            "singan_fleet.version": package_version()}
+    commit = _git_commit(Path(__file__).resolve().parents[1])
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in a container without /etc/passwd entry
+        return "unknown"
+
+
+def _git_commit(root: Path) -> str | None:
+    """The commit checked out at `root`, when it is a git checkout and git is there."""
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def tag_run(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Add `tags` to a run; tracking trouble is only logged."""
+    try:
+        _set_tags(client_for(tracking_uri), run_id, tags)
+    except Exception as err:  # noqa: BLE001
+        logger.warning("MLflow: cannot tag the run %s (%s)", run_id, one_line(err))
+
+
 def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | None,
-                  params: dict[str, Any]) -> tuple[str, str]:
-    """Create the job's parent run; returns (experiment id, run id). Raises when unreachable.
+                  params: dict[str, Any], tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Create the job's parent run (with `tags`: context_tags); returns (experiment id, run id).
+    Raises when unreachable.
 
     Earlier jobs' runs on the same output that are still RUNNING but whose driver is gone
     (killed: it never ended them) are ended as KILLED, tagged with the run that superseded them.
     """
     experiment_id = experiment_id_for(tracking_uri, experiment, artifact_location)
     client = client_for(tracking_uri)
-    run = client.create_run(experiment_id, tags={"kind": "job", "driver_host": socket.gethostname(),
+    run = client.create_run(experiment_id, tags={**(tags or {}), "kind": "job",
+                                                 "driver_host": socket.gethostname(),
                                                  "driver_pid": str(os.getpid())},
                             run_name=f"job {time.strftime('%Y-%m-%d %H:%M:%S')}")
     _log_params(client, run.info.run_id, params)

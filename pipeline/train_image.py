@@ -168,6 +168,9 @@ class JobSettings:
     job_id: str | None = None
     force: bool = False  # retrain images already done (their folders cleared first)
     mlflow_every: int = MLFLOW_EVERY  # iterations between the loss points sent to MLflow
+    # Tags of every image run besides its own: who ran it, from what code, in which Ray job
+    # (tracking.context_tags, fleet.ray_tags); sent with its params, no request more.
+    run_tags: Mapping[str, str] = field(default_factory=dict)
     trainer: Trainer = field(default_factory=Trainer)
     # Runs in the worker once a scale is stored, with the image's store and the scale: the
     # fault tests kill the worker there.
@@ -335,7 +338,7 @@ class _Bucket:
                             "width": width, "seed": row.seed, "config_hash": digest,
                             **row.task.identity(row.params),
                             **{f"config.{k}": v for k, v in train_config.to_dict().items()}},
-                           tags={"pyramid_url": store.url_of("model")})
+                           tags={**job.run_tags, "pyramid_url": store.url_of("model")})
             if resume is not None:
                 logger.info("%s: resuming at scale %d", row.image_id, len(resume.scales))
         except BaseException as err:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import fsspec
@@ -124,8 +125,18 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     assert parents[0].data.metrics["images_done"] == 3
     children = child_runs(client, parents[0].info.run_id)
     assert sorted(r.info.run_name for r in children) == ["stones_0", "stones_1", "stones_2"]
+    # Who ran it, from what, in which Ray job (the submission id names its logs).
+    context = parents[0].data.tags
+    assert context["ray.submission_id"] == "e2e-first" and context["ray.job_id"]
+    assert context["ray.dashboard"].endswith("/#/jobs/e2e-first")
+    assert context["mlflow.source.name"] == "jobs/train_manifest.py" and context["mlflow.user"]
+    assert context["singan_fleet.version"] == metadata.version("singan-fleet")
     for run in children:
         assert run.info.status == "FINISHED"
+        assert {k: run.data.tags[k] for k in ("ray.submission_id", "ray.job_id", "mlflow.user",
+                                               "singan_fleet.version")} == {
+            k: context[k] for k in ("ray.submission_id", "ray.job_id", "mlflow.user",
+                                    "singan_fleet.version")}
         assert run.data.tags["pyramid_url"] == f"{output}/{run.info.run_name}/model"
         history = client.get_metric_history(run.info.run_id, "s03/g_loss")
         assert [m.step for m in history] == [8]

@@ -21,6 +21,7 @@ from pipeline.tracking import (
     sync_image,
 )
 from pipeline.train_image import JobSettings, train_image
+from singan.base import package_version
 from singan.examples import pebbles
 from singan.image import save_image
 from tests.conftest import tiny_config
@@ -41,7 +42,8 @@ def test_image_run_layout(tmp_path, mlflow_server):
     save_image(pebbles(28, 36, seed=3), path)
     task = manifest_row("wall", path.as_uri(), tiny_config(niter=6), 1)
     job = JobSettings(output=str(tmp_path / "out"), tracking_uri=uri, experiment_id=experiment_id,
-                      parent_run_id=parent, num_samples=1, device="cpu")
+                      parent_run_id=parent, num_samples=1, device="cpu",
+                      run_tags={"mlflow.user": "tester", "ray.job_id": "01000000"})
     result = train_image(task, job)
     assert result.status == "done" and result.tracking_complete
 
@@ -50,6 +52,7 @@ def test_image_run_layout(tmp_path, mlflow_server):
     assert run.info.status == "FINISHED" and run.info.run_name == "wall"
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["pyramid_url"].endswith("/out/wall/model")
+    assert run.data.tags["mlflow.user"] == "tester" and run.data.tags["ray.job_id"] == "01000000"
     assert run.data.params["config.niter"] == "6" and run.data.params["height"] == "28"
     # The iteration is the step; MLflow gets every MLFLOW_EVERY-th and the last, the image's
     # folder every one the training reports (log_every 5 here).
@@ -210,3 +213,22 @@ def test_the_experiment_opens_as_model_training_in_the_ui(mlflow_server):
     tags = client.get_experiment(old).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.note.content"] == "mine"
+
+
+def test_context_tags_name_the_user_the_entry_point_and_the_code(tmp_path):
+    tags = tracking.context_tags("jobs/train_manifest.py")
+    assert tags["mlflow.source.name"] == "jobs/train_manifest.py"
+    assert tags["mlflow.source.type"] == "JOB" and tags["mlflow.user"]
+    assert tags["singan_fleet.version"] == package_version()
+    # The commit of a checkout; none for a folder without .git (an uploaded working dir).
+    import subprocess
+
+    assert tracking._git_commit(tmp_path) is None
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run([*git, "add", "f"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert tracking._git_commit(tmp_path) == head and len(head) == 40
