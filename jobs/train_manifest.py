@@ -52,7 +52,13 @@ from pipeline.buckets import IMAGES_PER_TASK, buckets
 from pipeline.inception import stem_weights
 from pipeline.ledger import Entry, KeySet, Ledger, Spool, Status, done_key, now_iso
 from pipeline.manifest import Manifest, ManifestRow, config_hash
-from pipeline.storage import ImageStore, TransientError, check_credentials, redact
+from pipeline.storage import (
+    ImageStore,
+    TransientError,
+    absolute_url,
+    check_credentials,
+    redact,
+)
 from pipeline.train_image import JobSettings, Trainer, train_bucket
 from singan.config import PRESETS, config, parse_overrides
 from singan.errors import InputError, one_line
@@ -192,6 +198,9 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
         try:
             experiment_id, parent_run_id = tracking.start_job_run(
                 tracking_uri, args.experiment, local_artifacts(tracking_uri), tags=context,
+                manifest=tracking.dataset(
+                    args.manifest.rstrip("/").rsplit("/", 1)[-1], absolute_url(args.manifest),
+                    {"num_rows": manifest.num_rows}, {"columns": list(manifest.columns)}),
                 params={"manifest": args.manifest, "output": output, "preset": args.preset,
                         "images": manifest.num_rows, "gpus_per_task": args.gpus_per_task,
                         "force": args.force,

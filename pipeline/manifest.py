@@ -264,6 +264,7 @@ class Manifest:
             self.close()
             raise
         self.num_rows = min(self._file.metadata.num_rows, limit or math.inf)
+        self.columns: tuple[str, ...] = tuple(schema.names)
         # The override and task columns present, in a fixed order: a row's values of these are
         # the key of its settings (one _Settings per distinct key).
         self._keyed = [name for name in (*_CONFIG_COLUMNS, *TASK_COLUMNS) if name in schema.names]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 import getpass
+import hashlib
 import heapq
 import itertools
 import json
@@ -368,11 +369,12 @@ class ImageRun:
 
     def log_params(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> None:
         """Record the params in tracking.json (for a replay), and send them, with `tags`, in
-        one request."""
+        one request, then the image as the run's input (image_dataset: one request)."""
         if not self.enabled:
             return
         self.store.put_json(TRACKING, self.link(params))
         self._queue("log params", _log_params, params, tags or {})
+        self._queue("log the input", _log_input, image_dataset(params))
 
     def log_points(self, points: Iterable[dict]) -> None:
         """Keep the points meant for MLflow; the next `flush` sends them."""
@@ -450,6 +452,33 @@ def _log_params(client, run_id: str, params: dict[str, Any],
     for first in range(0, max(len(items), 1), 100):  # MLflow's limit of params per batch
         client.log_batch(run_id, params=items[first:first + 100],
                          tags=labels if first == 0 else [], synchronous=True)
+
+
+def dataset(name: str, url: str, profile: dict[str, Any], schema: dict | None = None):
+    """An MLflow dataset for what a run read at `url` (its Dataset column in the UI): named
+    `name`, its source type the URL's scheme (s3, gs, http, ...; local for files), its digest
+    a hash of the URL and the profile."""
+    from mlflow.entities import Dataset
+
+    url = redact(url)
+    scheme = url.split("://", 1)[0] if "://" in url else "local"
+    digest = hashlib.sha256(json.dumps([url, profile], sort_keys=True, default=str).encode())
+    return Dataset(name=name, digest=digest.hexdigest()[:16],
+                   source_type="local" if scheme == "file" else scheme,
+                   source=json.dumps({"uri": url}), profile=json.dumps(profile, default=str),
+                   schema=json.dumps(schema) if schema else None)
+
+
+def image_dataset(params: dict[str, Any]):
+    """The training image of an image run, from its params (image_id, uri, height, width)."""
+    return dataset(str(params.get("image_id", "image")), str(params.get("uri", "")),
+                   {k: params[k] for k in ("height", "width") if k in params})
+
+
+def _log_input(client, run_id: str, data, context: str = "training") -> None:
+    from mlflow.entities import DatasetInput, InputTag
+
+    client.log_inputs(run_id, [DatasetInput(data, [InputTag("mlflow.data.context", context)])])
 
 
 def _log_points(client, run_id: str, points: list[dict]) -> None:
@@ -559,6 +588,8 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     missing_params = {k: v for k, v in link.get("params", {}).items() if k not in run.data.params}
     if missing_params:
         _log_params(client, run_id, missing_params)
+    if link.get("params") and not run.inputs.dataset_inputs:
+        _log_input(client, run_id, image_dataset(link["params"]))
 
     points = [p for p in stored_points(store) if p.get("mlflow", True)]
     sent = set()
@@ -642,9 +673,10 @@ def tag_run(tracking_uri: str, run_id: str, tags: dict[str, str]) -> None:
 
 
 def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | None,
-                  params: dict[str, Any], tags: dict[str, str] | None = None) -> tuple[str, str]:
-    """Create the job's parent run (with `tags`: context_tags); returns (experiment id, run id).
-    Raises when unreachable.
+                  params: dict[str, Any], tags: dict[str, str] | None = None,
+                  manifest=None) -> tuple[str, str]:
+    """Create the job's parent run (with `tags`: context_tags; `manifest`: the dataset it
+    reads, its input); returns (experiment id, run id). Raises when unreachable.
 
     Earlier jobs' runs on the same output that are still RUNNING but whose driver is gone
     (killed: it never ended them) are ended as KILLED, tagged with the run that superseded them.
@@ -656,6 +688,8 @@ def start_job_run(tracking_uri: str, experiment: str, artifact_location: str | N
                                                  "driver_pid": str(os.getpid())},
                             run_name=f"job {time.strftime('%Y-%m-%d %H:%M:%S')}")
     _log_params(client, run.info.run_id, params)
+    if manifest is not None:
+        _log_input(client, run.info.run_id, manifest)
     heartbeat(client, run.info.run_id, 0.0)
     end_abandoned_job_runs(client, experiment_id, params.get("output"), run.info.run_id)
     return experiment_id, run.info.run_id

@@ -131,8 +131,13 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
     assert context["ray.dashboard"].endswith("/#/jobs/e2e-first")
     assert context["mlflow.source.name"] == "jobs/train_manifest.py" and context["mlflow.user"]
     assert context["singan_fleet.version"] == metadata.version("singan-fleet")
+    (manifest_input,) = parents[0].inputs.dataset_inputs  # the manifest: the job's input
+    assert manifest_input.dataset.source_type == "s3"
+    assert json.loads(manifest_input.dataset.profile) == {"num_rows": 3}
+    assert {"image_id", "uri"} <= set(json.loads(manifest_input.dataset.schema)["columns"])
     for run in children:
         assert run.info.status == "FINISHED"
+        assert run.inputs.dataset_inputs[0].dataset.name == run.info.run_name  # its image
         assert {k: run.data.tags[k] for k in ("ray.submission_id", "ray.job_id", "mlflow.user",
                                                "singan_fleet.version")} == {
             k: context[k] for k in ("ray.submission_id", "ray.job_id", "mlflow.user",

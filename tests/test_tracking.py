@@ -3,6 +3,7 @@ that a server that is down costs nothing but a replay, which never duplicates a 
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -53,6 +54,11 @@ def test_image_run_layout(tmp_path, mlflow_server):
     assert run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["pyramid_url"].endswith("/out/wall/model")
     assert run.data.tags["mlflow.user"] == "tester" and run.data.tags["ray.job_id"] == "01000000"
+    # The image is the run's input: the Dataset column of the runs table.
+    (given,) = run.inputs.dataset_inputs
+    assert given.dataset.name == "wall" and given.dataset.source_type == "local"
+    assert json.loads(given.dataset.source) == {"uri": path.as_uri()}
+    assert json.loads(given.dataset.profile) == {"height": 28, "width": 36}
     assert run.data.params["config.niter"] == "6" and run.data.params["height"] == "28"
     # The iteration is the step; MLflow gets every MLFLOW_EVERY-th and the last, the image's
     # folder every one the training reports (log_every 5 here).
@@ -113,6 +119,7 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     finished = client.get_run(report.run_id)
     assert finished.info.status == "FINISHED" and finished.data.params["seed"] == "3"
     assert finished.data.metrics["final/diversity"] == 0.01  # the summary, replayed
+    assert finished.inputs.dataset_inputs[0].dataset.name == "img"  # and the input
     assert finished.data.tags["quality"] == "suspect"
 
 
