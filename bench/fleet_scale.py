@@ -955,7 +955,7 @@ def scenario_evaluate(args) -> dict:
         if args.job:
             run = run_driver(cluster, ["--models", simstore.url(str(output)), "--out",
                                        simstore.url(str(cluster.store / "eval")),
-                                       "--gpus-per-task", "1"],
+                                       "--gpus-per-task", "1", "--no-tracking"],
                              name="evaluate", mode="evaluate")
             figures["evaluate_sifid_job"] = {
                 "exit": run["inside"].get("exit", run["returncode"]),

@@ -20,12 +20,15 @@ weights.
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 if not __package__:  # run as a script from a checkout, not installed (jobs.*)
@@ -36,14 +39,16 @@ from pipeline import tracking
 from pipeline.evaluate import (
     EvalResult,
     EvalSettings,
+    end_job_run,
     evaluate_models,
     parse_starts,
+    start_job_run,
     trained_image_ids,
 )
 from pipeline.inception import stem_weights
 from pipeline.ledger import Status
-from pipeline.report import Report
-from pipeline.storage import Storage, TransientError
+from pipeline.report import Report, histogram_figure
+from pipeline.storage import Storage, TransientError, redact
 from singan.errors import InputError
 
 MODELS_PER_TASK = 8  # models evaluated one after another in one Ray task
@@ -64,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inception_v3_google-0cc3c7bd.pth at any fsspec URL (default: "
                         "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
     p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
-                   help="MLflow server (default: $MLFLOW_TRACKING_URI, else no tracking)")
+                   help="MLflow server (default: $MLFLOW_TRACKING_URI, else a local sqlite "
+                        "database, as the training job)")
+    p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
     p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
                    help="MLflow experiment for models without a training run (default: "
                         f"$MLFLOW_EXPERIMENT_NAME, else {tracking.DEFAULT_EXPERIMENT})")
@@ -116,10 +123,16 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"evaluate_sifid: error: {err}", file=sys.stderr)
         return 2
     out = args.out if "://" in args.out else str(Path(args.out).resolve())
+    models_url = args.models if "://" in args.models else str(Path(args.models).resolve())
+    tracking_uri = None if args.no_tracking else (
+        args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}")
     settings = EvalSettings(out=out, starts=tuple(starts), samples=args.samples, dims=args.dims,
-                            seed=args.seed, tracking_uri=args.tracking_uri,
+                            seed=args.seed, tracking_uri=tracking_uri,
                             experiment=args.experiment)
     print(f"models from {args.models} -> {out}")
+    # The evaluation's own run, nested under the training job's (when this server has it).
+    job_run = start_job_run(settings, models_url,
+                            tracking.context_tags("jobs/evaluate_sifid.py"))
 
     import ray
 
@@ -146,6 +159,12 @@ def evaluate(args: argparse.Namespace) -> int:
                                progress=progress):
         report.add(result)
     summary = report.write(Storage(out))
+    if job_run is not None:
+        images = pq.read_table(io.BytesIO(Storage(out).get("images.parquet"))).to_pydict()
+        end_job_run(settings, job_run, summary,
+                    histogram_figure(report.sifid_values(), report.starts), images,
+                    Storage(out).get("report.html"))
+        print(f"MLflow: the evaluation run {job_run} at {redact(tracking_uri)}")
     print(f"{summary['evaluated'] + summary['failed_count']} models in "
           f"{time.perf_counter() - started:.1f} s")
     for name, values in summary["overall"].items():

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.ledger import Ledger, Status
-from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, local_copy
+from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, local_copy, redact
 from pipeline.tracking import DEFAULT_EXPERIMENT, client_for, experiment_id_for, now_ms
 from singan.api import sample
 from singan.errors import InputError, one_line
@@ -180,9 +180,13 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
 
     try:
         client = client_for(settings.tracking_uri)
+        experiment_id = None
         if training_run_id is not None:
-            experiment_id = client.get_run(training_run_id).info.experiment_id
-        else:
+            try:
+                experiment_id = client.get_run(training_run_id).info.experiment_id
+            except Exception:  # noqa: BLE001 - trained on another server: a top-level run
+                training_run_id = None
+        if experiment_id is None:
             experiment_id = experiment_id_for(settings.tracking_uri, settings.experiment)
         tags = {"kind": "eval", "image_id": image_id}
         if training_run_id is not None:
@@ -204,6 +208,65 @@ def track(settings: EvalSettings, image_id: str, training_run_id: str | None,
     except Exception as err:  # noqa: BLE001
         logger.warning("MLflow: no evaluation run for %s (%s)", image_id, one_line(err))
         return None
+
+
+def start_job_run(settings: EvalSettings, models: str, tags: dict[str, str]) -> str | None:
+    """The evaluation job's run: nested under the run of the training job that wrote `models`
+    (the latest job run whose output it is), else top-level; its id. Tracking trouble is
+    logged, never raised."""
+    if settings.tracking_uri is None:
+        return None
+    from mlflow.entities import Param
+
+    try:
+        client = client_for(settings.tracking_uri)
+        experiment_id = experiment_id_for(settings.tracking_uri, settings.experiment)
+        output = redact(models.removesuffix("/_results.parquet"))
+        found = client.search_runs([experiment_id], "tags.kind = 'job' and params.output = "
+                                   f"'{output}'", max_results=1, order_by=["start_time DESC"])
+        tags = {**tags, "kind": "evaluation", "models": output}
+        if found:
+            tags.update({"mlflow.parentRunId": found[0].info.run_id,
+                         "training_run_id": found[0].info.run_id})
+        run_id = client.create_run(experiment_id, tags=tags,
+                                   run_name=f"evaluation {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                                   ).info.run_id
+        params = {"models": output, "out": redact(settings.out), "samples": settings.samples,
+                  "dims": settings.dims, "starts": ",".join(n for n, _ in settings.starts),
+                  "seed": settings.seed}
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()],
+                         synchronous=True)
+        return run_id
+    except Exception as err:  # noqa: BLE001
+        logger.warning("MLflow: no evaluation run (%s)", one_line(err))
+        return None
+
+
+def end_job_run(settings: EvalSettings, run_id: str | None, summary: dict, figure,
+                table: dict[str, list], report_html: bytes) -> None:
+    """The evaluation's numbers on its run: per start scale the means (eval/sifid_N, ...), the
+    counts, the SIFID histogram (log_figure), every image's means (log_table: images.json) and
+    the HTML report; then the run ends. Tracking trouble is logged, never raised."""
+    if run_id is None:
+        return
+    from mlflow.entities import Metric
+
+    try:
+        client = client_for(settings.tracking_uri)
+        stamp = now_ms()
+        metrics = [Metric(f"eval/{key.removesuffix('_mean')}_{name}", value, stamp, 0)
+                   for name, values in summary["overall"].items()
+                   for key, value in values.items()]
+        metrics += [Metric("models_evaluated", summary["evaluated"], stamp, 0),
+                    Metric("models_failed", summary["failed_count"], stamp, 0)]
+        client.log_batch(run_id, metrics=metrics, synchronous=True)
+        client.log_figure(run_id, figure, "sifid_histogram.png")
+        client.log_table(run_id, table, "images.json")
+        client.log_text(run_id, report_html.decode(), "report.html")
+        client.log_dict(run_id, summary, "summary.json")
+        client.set_terminated(run_id, "FAILED" if summary["failed_count"] else "FINISHED")
+    except Exception as err:  # noqa: BLE001
+        logger.warning("MLflow: the evaluation run %s is incomplete (%s)", run_id, one_line(err))
 
 
 def trained_image_ids(models: str) -> Iterator[tuple[str, str]]:

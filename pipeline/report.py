@@ -81,6 +81,10 @@ class Report:
                 else:
                     heapq.heappushpop(heap, item)
 
+    def sifid_values(self) -> list[list[float]]:
+        """Every sample's SIFID, one list per start scale (the histogram's values)."""
+        return [list(self.sifids[name]) for name in self.starts]
+
     def summary(self) -> dict:
         """Per start scale: the mean over images of each image's mean SIFID, diversity, patch
         SWD and nearest-patch distance (as the paper reports), and the spread of SIFID between
@@ -105,8 +109,7 @@ class Report:
                 out.put(name, file.read())
         summary = self.summary()
         out.put("summary.json", json.dumps(summary, indent=2, sort_keys=True).encode())
-        out.put("sifid_histogram.png", histogram([list(self.sifids[n]) for n in self.starts],
-                                                 self.starts))
+        out.put("sifid_histogram.png", histogram(self.sifid_values(), self.starts))
         shown = [item[2] for item in sorted(self._worst, reverse=True)]
         best = [item[2] for item in sorted(self._best, reverse=True)]
         shown += [r for r in best if r.image_id not in {s.image_id for s in shown}]
@@ -144,6 +147,13 @@ class _Buffered:
 def histogram(values: list[list[float]], starts: list[str]) -> bytes:
     """A PNG histogram of every sample's SIFID (`values`: one list per start scale), one colour
     per start scale (matplotlib)."""
+    buffer = io.BytesIO()
+    histogram_figure(values, starts).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def histogram_figure(values: list[list[float]], starts: list[str]):
+    """The histogram of `histogram` as a matplotlib Figure (MLflow's log_figure takes one)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: workers and CI render to files
@@ -156,9 +166,7 @@ def histogram(values: list[list[float]], starts: list[str]) -> bytes:
         axes.legend()
     axes.set_xlabel("SIFID (lower: closer to the real image)")
     axes.set_ylabel("samples")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure
 
 
 def html_report(results: list[EvalResult], summary: dict, starts: list[str], dims: int) -> str:

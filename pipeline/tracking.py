@@ -9,10 +9,10 @@ as artifacts, and the pyramid URL as a tag.
 
 What reaches MLflow is bounded: the loss curves go there decimated (every MLFLOW_EVERY-th
 iteration and the last), while the image's folder keeps them whole, one file per scale
-(pipeline.recording); 2 x scales + 6 requests per image (28 at the paper preset's 11 scales:
-the run, its artifact store, its params and tags, a batch of points and a picture per scale, the
-final picture, its summary metrics and verdict, its end; bench/fleet_scale.py counts them). The
-requests go
+(pipeline.recording); 2 x scales + 7 requests per image (29 at the paper preset's 11 scales:
+the run, its artifact store, its params and tags, its input (the image), a batch of points and a
+picture per scale, the final picture, its summary metrics and verdict, its end;
+bench/fleet_scale.py counts them). The requests go
 through one `Sender` per worker process: a background thread that sends them one at a time, each
 scale's after a random delay of up to SEND_JITTER seconds, so that the images of a bucket, which
 finish their scales together, and the buckets of a cluster do not reach the server in step, and

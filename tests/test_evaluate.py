@@ -43,7 +43,8 @@ def test_start_scales_use_the_papers_names():
 def trained(tmp_path_factory, mlflow_server):
     """Two tiny models trained with tracking, and their results table."""
     root = tmp_path_factory.mktemp("trained")
-    experiment_id, parent = start_job_run(mlflow_server.url, "eval-e2e", None, {})
+    experiment_id, parent = start_job_run(mlflow_server.url, "eval-e2e", None,
+                                          {"output": str(root / "out")})
     job = JobSettings(output=str(root / "out"), tracking_uri=mlflow_server.url,
                       experiment_id=experiment_id, parent_run_id=parent, num_samples=1,
                       device="cpu")
@@ -74,7 +75,7 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
                    str(ROOT), "--", "python", "jobs/evaluate_sifid.py", "--models",
                    str(trained / "out"), "--out", str(out), "--samples", "3",
                    "--inception-weights", str(WEIGHTS), "--tracking-uri", mlflow_server.url,
-                   "--gpus-per-task", "0", "--models-per-task", "2"]
+                   "--experiment", "eval-e2e", "--gpus-per-task", "0", "--models-per-task", "2"]
         done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600,
                               cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
         return done.returncode, done.stdout + done.stderr
@@ -120,6 +121,26 @@ def test_evaluation_job(trained, ray_cluster, mlflow_server):
             images[image_id, "N"]["sifid_mean"])
         assert {"eval/sifid_N-1", "eval/diversity_N", "eval/diversity_N-1", "eval/patch_swd_N",
                 "eval/nn_patch_distance_N-1"} <= set(run.data.metrics)
+
+    # The evaluation's own run, nested under the training job's run: its numbers, the
+    # histogram (log_figure), every image's means (log_table), the report.
+    [job_run] = client.search_runs([client.get_run(training).info.experiment_id],
+                                   filter_string="tags.kind = 'evaluation'")
+    parent = client.get_run(training).data.tags["mlflow.parentRunId"]
+    assert job_run.data.tags["mlflow.parentRunId"] == parent
+    assert job_run.info.status == "FAILED"  # the broken model
+    numbers = job_run.data.metrics
+    assert numbers["eval/sifid_N"] == pytest.approx(summary["overall"]["N"]["sifid_mean"])
+    assert numbers["models_evaluated"] == 2 and numbers["models_failed"] == 1
+    assert job_run.data.params["samples"] == "3" and job_run.data.tags["mlflow.user"]
+    logged = {f.path for f in client.list_artifacts(job_run.info.run_id)}
+    assert {"sifid_histogram.png", "images.json", "report.html", "summary.json"} <= logged
+    saved = json.loads(Path(client.download_artifacts(job_run.info.run_id, "images.json",
+                                                      str(trained))).read_text())
+    column = {name: i for i, name in enumerate(saved["columns"])}
+    assert sorted((row[column["image_id"]], row[column["start"]]) for row in saved["data"]) == \
+        sorted(images)
+    assert job_run.data.tags["mlflow.loggedArtifacts"]  # MLflow's mark of a table
 
     # Again: the two good models are skipped, with the same numbers.
     code, logs = submit("eval-again")

@@ -288,9 +288,13 @@ def assert_points_once(client, output: Path, ids: list[str]) -> dict[str, int]:
         assert on_server == sorted((p["key"], p["step"], p["timestamp"], p["value"])
                                    for p in points), image_id
         run = client.get_run(run_id)
-        assert set(run.data.metrics) == set(keys), image_id
+        success = json.loads((folder / "_SUCCESS").read_text())
+        # The points, and the summary the image ended with (singan.verdict), nothing else.
+        assert set(run.data.metrics) == set(keys) | set(success["summary"]), image_id
+        assert {k: run.data.metrics[k] for k in success["summary"]} == success["summary"]
+        assert run.data.tags["quality"] == success["quality"]
         assert run.info.status == "FINISHED" and run.info.run_name == image_id
-        scales = json.loads((folder / "_SUCCESS").read_text())["num_scales"]
+        scales = success["num_scales"]
         assert {k: str(v) for k, v in link["params"].items()}.items() <= run.data.params.items()
         pictures = {f"samples/scale_{k:02d}.png" for k in range(scales)} | {"samples/final.png"}
         assert pictures <= {f"samples/{p.name}" for p in (folder / "samples").glob("*.png")}
