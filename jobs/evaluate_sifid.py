@@ -68,13 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", metavar="URL",
                    help="inception_v3_google-0cc3c7bd.pth at any fsspec URL (default: "
                         "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
-    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
-                   help="MLflow server (default: $MLFLOW_TRACKING_URI, else a local sqlite "
-                        "database, as the training job)")
-    p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
-    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
-                   help="MLflow experiment for models without a training run (default: "
-                        f"$MLFLOW_EXPERIMENT_NAME, else {tracking.DEFAULT_EXPERIMENT})")
+    fleet.add_tracking_options(p, "MLflow experiment, where the training job's runs are")
     p.add_argument("--gpus-per-task", type=float, default=1.0, metavar="G",
                    help="GPUs per Ray task, asked of Ray even before a GPU node has joined; "
                         "fractions allowed; 0 = CPU (a local Ray started on a machine without "
@@ -124,8 +118,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return 2
     out = args.out if "://" in args.out else str(Path(args.out).resolve())
     models_url = args.models if "://" in args.models else str(Path(args.models).resolve())
-    tracking_uri = None if args.no_tracking else (
-        args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}")
+    tracking_uri = fleet.tracking_target(args)
     settings = EvalSettings(out=out, starts=tuple(starts), samples=args.samples, dims=args.dims,
                             seed=args.seed, tracking_uri=tracking_uri,
                             experiment=args.experiment)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import tracking
 from singan.errors import one_line
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,26 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMAND = 32
 RESOURCES_EVERY = 10.0  # seconds between two reads of the cluster's resources
 WAITING_NOTICE = 120.0  # seconds with tasks waiting and none running before the job says so
+
+
+def add_tracking_options(p: argparse.ArgumentParser, experiment_help: str) -> None:
+    """--tracking-uri, --no-tracking and --experiment, as every job takes them: MLflow's own
+    variables are the defaults, then a local sqlite database (tracking_target)."""
+    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
+                   help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, else a local "
+                        "sqlite database, ./mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
+    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
+                   help=f"{experiment_help} (default: $MLFLOW_EXPERIMENT_NAME, else "
+                        f"{tracking.DEFAULT_EXPERIMENT})")
+
+
+def tracking_target(args: argparse.Namespace) -> str | None:
+    """The tracking URI a job uses: --tracking-uri (or $MLFLOW_TRACKING_URI), else a local
+    sqlite database; None with --no-tracking."""
+    if args.no_tracking:
+        return None
+    return args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 class Renamed(argparse.Action):

@@ -81,13 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Parquet manifest (image_id, uri, optional per-row overrides)")
     p.add_argument("--output", default="outputs", metavar="URL",
                    help="output root, any fsspec URL (default: ./outputs)")
-    p.add_argument("--tracking-uri", metavar="URL", default=tracking.default_tracking_uri(),
-                   help="MLflow tracking server (default: $MLFLOW_TRACKING_URI, else a local "
-                        "sqlite database)")
-    p.add_argument("--no-tracking", action="store_true", help="do not track to MLflow at all")
-    p.add_argument("--experiment", default=tracking.default_experiment(), metavar="NAME",
-                   help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
-                        f"{tracking.DEFAULT_EXPERIMENT})")
+    fleet.add_tracking_options(p, "MLflow experiment")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
@@ -191,7 +185,7 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
     print(f"{manifest.num_rows} images from {redact(args.manifest)} -> {redact(output)}")
 
     # 2. Tracking: a parent run for the job. Tracking trouble is reported, never fatal.
-    tracking_uri = tracking_target(args)
+    tracking_uri = fleet.tracking_target(args)
     experiment_id = parent_run_id = None
     context = tracking.context_tags("jobs/train_manifest.py")
     if tracking_uri is not None:
@@ -409,14 +403,6 @@ class _closing_on_error:
     def __exit__(self, kind, *rest):
         if kind is not None:
             self.manifest.close()
-
-
-def tracking_target(args) -> str | None:
-    """The tracking URI to use: --tracking-uri (or $MLFLOW_TRACKING_URI), else a local sqlite
-    database; None with --no-tracking."""
-    if args.no_tracking:
-        return None
-    return args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def tracking_hint(uri: str | None, experiment_id: str | None) -> str | None:

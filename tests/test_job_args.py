@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs import fleet
 from pipeline.catalog import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,14 +141,14 @@ def test_mlflow_variables_are_the_defaults(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "photos-2026")
     args = job.build_parser().parse_args(["--manifest", "m.parquet"])
-    assert job.tracking_target(args) == "http://127.0.0.1:5999"
+    assert fleet.tracking_target(args) == "http://127.0.0.1:5999"
     assert args.experiment == "photos-2026"
     args = job.build_parser().parse_args(["--manifest", "m.parquet", "--tracking-uri",
                                           "http://127.0.0.1:5001", "--experiment", "other"])
-    assert (job.tracking_target(args), args.experiment) == ("http://127.0.0.1:5001", "other")
+    assert (fleet.tracking_target(args), args.experiment) == ("http://127.0.0.1:5001", "other")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME")
     monkeypatch.chdir(tmp_path)
     args = job.build_parser().parse_args(["--manifest", "m.parquet"])
-    assert job.tracking_target(args) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert fleet.tracking_target(args) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert args.experiment == "singan-fleet"
