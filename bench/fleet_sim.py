@@ -23,6 +23,7 @@ counts the trainings running at once.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -41,7 +42,7 @@ from pipeline.train_image import JobSettings, Trainer
 from singan.api import plan as plan_of
 from singan.base import FORMAT_VERSION, IterationLog, is_log_step, scale_file_name
 from singan.config import Config
-from singan.image import image_size
+from singan.image import image_size, png_bytes
 from singan.pyramid import PyramidPlan
 
 
@@ -144,18 +145,18 @@ class SimulatedTrainer(Trainer):
 
     def level_files(self, model: SimulatedModel, scale: int) -> dict[str, bytes]:
         """singan.outputs.write_level's files, in its order."""
-        return {f"reals/scale_{scale:02d}.png": _placeholder(self.picture_bytes // 2),
-                f"samples/scale_{scale:02d}.png": _placeholder(self.picture_bytes),
+        return {f"reals/scale_{scale:02d}.png": _picture(self.picture_bytes // 2),
+                f"samples/scale_{scale:02d}.png": _picture(self.picture_bytes),
                 f"model/{scale_file_name(scale)}": _placeholder(self.level_bytes),
                 "model/config.json": model.metadata_bytes()}
 
     def final_files(self, model: SimulatedModel, row: ManifestRow,
                     num_samples: int) -> dict[str, bytes]:
         """singan.outputs.write_final's files, in its order (a plain training's task adds none)."""
-        files = {f"samples/sample_{index:02d}.png": _placeholder(self.picture_bytes // 2)
+        files = {f"samples/sample_{index:02d}.png": _picture(self.picture_bytes // 2)
                  for index in range(num_samples)}
-        files["samples/reconstruction.png"] = _placeholder(self.picture_bytes // 2)
-        files["samples/final.png"] = _placeholder(self.picture_bytes * 2)
+        files["samples/reconstruction.png"] = _picture(self.picture_bytes // 2)
+        files["samples/final.png"] = _picture(self.picture_bytes * 2)
         return files
 
     def summary(self, model: SimulatedModel) -> dict[str, float]:
@@ -175,6 +176,15 @@ class SimulatedTrainer(Trainer):
 
 def _placeholder(size: int) -> bytes:
     return b"\x89SIM" + bytes(max(0, size - 4))
+
+
+@functools.cache
+def _picture(size: int) -> bytes:
+    """A real PNG of about `size` bytes (noise does not compress: 3 bytes a pixel), since the
+    tracking decodes the sample grids to make the WebP MLflow's image views load."""
+    side = max(1, round((size / 3) ** 0.5))
+    noise = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(size))
+    return png_bytes(noise * 2 - 1)
 
 
 def sleeping_bucket(rows: Sequence[ManifestRow], job: JobSettings, inception: dict | None = None,

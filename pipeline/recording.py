@@ -16,22 +16,27 @@ import time
 from collections.abc import Callable, Mapping
 
 from pipeline.storage import ImageStore
-from pipeline.tracking import ImageRun, is_artifact, point, points_bytes, points_file
+from pipeline.tracking import (ImageRun, is_artifact, picture_of, point, points_bytes,
+                               points_file)
 from singan.base import Callback, IterationLog, Pyramid
 
 LOSSES = ("d_real", "d_fake", "gradient_penalty", "g_adv", "reconstruction")
 
 
 class TrackedFolder:
-    """The image's folder as singan.outputs writes it: every file goes to the store, and the
-    pictures MLflow shows (tracking.ARTIFACTS) to the image's run as well."""
+    """The image's folder as singan.outputs writes it: every file goes to the store; the sample
+    grids to the run's image views as well (tracking.picture_of), the task's outputs to its
+    artifacts (tracking.ARTIFACTS)."""
 
     def __init__(self, store: ImageStore, run: ImageRun):
         self.store, self.run = store, run
 
     def put(self, name: str, data: bytes) -> None:
         self.store.put(name, data)
-        if is_artifact(name):
+        picture = picture_of(name)
+        if picture is not None:
+            self.run.log_picture(*picture, data)
+        elif is_artifact(name):
             self.run.log_artifact(name, data)
 
     def put_all(self, files: Mapping[str, bytes]) -> None:

@@ -5,14 +5,16 @@ Layout (DESIGN.md): one experiment; a parent run per job; a child run per image 
 `mlflow.parentRunId`, with the image's params, per-scale losses (key `sNN/<loss>`, step = the
 iteration), per-scale values (`noise_amp`, `scale_seconds`, `sifid`, `patch_swd`; step = the
 scale), each scale's sample picture and the final pictures and the task's outputs (sr/, animate/)
-as artifacts, and the pyramid URL as a tag.
+in MLflow's image views (log_image's files: a step slider per key, a comparison across runs), the
+task's outputs (sr/, animate/) as artifacts, and the pyramid URL as a tag.
 
 What reaches MLflow is bounded: the loss curves go there decimated (every MLFLOW_EVERY-th
 iteration and the last), while the image's folder keeps them whole, one file per scale
-(pipeline.recording); 2 x scales + 7 requests per image (29 at the paper preset's 11 scales:
+(pipeline.recording); 3 x scales + 8 requests per image (41 at the paper preset's 11 scales:
 the run, its artifact store, its params and tags, its input (the image), a batch of points and a
-picture per scale, the final picture, its summary metrics and verdict, its end;
-bench/fleet_scale.py counts them). The requests go
+picture per scale, the final picture, its summary metrics and verdict, its end; a picture is two
+uploads, since MLflow's image views need a small WebP beside the PNG; bench/fleet_scale.py
+counts them). The requests go
 through one `Sender` per worker process: a background thread that sends them one at a time, each
 scale's after a random delay of up to SEND_JITTER seconds, so that the images of a bucket, which
 finish their scales together, and the buckets of a cluster do not reach the server in step, and
@@ -30,11 +32,13 @@ import fnmatch
 import getpass
 import hashlib
 import heapq
+import io
 import itertools
 import json
 import logging
 import os
 import random
+import re
 import socket
 import subprocess
 import tempfile
@@ -56,7 +60,7 @@ logger = logging.getLogger(__name__)
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 TRACKING = "tracking.json"
 # The files of an image's folder that its run holds as artifacts (same names), for the replay.
-ARTIFACTS = ("samples/scale_*.png", "samples/final.png", "sr/*.png", "animate/*/*.gif")
+ARTIFACTS = ("sr/*.png", "animate/*/*.gif")
 MLFLOW_EVERY = 100  # iterations between the loss points sent to MLflow (and the last one)
 SEND_JITTER = 10.0  # seconds: the most a scale's requests wait before they are sent
 
@@ -64,6 +68,58 @@ SEND_JITTER = 10.0  # seconds: the most a scale's requests wait before they are 
 def is_artifact(name: str) -> bool:
     """Whether the image's file `name` is also an artifact of its MLflow run (ARTIFACTS)."""
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in ARTIFACTS)
+
+
+# --- pictures in MLflow's image views -------------------------------------------------------
+#
+# What MlflowClient.log_image(key=, step=) writes, done here instead of by it: it also sets the
+# run's `mlflow.loggedImages` tag at every call (a third request per picture; ours goes with the
+# params, once) and names its files by a random uuid, so a replay could not tell a picture
+# already sent. Ours are named by their content: sending one again finds it there.
+
+IMAGES = "images"  # the artifact folder MLflow's image views list
+LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # tells the UI to look there
+COMPRESSED_SIDE = 256  # MLflow's: the views load a WebP at most this wide or high
+_IMAGE_FILE = re.compile(r"(?P<key>[^+/]+)\+step\+(?P<step>\d+)\+timestamp\+(?P<timestamp>\d+)"
+                         r"\+(?P<uid>[^+]+)(?P<compressed>\+compressed)?\.(?:png|webp)")
+_SCALE_PICTURE = re.compile(r"samples/scale_(\d+)\.png")
+
+
+def picture_of(name: str) -> tuple[str, int] | None:
+    """The (image key, step) under which MLflow shows the image's file `name`, if it does: each
+    scale's grid as key `samples` with the scale as the step, the final grid as `final`."""
+    match = _SCALE_PICTURE.fullmatch(name)
+    if match:
+        return "samples", int(match.group(1))
+    return ("final", 0) if name == "samples/final.png" else None
+
+
+def image_files(key: str, step: int, png: bytes, timestamp: int | None = None,
+                uid: str | None = None) -> dict[str, bytes]:
+    """The two files of one picture in the run's images/ folder: the PNG, and the WebP the
+    views load (COMPRESSED_SIDE). `uid` names them; by default it follows from the content."""
+    from PIL import Image
+
+    uid = uid or str(uuid.UUID(bytes=hashlib.sha256(png).digest()[:16]))
+    stem = (f"{IMAGES}/{key.replace('/', '~')}+step+{step}"
+            f"+timestamp+{now_ms() if timestamp is None else timestamp}+{uid}")
+    with Image.open(io.BytesIO(png)) as image:
+        small = image.convert("RGB")
+        small.thumbnail((COMPRESSED_SIDE, COMPRESSED_SIDE))
+        webp = io.BytesIO()
+        small.save(webp, format="WEBP")
+    return {f"{stem}.png": png, f"{stem}+compressed.webp": webp.getvalue()}
+
+
+def logged_images(paths: Iterable[str]) -> dict[tuple[str, int], dict[str, str]]:
+    """The pictures among a run's artifact `paths`: {(key, step): {"png"/"webp": path}}."""
+    found: dict[tuple[str, int], dict[str, str]] = {}
+    for path in paths:
+        match = _IMAGE_FILE.fullmatch(path.rpartition("/")[2])
+        if match and path.startswith(IMAGES + "/"):
+            files = found.setdefault((match["key"].replace("~", "/"), int(match["step"])), {})
+            files["webp" if match["compressed"] else "png"] = path
+    return found
 
 
 # MLflow's HTTP client retries up to 7 times with exponential back-off by default: minutes per
@@ -373,7 +429,7 @@ class ImageRun:
         if not self.enabled:
             return
         self.store.put_json(TRACKING, self.link(params))
-        self._queue("log params", _log_params, params, tags or {})
+        self._queue("log params", _log_params, params, {LOGGED_IMAGES_TAG: "True", **(tags or {})})
         self._queue("log the input", _log_input, image_dataset(params))
 
     def log_points(self, points: Iterable[dict]) -> None:
@@ -395,6 +451,12 @@ class ImageRun:
         """Upload `data` as artifact `name` (e.g. samples/scale_03.png) of the run."""
         if self.enabled:
             self._queue("upload " + name, _log_bytes, name, data,
+                        jitter=self.jitter if jitter is None else jitter)
+
+    def log_picture(self, key: str, step: int, png: bytes, jitter: float | None = None) -> None:
+        """Show the PNG `png` in the run's image views under `key` at `step` (two uploads)."""
+        if self.enabled:
+            self._queue(f"upload picture {key} {step}", _log_picture, key, step, png,
                         jitter=self.jitter if jitter is None else jitter)
 
     def finish(self, status: str, tags: dict[str, str] | None = None,
@@ -524,6 +586,11 @@ def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
         client.log_artifact(run_id, str(path), folder or None)
 
 
+def _log_picture(client, run_id: str, key: str, step: int, png: bytes) -> None:
+    for name, data in image_files(key, step, png).items():
+        _log_bytes(client, run_id, name, data)
+
+
 # --- the points an image's folder keeps -----------------------------------------------------
 
 METRICS = "metrics"  # the folder of the points: one file per scale, written once
@@ -602,13 +669,16 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
 
     uploaded: dict[str, set[str]] = {}  # by folder
     artifacts = 0
-    for name in sorted(name for page in store.iter_names() for name in page if is_artifact(name)):
+    names = sorted(name for page in store.iter_names() for name in page)
+    for name in (name for name in names if is_artifact(name)):
         folder = name.rpartition("/")[0]
         if folder not in uploaded:
             uploaded[folder] = {f.path for f in client.list_artifacts(run_id, folder)}
         if name not in uploaded[folder]:
             _log_bytes(client, run_id, name, store.get(name))
             artifacts += 1
+    artifacts += _replay_pictures(client, run_id, store, names,
+                                  tagged=LOGGED_IMAGES_TAG in run.data.tags)
 
     done = store.success()
     if done is not None:
@@ -623,6 +693,32 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
         if run.info.status != "FINISHED":
             client.set_terminated(run_id, "FINISHED")
     return SyncReport(store.image_id, run_id, len(missing), artifacts, created)
+
+
+def _replay_pictures(client, run_id: str, store: ImageStore, names: list[str],
+                     tagged: bool) -> int:
+    """Send the pictures the run's image views lack (a half-sent one gets its other file, under
+    the same name); the number of files sent."""
+    pictures = {name: picture_of(name) for name in names if picture_of(name)}
+    if not pictures:
+        return 0
+    if not tagged:
+        _set_tags(client, run_id, {LOGGED_IMAGES_TAG: "True"})
+    logged = logged_images(f.path for f in client.list_artifacts(run_id, IMAGES))
+    sent = 0
+    for name, (key, step) in pictures.items():
+        have = logged.get((key, step), {})
+        if len(have) == 2:
+            continue
+        naming = {}
+        if have:  # keep the name (timestamp and uid) of the half that is there
+            match = _IMAGE_FILE.fullmatch(next(iter(have.values())).rpartition("/")[2])
+            naming = {"timestamp": int(match["timestamp"]), "uid": match["uid"]}
+        for path, data in image_files(key, step, store.get(name), **naming).items():
+            if path not in have.values():
+                _log_bytes(client, run_id, path, data)
+                sent += 1
+    return sent
 
 
 # --- the job's parent run -------------------------------------------------------------------

@@ -17,6 +17,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
+import pipeline.tracking as tracking
 import singan
 from pipeline.catalog import write_manifest
 from pipeline.manifest import ManifestError, manifest_row, read_manifest, seed_for
@@ -26,7 +27,7 @@ from pipeline.train_image import JobSettings, config_hash, train_image
 from singan.apps.animate import BETAS
 from singan.config import config
 from singan.examples import pebbles
-from singan.image import load_image, save_image
+from singan.image import load_image, png_bytes, save_image
 from singan.resize import imresize
 from tests.conftest import tiny_config
 
@@ -263,20 +264,26 @@ def test_replay_sends_the_task_outputs_the_server_missed(tmp_path, mlflow_server
     store = ImageStore(str(tmp_path), "img")
     run = ImageRun(store, dead, "0", None)
     run.log_params({"image_id": "img", "task": "animate"})
-    names = ["samples/scale_00.png", "samples/final.png", "sr/sr_x2.png", "sr/bicubic_x2.png",
+    names = ["sr/sr_x2.png", "sr/bicubic_x2.png",
              "animate/start_scale_0/beta_0.80.gif", "animate/start_scale_1/beta_0.95.gif"]
     for name in names:
         store.put(name, b"picture " + name.encode())
         run.log_artifact(name, b"picture")
+    grid = png_bytes(torch.zeros(1, 3, 4, 6))
+    for name in ("samples/scale_00.png", "samples/final.png"):  # the image views' pictures
+        store.put(name, grid)
+        run.log_picture(*tracking.picture_of(name), grid)
     store.put("model/scale_00.pt", b"not an artifact")
     assert not run.complete
 
     report = sync_image(store, mlflow_server.url)
-    assert report.created_run and report.artifacts_sent == len(names)
+    assert report.created_run and report.artifacts_sent == len(names) + 2 * 2  # PNG + WebP
     client = MlflowClient(mlflow_server.url)
-    sent = {f.path for folder in ("samples", "sr", "animate/start_scale_0", "animate/start_scale_1")
+    sent = {f.path for folder in ("sr", "animate/start_scale_0", "animate/start_scale_1")
             for f in client.list_artifacts(report.run_id, folder)}
     assert sent == set(names)
+    shown = tracking.logged_images(f.path for f in client.list_artifacts(report.run_id, "images"))
+    assert set(shown) == {("samples", 0), ("final", 0)}
     assert sync_image(store, mlflow_server.url).artifacts_sent == 0
 
 

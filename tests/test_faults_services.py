@@ -30,7 +30,7 @@ import pytest
 
 from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
-from pipeline.tracking import stored_points
+from pipeline.tracking import logged_images, stored_points
 from tests.services import local_services, make_bucket
 from tests.test_job import TINY, png
 
@@ -298,7 +298,9 @@ def assert_points_once(client, output: Path, ids: list[str]) -> dict[str, int]:
         assert {k: str(v) for k, v in link["params"].items()}.items() <= run.data.params.items()
         pictures = {f"samples/scale_{k:02d}.png" for k in range(scales)} | {"samples/final.png"}
         assert pictures <= {f"samples/{p.name}" for p in (folder / "samples").glob("*.png")}
-        assert {f.path for f in client.list_artifacts(run_id, "samples")} == pictures, image_id
+        shown = logged_images(f.path for f in client.list_artifacts(run_id, "images"))
+        assert set(shown) == {("samples", k) for k in range(scales)} | {("final", 0)}, image_id
+        assert all(len(files) == 2 for files in shown.values()), image_id  # PNG and WebP
         counts[image_id] = len(on_server)
     return counts
 

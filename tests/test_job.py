@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 
 from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
-from pipeline.tracking import stored_points
+from pipeline.tracking import logged_images, stored_points
 from singan.examples import pebbles
 from singan.image import to_pil
 
@@ -153,10 +153,11 @@ def test_train_manifest_on_a_real_cluster(s3, s3_server, mlflow_server, ray_clus
         stored = {path.removeprefix(f"{BUCKET}/outputs/{run.info.run_name}/")
                   for path in s3.glob(f"{BUCKET}/outputs/{run.info.run_name}/samples/*.png")}
         assert {f"samples/scale_{k:02d}.png" for k in range(4)} < stored  # and the final ones
-        # MLflow: each scale's picture and the final one (the real image, the reconstruction
-        # and samples side by side); the single samples stay in storage.
-        assert {f.path for f in client.list_artifacts(run.info.run_id, "samples")} == {
-            *(f"samples/scale_{k:02d}.png" for k in range(4)), "samples/final.png"}
+        # MLflow's image views: each scale's picture (step = the scale) and the final one (the
+        # real image, the reconstruction and samples side by side); the single samples stay
+        # in storage.
+        shown = logged_images(f.path for f in client.list_artifacts(run.info.run_id, "images"))
+        assert set(shown) == {("samples", k) for k in range(4)} | {("final", 0)}
     seed_param = {r.info.run_name: r.data.params["seed"] for r in children}
     assert seed_param["stones_2"] == "42"
 

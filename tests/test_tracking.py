@@ -3,12 +3,16 @@ that a server that is down costs nothing but a replay, which never duplicates a 
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
+from PIL import Image
 
 import pipeline.tracking as tracking
 from pipeline.manifest import manifest_row
@@ -16,6 +20,7 @@ from pipeline.storage import ImageStore
 from pipeline.tracking import (
     ImageRun,
     experiment_id_for,
+    logged_images,
     point,
     start_job_run,
     stored_points,
@@ -24,7 +29,7 @@ from pipeline.tracking import (
 from pipeline.train_image import JobSettings, train_image
 from singan.base import package_version
 from singan.examples import pebbles
-from singan.image import save_image
+from singan.image import png_bytes, save_image
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -69,9 +74,15 @@ def test_image_run_layout(tmp_path, mlflow_server):
     amps = client.get_metric_history(run.info.run_id, "noise_amp")
     assert sorted(m.step for m in amps) == list(range(result.num_scales))  # the scale is the step
     assert amps[0].value == 1.0
-    pictures = {f.path for f in client.list_artifacts(run.info.run_id, "samples")}
-    assert pictures == {f"samples/scale_{i:02d}.png" for i in range(result.num_scales)} | {
-        "samples/final.png"}
+    # Each scale's grid under key "samples" (the scale is the step of the image slider) and
+    # the final grid under "final", each a PNG (the image's file) and the WebP the views load.
+    assert run.data.tags[tracking.LOGGED_IMAGES_TAG] == "True"
+    pictures = logged_images(f.path for f in client.list_artifacts(run.info.run_id, "images"))
+    assert set(pictures) == {("samples", i) for i in range(result.num_scales)} | {("final", 0)}
+    assert all(set(files) == {"png", "webp"} for files in pictures.values())
+    stored = ImageStore(str(tmp_path / "out"), "wall")
+    sent = client.download_artifacts(run.info.run_id, pictures["samples", 1]["png"], str(tmp_path))
+    assert Path(sent).read_bytes() == stored.get("samples/scale_01.png")
     # The summary metrics and the verdict, to sort and filter the experiment's runs by.
     assert run.data.tags["quality"] == result.quality in ("ok", "suspect")
     assert run.data.metrics["final/num_scales"] == result.num_scales
@@ -96,8 +107,9 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     points += [point("noise_amp", 1.0, 0, 0)]
     run.log_points(points)
     run.flush()
-    store.put("samples/scale_00.png", b"\x89PNG fake picture")
-    run.log_artifact("samples/scale_00.png", b"\x89PNG fake picture")
+    picture = png_bytes(torch.rand(1, 3, 12, 20) * 2 - 1)
+    store.put("samples/scale_00.png", picture)
+    run.log_picture("samples", 0, picture)
     run.finish("FINISHED")
     assert tracking.sender().drain(60)
     assert run.run_id is None and not run.complete
@@ -109,7 +121,7 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     # The server is back (here: another address, as after a move): the replay creates the run
     # and sends every point once; a second replay sends nothing.
     report = sync_image(store, mlflow_server.url)
-    assert report.created_run and report.points_sent == len(points) and report.artifacts_sent == 1
+    assert report.created_run and report.points_sent == len(points) and report.artifacts_sent == 2
     client = MlflowClient(mlflow_server.url)
     assert len(client.get_metric_history(report.run_id, "s00/d_loss")) == 1200
     again = sync_image(store, mlflow_server.url)
@@ -121,6 +133,53 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     assert finished.data.metrics["final/diversity"] == 0.01  # the summary, replayed
     assert finished.inputs.dataset_inputs[0].dataset.name == "img"  # and the input
     assert finished.data.tags["quality"] == "suspect"
+    shown = logged_images(f.path for f in client.list_artifacts(report.run_id, "images"))
+    assert set(shown) == {("samples", 0)} and finished.data.tags[tracking.LOGGED_IMAGES_TAG]
+
+
+def test_pictures_are_named_as_mlflow_log_image_names_them(tmp_path):
+    """MLflow's image views find a picture by its file name: ours parse as MLflow's own
+    log_image writes them, and theirs as ours (a change of MLflow's convention fails here)."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("names", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    grid = torch.rand(1, 3, 30, 500) * 2 - 1
+    client.log_image(run_id, Image.open(io.BytesIO(png_bytes(grid))), key="s/grid", step=7)
+    for name, data in tracking.image_files("s/grid", 8, png_bytes(grid)).items():
+        (tmp_path / name.rpartition("/")[2]).write_bytes(data)
+        client.log_artifact(run_id, str(tmp_path / name.rpartition("/")[2]), "images")
+    theirs = [f.path for f in client.list_artifacts(run_id, "images")]
+    found = logged_images(theirs)
+    assert set(found) == {("s/grid", 7), ("s/grid", 8)}
+    assert all(set(files) == {"png", "webp"} for files in found.values())
+    ours = found["s/grid", 8]
+    assert ours["webp"] == ours["png"].removesuffix(".png") + "+compressed.webp"
+    small = Image.open(client.download_artifacts(run_id, ours["webp"], str(tmp_path / "d")))
+    assert small.format == "WEBP" and small.size == (256, 15)  # MLflow's compressed side
+
+
+def test_replay_sends_the_missing_half_of_a_picture_under_its_name(tmp_path):
+    """A worker killed between a picture's two uploads: the replay sends the other file with
+    the same name, so the views pair them."""
+    picture = png_bytes(torch.rand(1, 3, 8, 8) * 2 - 1)
+    png, webp = tracking.image_files("samples", 2, picture)
+    store = ImageStore(str(tmp_path), "img")
+    store.put("samples/scale_02.png", picture)
+
+    class Client:  # the two calls the replay of pictures makes
+        def __init__(self):
+            self.sent = []
+
+        def list_artifacts(self, run_id, folder):
+            return [type("File", (), {"path": png})()]
+
+        def log_artifact(self, run_id, local_path, folder):
+            self.sent.append(f"{folder}/{Path(local_path).name}")
+
+    names = ["samples/scale_02.png"]
+    client = Client()
+    assert tracking._replay_pictures(client, "r", store, names, tagged=True) == 1
+    assert client.sent == [webp]
 
 
 def test_experiment_is_created_once(mlflow_server):
