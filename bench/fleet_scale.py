@@ -237,13 +237,16 @@ def _vm(pid: int) -> dict[str, int]:
 
 _IDS = [(re.compile(r"(/mlflow-artifacts/artifacts/)\d+/[0-9a-f]{32}/artifacts/.*"),
          r"\1{experiment}/{run}/artifacts/{path}"),
+        (re.compile(r"(/mlflow-artifacts/artifacts/)\d+/models/m-[0-9a-f]{32}/artifacts/.*"),
+         r"\1{experiment}/models/{model}/artifacts/{path}"),
+        (re.compile(r"/m-[0-9a-f]{32}(?=/|$)"), "/{model}"),
         (re.compile(r"/[0-9a-f]{32}(?=/|$)"), "/{id}"), (re.compile(r"/\d+(?=/|$)"), "/{n}")]
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
         "accept-encoding", "content-encoding"}
 
 
 def endpoint(method: str, path: str) -> str:
-    """`METHOD /path` with run ids, experiment ids and artifact paths as placeholders."""
+    """`METHOD /path` with run, model and experiment ids and artifact paths as placeholders."""
     for regex, replacement in _IDS:
         path = regex.sub(replacement, path)
     return f"{method} {path}"

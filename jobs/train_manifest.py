@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="outputs", metavar="URL",
                    help="output root, any fsspec URL (default: ./outputs)")
     fleet.add_tracking_options(p, "MLflow experiment")
+    p.add_argument("--no-models", action="store_true",
+                   help="do not log each finished pyramid as its run's MLflow model (9 requests "
+                        "per image; runs:/<run id>/model)")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register each image's model as a version of NAME in MLflow's model "
+                        "registry (tagged with the image id)")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="training settings; manifest columns override them per image "
                         "(default: %(default)s)")
@@ -218,7 +224,8 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
                            num_samples=args.num_samples, sifid_samples=args.sifid_samples,
                            quality_samples=args.quality_samples, job_id=job_id,
                            force=args.force, trainer=trainer, on_scale_stored=on_scale_stored,
-                           run_tags=context)
+                           run_tags=context, log_models=not args.no_models,
+                           register_model=args.register_model)
     tally = Tally(settings)
     try:
         _fan_out(args, manifest, done, settings, inception, tally, started)

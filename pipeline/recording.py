@@ -16,8 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from pipeline.storage import ImageStore
-from pipeline.tracking import (ImageRun, is_artifact, picture_of, point, points_bytes,
-                               points_file)
+from pipeline.tracking import ImageRun, is_artifact, picture_of, point, points_bytes, points_file
 from singan.base import Callback, IterationLog, Pyramid
 
 LOSSES = ("d_real", "d_fake", "gradient_penalty", "g_adv", "reconstruction")

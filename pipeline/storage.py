@@ -639,6 +639,32 @@ def _remove_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
         pass
 
 
+def _load_levels(storage: Storage, folder: str, device: torch.device | str | None) -> Pyramid | None:
+    """The model in `folder` of `storage`: the levels its config.json counts as finished, any
+    later file ignored (left over from an attempt that died between writing a level file and
+    config.json); None when there is no config.json."""
+    meta = storage.get(f"{folder}config.json")
+    if meta is None:
+        return None
+    finished = int(json.loads(meta).get("finished_scales", 0))
+    files = []
+    for index in range(finished):
+        data = storage.get(f"{folder}{scale_file_name(index)}")
+        if data is None:
+            break  # config.json is written after its scale file, so this means tampering
+        files.append(io.BytesIO(data))
+    return load_files(io.BytesIO(meta), files, device=device, name=storage.url_of(folder))
+
+
+def load_pyramid(url: str, device: torch.device | str | None = None) -> Pyramid:
+    """The pyramid in the model folder at `url` (an image's {output}/{image_id}/model, or the
+    model/ folder of `singan train`'s output), of any recipe, from any storage."""
+    model = _load_levels(Storage(url), "", device)
+    if model is None:
+        raise InputError(f"{redact(url)}: not a SinGAN model folder (no config.json)")
+    return model
+
+
 class ImageStore(Storage):
     """The folder of one image: model files, pictures, metrics, the tracking link, _SUCCESS."""
 
@@ -653,17 +679,7 @@ class ImageStore(Storage):
         Loads the levels config.json counts as finished, ignoring any later file (left over from
         an attempt that died between writing a level file and config.json).
         """
-        meta = self.get("model/config.json")
-        if meta is None:
-            return None
-        finished = int(json.loads(meta).get("finished_scales", 0))
-        files = []
-        for index in range(finished):
-            data = self.get(f"model/{scale_file_name(index)}")
-            if data is None:
-                break  # config.json is written after its scale file, so this means tampering
-            files.append(io.BytesIO(data))
-        return load_files(io.BytesIO(meta), files, device=device, name=self.url_of("model"))
+        return _load_levels(self, "model/", device)
 
     # --- markers -----------------------------------------------------------------------------
     def success(self) -> dict | None:

@@ -10,11 +10,11 @@ task's outputs (sr/, animate/) as artifacts, and the pyramid URL as a tag.
 
 What reaches MLflow is bounded: the loss curves go there decimated (every MLFLOW_EVERY-th
 iteration and the last), while the image's folder keeps them whole, one file per scale
-(pipeline.recording); 3 x scales + 8 requests per image (41 at the paper preset's 11 scales:
+(pipeline.recording); 3 x scales + 17 requests per image (50 at the paper preset's 11 scales:
 the run, its artifact store, its params and tags, its input (the image), a batch of points and a
-picture per scale, the final picture, its summary metrics and verdict, its end; a picture is two
-uploads, since MLflow's image views need a small WebP beside the PNG; bench/fleet_scale.py
-counts them). The requests go
+picture per scale, the final picture, the model (9: pipeline.mlflow_model), its summary metrics
+and verdict, its end; a picture is two uploads, since MLflow's image views need a small WebP
+beside the PNG; bench/fleet_scale.py counts them). The requests go
 through one `Sender` per worker process: a background thread that sends them one at a time, each
 scale's after a random delay of up to SEND_JITTER seconds, so that the images of a bucket, which
 finish their scales together, and the buckets of a cluster do not reach the server in step, and
@@ -319,13 +319,17 @@ class ImageRun:
 
     def __init__(self, store: ImageStore, tracking_uri: str | None, experiment_id: str | None,
                  parent_run_id: str | None, experiment: str = DEFAULT_EXPERIMENT,
-                 jitter: float = SEND_JITTER):
+                 jitter: float = SEND_JITTER, log_model: bool = False,
+                 register_model: str | None = None):
         self.store = store
         self.tracking_uri = tracking_uri
         self.experiment = experiment  # its name: used when the driver could not get the id
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.jitter = jitter
+        # A finished image's pyramid becomes the run's MLflow model (pipeline.mlflow_model),
+        # registered as a version of `register_model` when that is given.
+        self.log_model, self.register_model = log_model, register_model
         self.client = None
         self.run_id: str | None = None
         self._pending: list[dict] = []  # points waiting for the next flush
@@ -403,6 +407,7 @@ class ImageRun:
         return {"tracking_uri": self.tracking_uri, "experiment": self.experiment,
                 "experiment_id": self.experiment_id,
                 "parent_run_id": self.parent_run_id, "run_id": self.run_id, "claim": self.claim,
+                "log_model": self.log_model, "register_model": self.register_model,
                 "params": params}
 
     def _queue(self, what: str, fn, *args, jitter: float = 0.0) -> None:
@@ -461,12 +466,23 @@ class ImageRun:
 
     def finish(self, status: str, tags: dict[str, str] | None = None,
                metrics: dict[str, float] | None = None) -> None:
-        """Send what is kept, then tag the run, log its summary `metrics` (one request for
-        both) and end it (FINISHED or FAILED)."""
+        """Send what is kept; when FINISHED, log the pyramid as the run's model (if asked);
+        then tag the run, log its summary `metrics` (one request for both, linked to the model)
+        and end it (FINISHED or FAILED)."""
         if not self.enabled:
             return
         self.flush(jitter=0.0)
-        self._queue("end the run", _end_run, tags or {}, status, metrics or {})
+        self._queue("end the run", self._end, tags or {}, status, metrics or {},
+                    self.log_model and status == "FINISHED")
+
+    def _end(self, client, run_id: str, tags: dict[str, str], status: str,
+             metrics: dict[str, float], model: bool) -> None:
+        model_id = None
+        if model:
+            experiment_id = self.experiment_id or client.get_run(run_id).info.experiment_id
+            model_id = _log_model(client, run_id, experiment_id, self.store,
+                                  self.register_model)
+        _end_run(client, run_id, tags, status, metrics, model_id)
 
 
 def open_image_run(client, store: ImageStore, link: dict) -> tuple[dict, bool]:
@@ -563,19 +579,33 @@ def _set_tags(client, run_id: str, tags: dict[str, str]) -> None:
 
 
 def _end_run(client, run_id: str, tags: dict[str, str], status: str,
-             metrics: dict[str, float] | None = None) -> None:
+             metrics: dict[str, float] | None = None, model_id: str | None = None) -> None:
     if tags or metrics:
-        _log_summary(client, run_id, tags, metrics or {})
+        _log_summary(client, run_id, tags, metrics or {}, model_id)
     client.set_terminated(run_id, status)
 
 
-def _log_summary(client, run_id: str, tags: dict[str, str], metrics: dict[str, float]) -> None:
-    """Tags and summary metrics (step 0) in one request."""
+def _log_summary(client, run_id: str, tags: dict[str, str], metrics: dict[str, float],
+                 model_id: str | None = None) -> None:
+    """Tags and summary metrics (step 0; the model's metrics when `model_id` is given) in one
+    request."""
     from mlflow.entities import Metric, RunTag
 
     stamp = now_ms()
-    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+    client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0, model_id=model_id)
+                                      for k, v in metrics.items()],
                      tags=[RunTag(k, redact(str(v))) for k, v in tags.items()], synchronous=True)
+
+
+def _log_model(client, run_id: str, experiment_id: str, store: ImageStore,
+               register_as: str | None) -> str:
+    """The image's pyramid as the run's model (9 requests; 1-3 more to register it)."""
+    from pipeline import mlflow_model
+
+    model_id = mlflow_model.log(client, run_id, experiment_id, store.url_of("model"))
+    if register_as:
+        mlflow_model.register(client, register_as, model_id, run_id, store.image_id)
+    return model_id
 
 
 def _log_bytes(client, run_id: str, name: str, data: bytes) -> None:
@@ -684,12 +714,16 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
     if done is not None:
         if run.data.tags.get("pyramid_url") is None:
             _set_tags(client, run_id, {"pyramid_url": store.url_of("model")})
+        models = [output.model_id for output in (run.outputs.model_outputs if run.outputs else [])]
+        if link.get("log_model") and not models:
+            models = [_log_model(client, run_id, run.info.experiment_id, store,
+                                 link.get("register_model"))]
         summary = {k: v for k, v in (done.get("summary") or {}).items()
                    if k not in run.data.metrics}
         verdict = {k: str(done[k]) for k in ("quality", "quality_reason")
                    if done.get(k) is not None and k not in run.data.tags}
         if summary or verdict:
-            _log_summary(client, run_id, verdict, summary)
+            _log_summary(client, run_id, verdict, summary, models[0] if models else None)
         if run.info.status != "FINISHED":
             client.set_terminated(run_id, "FINISHED")
     return SyncReport(store.image_id, run_id, len(missing), artifacts, created)

@@ -168,6 +168,8 @@ class JobSettings:
     job_id: str | None = None
     force: bool = False  # retrain images already done (their folders cleared first)
     mlflow_every: int = MLFLOW_EVERY  # iterations between the loss points sent to MLflow
+    log_models: bool = True  # each finished pyramid as its run's MLflow model
+    register_model: str | None = None  # ... and a version of this registered model
     # Tags of every image run besides its own: who ran it, from what code, in which Ray job
     # (tracking.context_tags, fleet.ray_tags); sent with its params, no request more.
     run_tags: Mapping[str, str] = field(default_factory=dict)
@@ -326,7 +328,9 @@ class _Bucket:
         # 3. The MLflow run (reused when a previous attempt created one); a failure ends it as
         #    FAILED with the reason, so that bad images show in MLflow too.
         run = self.runs[row.image_id] = ImageRun(store, job.tracking_uri, job.experiment_id,
-                                                 job.parent_run_id, job.experiment)
+                                                 job.parent_run_id, job.experiment,
+                                                 log_model=job.log_models,
+                                                 register_model=job.register_model)
         try:
             if bad_input is not None:
                 raise bad_input

@@ -191,6 +191,12 @@ def test_the_proxy_names_endpoints_without_ids():
     assert endpoint("PUT", f"/api/2.0/mlflow-artifacts/artifacts/12/{run}/artifacts/samples/"
                            "scale_00.png") == ("PUT /api/2.0/mlflow-artifacts/artifacts/"
                                                "{experiment}/{run}/artifacts/{path}")
+    model = "m-0123456789abcdef0123456789abcdef"
+    assert endpoint("PUT", f"/api/2.0/mlflow-artifacts/artifacts/12/models/{model}/artifacts/"
+                           "MLmodel") == ("PUT /api/2.0/mlflow-artifacts/artifacts/{experiment}/"
+                                          "models/{model}/artifacts/{path}")
+    assert endpoint("PATCH", f"/api/2.0/mlflow/logged-models/{model}") == (
+        "PATCH /api/2.0/mlflow/logged-models/{model}")
     assert endpoint("POST", "/api/2.0/mlflow/runs/log-batch") == (
         "POST /api/2.0/mlflow/runs/log-batch")
     assert endpoint("GET", f"/ajax-api/2.0/mlflow/runs/{run}/x") == (

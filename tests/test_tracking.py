@@ -3,13 +3,20 @@ that a server that is down costs nothing but a replay, which never duplicates a 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import mlflow
+import pandas as pd
 import pytest
+import requests
 import torch
 from mlflow import MlflowClient
 from PIL import Image
@@ -101,7 +108,7 @@ def test_image_run_layout(tmp_path, mlflow_server):
 def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     store = ImageStore(str(tmp_path), "img")
-    run = ImageRun(store, dead, "0", None)  # must not raise, nor wait minutes
+    run = ImageRun(store, dead, "0", None, log_model=True)  # must not raise, nor wait minutes
     run.log_params({"image_id": "img", "seed": 3})
     points = [point("s00/d_loss", 0.5 * i, i, 0) for i in range(1, 1201)]  # more than one batch
     points += [point("noise_amp", 1.0, 0, 0)]
@@ -135,6 +142,9 @@ def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
     assert finished.data.tags["quality"] == "suspect"
     shown = logged_images(f.path for f in client.list_artifacts(report.run_id, "images"))
     assert set(shown) == {("samples", 0)} and finished.data.tags[tracking.LOGGED_IMAGES_TAG]
+    (output,) = finished.outputs.model_outputs  # the model, logged once by the first replay
+    model = client.get_logged_model(output.model_id)
+    assert [(m.key, m.value) for m in model.metrics] == [("final/diversity", 0.01)]
 
 
 def test_pictures_are_named_as_mlflow_log_image_names_them(tmp_path):
@@ -298,3 +308,78 @@ def test_context_tags_name_the_user_the_entry_point_and_the_code(tmp_path):
     head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     assert tracking._git_commit(tmp_path) == head and len(head) == 40
+
+
+def test_every_pyramid_is_an_mlflow_model_loaded_and_served(tmp_path, mlflow_server,
+                                                             monkeypatch):
+    """The finished image's pyramid is its run's model: mlflow.pyfunc.load_model samples from
+    it, `mlflow models serve --env-manager local` answers over REST, its summary metrics are
+    the model's, and --register-model makes it a version of the registered model."""
+    uri = mlflow_server.url
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    experiment_id, parent = start_job_run(uri, "models", None, {"manifest": "m.parquet"})
+    path = tmp_path / "wall.png"
+    save_image(pebbles(28, 36, seed=3), path)
+    job = JobSettings(output=str(tmp_path / "out"), tracking_uri=uri, experiment_id=experiment_id,
+                      parent_run_id=parent, num_samples=1, device="cpu",
+                      register_model="walls")
+    result = train_image(manifest_row("wall", path.as_uri(), tiny_config(niter=6), 1), job)
+    assert result.status == "done" and result.tracking_complete
+    client = MlflowClient(uri)
+    run = client.get_run(result.mlflow_run_id)
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert model.name == "model" and model.source_run_id == run.info.run_id
+    assert str(model.status) in ("READY", "LoggedModelStatus.READY")
+    linked = {m.key for m in model.metrics}
+    assert {"final/patch_swd", "final/diversity", "final/seconds"} <= linked
+    (version,) = client.search_model_versions("name = 'walls'")
+    assert version.source == f"models:/{model.model_id}" and version.tags["image_id"] == "wall"
+
+    # The model references the stored pyramid: a few small files, no tensor, no pickle.
+    files = Path(mlflow.artifacts.download_artifacts(f"models:/{model.model_id}",
+                                                     dst_path=str(tmp_path / "model")))
+    stored = sorted(f.path for f in client.list_logged_model_artifacts(model.model_id))
+    assert stored == ["MLmodel", "conda.yaml", "mlflow_model_code.py", "python_env.yaml",
+                      "requirements.txt"]
+    assert "pyramid_url" in (files / "MLmodel").read_text()
+
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    table = loaded.predict(pd.DataFrame([{"num": 2, "seed": 5}, {"scale_h": 1.5, "seed": 5}]))
+    assert list(table["row"]) == [0, 0, 1] and list(table["sample"]) == [0, 1, 0]
+    first = Image.open(io.BytesIO(base64.b64decode(table["png"][0])))
+    assert first.size == (28, 22)  # the finest scale: 28 x 36 shrunk to max_size 28
+    assert (table["width"][2], table["height"][2]) == (42, 22)
+    again = loaded.predict(pd.DataFrame([{"num": 2, "seed": 5}]))
+    assert list(again["png"]) == list(table["png"][:2])  # a seed gives the same samples
+    with pytest.raises(Exception, match="at most 64 samples"):
+        loaded.predict(pd.DataFrame([{"num": 65}]))
+    with pytest.raises(Exception, match="unknown column.*seeds"):
+        loaded.predict(pd.DataFrame([{"seeds": 1}]))
+
+    port = free_port()
+    # As from an activated environment: the server execs `uvicorn` from PATH.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/walls/1",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stdout.read()
+            time.sleep(0.5)
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                               json={"dataframe_records": [{"num": 2, "seed": 5}]})
+        assert answer.ok, answer.text
+        served = answer.json()["predictions"]
+        assert [s["png"] for s in served] == list(table["png"][:2])
+        assert served[0]["width"] == 28 and served[0]["height"] == 22
+    finally:
+        server.terminate()
+        server.wait(30)
