@@ -658,10 +658,15 @@ def _load_levels(storage: Storage, folder: str, device: torch.device | str | Non
 
 def load_pyramid(url: str, device: torch.device | str | None = None) -> Pyramid:
     """The pyramid in the model folder at `url` (an image's {output}/{image_id}/model, or the
-    model/ folder of `singan train`'s output), of any recipe, from any storage."""
-    model = _load_levels(Storage(url), "", device)
+    model/ folder of `singan train`'s output) or in the model/ folder under it, of any recipe,
+    from any storage."""
+    storage = Storage(url)
+    model = _load_levels(storage, "", device)
     if model is None:
-        raise InputError(f"{redact(url)}: not a SinGAN model folder (no config.json)")
+        model = _load_levels(storage, "model/", device)
+    if model is None:
+        raise InputError(f"{redact(url)}: not a SinGAN model folder (no config.json, nor "
+                         "model/config.json)")
     return model
 
 

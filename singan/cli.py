@@ -9,10 +9,17 @@ from pathlib import Path
 
 import torch
 
-from singan.api import load, sample
+from singan.api import sample
 from singan.apps.cli import add_commands as add_app_commands
 from singan.base import package_version
-from singan.cli_common import add_training_options, resolve_device, train_into, training_config
+from singan.cli_common import (
+    MODEL_HELP,
+    add_training_options,
+    load_model,
+    resolve_device,
+    train_into,
+    training_config,
+)
 from singan.config import LOSSES, PADDINGS, config
 from singan.errors import InputError
 from singan.examples import pebbles
@@ -43,6 +50,8 @@ Examples:
   singan sample runs/photo --out wide --scale-h 2            # twice as wide
   singan sample runs/photo --out tall --scale-v 1.5          # 1.5 times as tall
   singan sample runs/photo --out details --start-scale 1     # keep the layout, vary details
+  singan sample s3://bucket/outputs/img42 --out more         # an image of the batch job
+  singan sample runs:/<run id>/model --out more              # from MLflow ($MLFLOW_TRACKING_URI)
 """
 
 
@@ -165,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("sample", help="draw samples from a trained model",
                             description="Draw random samples from a trained SinGAN.",
                             epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL_DIR", help="a model folder, or a `singan train` output")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="where the PNG samples go")
     p.add_argument("--num", type=int, default=10, metavar="N", help="samples (default: %(default)s)")
     p.add_argument("--start-scale", type=int, default=0, metavar="K",
@@ -265,7 +274,7 @@ def run_examples(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    model = load(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, resolve_device(args.device))
     rng = torch.Generator(device=model.device).manual_seed(args.seed)
     out = Path(args.out)
     for first in range(0, args.num, SAMPLE_BATCH):

@@ -1,11 +1,14 @@
-"""What the `singan` commands share: the training options, the device, and training into an
-output folder (singan.outputs' layout) with a progress line per scale and a summary."""
+"""What the `singan` commands share: the training options, the device, where a trained model is
+read from, and training into an output folder (singan.outputs' layout) with a progress line per
+scale and a summary."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -57,6 +60,41 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+# Where a model is read from besides a local folder: loaders by URL scheme, registered by other
+# packages in this entry point group (the fleet extra's pipeline.model_sources: runs:/ and
+# models:/ from MLflow, and `url`, every other scheme, through fsspec), so that singan itself
+# needs neither storage nor tracking code.
+SOURCES = "singan.model_sources"
+ANY_URL = "url"  # the loader of the schemes no loader names
+MODEL_HELP = ("a model folder or a `singan train` output; with the fleet extra also any fsspec "
+              "URL (s3://..., an image's folder of the batch job) and MLflow's runs:/<run id>/model "
+              "or models:/<name>/<version>")
+_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]+):/")  # two letters at least: not C:\
+
+
+def is_url(ref: str) -> bool:
+    """Whether `ref` is a URL (scheme:/...) rather than a local path."""
+    return _SCHEME.match(ref) is not None
+
+
+def load_model(ref: str, device: torch.device) -> Pyramid:
+    """The model at `ref`: a local folder, or a URL that a registered loader reads (SOURCES)."""
+    match = _SCHEME.match(ref)
+    if match is None or (match.group(1) == "file" and Path(ref[7:]).is_dir()):
+        return load(ref if match is None else ref[7:], device=device)
+    scheme = match.group(1)
+    loaders = {entry.name: entry for entry in metadata.entry_points(group=SOURCES)}
+    entry = loaders.get(scheme) or loaders.get(ANY_URL)
+    needs = "needs the fleet extra: pip install 'singan-fleet[fleet]'"
+    if entry is None:
+        raise InputError(f"{ref}: reading a model from a {scheme}: URL {needs}")
+    try:
+        loader = entry.load()
+    except ImportError as err:
+        raise InputError(f"{ref}: reading a model from a {scheme}: URL {needs} ({err})") from err
+    return loader(ref, device)
 
 
 def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> Pyramid:

@@ -92,6 +92,38 @@ def test_sample_command_sizes_and_count(photo, tmp_path, tiny_preset):
     assert Image.open(files[0]).size == (round(w * 1.5), h)
 
 
+def test_sample_reads_a_model_from_any_fsspec_url_and_file_urls(photo, tmp_path, tiny_preset):
+    """A model stored anywhere fsspec reaches (here its in-memory filesystem, standing in for
+    s3://): the batch job's image folder or its model/ folder; a file:// URL is a folder."""
+    import fsspec
+
+    out = tmp_path / "run"
+    assert main(["train", str(photo), "--out", str(out), *TINY]) == 0
+    memory = fsspec.filesystem("memory")
+    for path in (out / "model").iterdir():
+        memory.pipe_file(f"/bucket/outputs/img1/model/{path.name}", path.read_bytes())
+    samples = set()
+    for index, source in enumerate(("memory://bucket/outputs/img1",
+                                    "memory://bucket/outputs/img1/model", out.as_uri())):
+        more = tmp_path / f"more{index}"
+        assert main(["sample", source, "--out", str(more), "--num", "2", "--seed", "3",
+                     "--device", "cpu"]) == 0, source
+        assert sorted(f.name for f in more.iterdir()) == ["sample_000.png", "sample_001.png"]
+        samples.add((more / "sample_001.png").read_bytes())
+    assert len(samples) == 1  # the same seed, the same samples, wherever the model is
+
+
+def test_a_url_without_its_loader_says_which_extra_to_install(tmp_path, capsys, monkeypatch):
+    from singan import cli_common
+
+    monkeypatch.setattr(cli_common.metadata, "entry_points", lambda group: [])
+    assert main(["sample", "s3://bucket/outputs/img1", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s3://bucket/outputs/img1" in err
+    assert "pip install 'singan-fleet[fleet]'" in err
+    assert not cli_common.is_url("C:\\models\\x") and cli_common.is_url("runs:/abc/model")
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
     (b"this is not an image", "photo.png"),

@@ -35,6 +35,7 @@ from pipeline.tracking import (
 )
 from pipeline.train_image import JobSettings, train_image
 from singan.base import package_version
+from singan.cli import main as singan_command
 from singan.examples import pebbles
 from singan.image import png_bytes, save_image
 from tests.conftest import tiny_config
@@ -356,6 +357,13 @@ def test_every_pyramid_is_an_mlflow_model_loaded_and_served(tmp_path, mlflow_ser
         loaded.predict(pd.DataFrame([{"num": 65}]))
     with pytest.raises(Exception, match="unknown column.*seeds"):
         loaded.predict(pd.DataFrame([{"seeds": 1}]))
+
+    # The singan command reads it from MLflow too: the run's model and the registry's version.
+    for name, uri in (("runs", f"runs:/{run.info.run_id}/model"), ("models", "models:/walls/1")):
+        out = tmp_path / name
+        assert singan_command(["sample", uri, "--out", str(out), "--num", "2", "--seed", "5",
+                               "--device", "cpu"]) == 0
+        assert (out / "sample_000.png").read_bytes() == base64.b64decode(table["png"][0])
 
     port = free_port()
     # As from an activated environment: the server execs `uvicorn` from PATH.

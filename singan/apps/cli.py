@@ -15,7 +15,15 @@ from singan.apps.harmonize import blending_mask, edit, harmonize
 from singan.apps.masks import EDITING_RADIUS, HARMONIZATION_RADIUS
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
 from singan.apps.sr import sr_config, sr_steps
-from singan.cli_common import add_training_options, resolve_device, train_into, training_config
+from singan.cli_common import (
+    MODEL_HELP,
+    add_training_options,
+    is_url,
+    load_model,
+    resolve_device,
+    train_into,
+    training_config,
+)
 from singan.errors import InputError
 from singan.image import load_image, load_mask, save_image
 from singan.models import SinGAN
@@ -69,7 +77,7 @@ def add_commands(commands) -> None:
                             description="Paint-to-image: inject PAINT at START_SCALE of a trained "
                             "model; the finer scales add the training image's textures.",
                             epilog=INJECT_EPILOG, formatter_class=RAW)
-    p.add_argument("model", metavar="MODEL_DIR", help="a trained model (or `singan train` output)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("paint", metavar="PAINT", help="the sketch, in flat colours")
     add_inject_options(p)
     p.add_argument("--quantise", action="store_true",
@@ -85,8 +93,7 @@ def add_commands(commands) -> None:
                                 "then blend the result into the training image through MASK "
                                 f"(white: {what}), dilated with a disk of radius {radius} and "
                                 "blurred (sigma 5).", epilog=INJECT_EPILOG, formatter_class=RAW)
-        p.add_argument("model", metavar="MODEL_DIR",
-                       help="a trained model (or `singan train` output)")
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
         p.add_argument("naive", metavar="NAIVE", help=f"the training image with {what}")
         p.add_argument("mask", metavar="MASK",
                        help="white (brighter than half) where the change is; any image mode; "
@@ -98,7 +105,7 @@ def add_commands(commands) -> None:
                             description="Animation: random walks in noise space around the "
                             "image's reconstruction, one GIF per setting.",
                             epilog=ANIMATE_EPILOG, formatter_class=RAW)
-    p.add_argument("source", metavar="SOURCE", help="an image, or a model folder")
+    p.add_argument("source", metavar="SOURCE", help="an image, or a trained model: " + MODEL_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=ALPHA,
                    help="pull back to the image (default: %(default)s)")
@@ -162,7 +169,7 @@ def run_sr(args: argparse.Namespace) -> int:
 
 
 def run_paint(args: argparse.Namespace) -> int:
-    model = load(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, resolve_device(args.device))
     paint = load_image(args.paint, device=model.device)
     out = Path(args.out)
     centers = None
@@ -207,7 +214,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def inject_and_blend(args: argparse.Namespace, name: str, application, radius: int) -> int:
     """Run harmonize or edit; write both results per sample and the mask it blended with."""
-    model = load(args.model, device=resolve_device(args.device))
+    model = load_model(args.model, resolve_device(args.device))
     naive = load_image(args.naive, device=model.device)
     mask = load_mask(args.mask, device=model.device)
     out = Path(args.out)
@@ -227,8 +234,8 @@ def run_animate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     out = Path(args.out)
     source = Path(args.source)
-    if source.is_dir():
-        model = load(source, device=device)
+    if source.is_dir() or is_url(args.source):
+        model = load_model(args.source, device)
         if not model.config.noise_padding:
             print(f"note: {source} was trained without noise padding; its frame borders will "
                   "move less than an animation model's")
