@@ -178,9 +178,11 @@ EXPERIMENT_TAGS = {
         "settings, images done / failed / running as it goes, failed ids), one child run per "
         "image under it (params; per-scale losses sNN/d_loss, sNN/g_loss, ... every 100th "
         "iteration, with the iteration as step; noise_amp, scale_seconds, sifid, patch_swd with "
-        "the scale as step; the pictures under Artifacts > samples; the pyramid's URL in the tag "
-        "pyramid_url; when it ends, summary metrics final/... to sort by and the tag quality, "
-        "ok or suspect, with quality_reason)."),
+        "the scale as step; each scale's picture as image key samples, a step per scale, and the "
+        "final one as final, in the chart view's image grids; the pyramid's URL in the tag "
+        "pyramid_url; when it ends, summary metrics final/... to sort by, the tag quality, "
+        "ok or suspect, with quality_reason, and the pyramid as the run's model, "
+        "runs:/<run id>/model)."),
 }
 
 

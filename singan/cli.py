@@ -22,7 +22,7 @@ from singan.cli_common import (
 )
 from singan.config import LOSSES, PADDINGS, config
 from singan.errors import InputError
-from singan.examples import pebbles
+from singan.examples import KINDS, pebbles
 from singan.image import IMAGE_SUFFIXES, load_image, save_image
 from singan.recipe import RECIPES
 
@@ -162,11 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_quality)
 
     p = commands.add_parser("examples", help="write procedural example images to train on",
-                            description="Write procedural example images (stone walls of "
+                            description="Write procedural example images, 192 x 128 "
+                            "(landscapes: mountain ranges under a sky; stones: walls of "
                             "several stone sizes): data for a first batch job.")
     p.add_argument("out", metavar="DIR", help="folder for the PNG files")
     p.add_argument("--count", type=int, default=3, metavar="N",
                    help="how many images (default: %(default)s)")
+    p.add_argument("--kind", choices=sorted(KINDS), default="landscapes",
+                   help="what they show (default: %(default)s)")
     p.set_defaults(run=run_examples)
 
     add_app_commands(commands)  # the applications' commands live with them
@@ -265,11 +268,10 @@ def run_examples(args: argparse.Namespace) -> int:
     if args.count < 1:
         raise InputError("--count must be at least 1")
     out = Path(args.out)
+    name, make = KINDS[args.kind]
     for index in range(args.count):
-        # From large stones to small ones, so that the collection is not one image repeated.
-        cells = 30 * 2 ** (index % 3)
-        save_image(pebbles(128, 192, cells=cells, seed=index), out / f"stones_{index:02d}.png")
-    print(f"{args.count} example images in {out}")
+        save_image(make(index), out / f"{name}_{index:02d}.png")
+    print(f"{args.count} example images ({args.kind}) in {out}")
     return 0
 
 

@@ -1,10 +1,15 @@
-"""A built-in example image, made procedurally, for the demo and the tests.
+"""Built-in example images, made procedurally, for the demo and the tests.
 
-A wall of rounded stones (a Voronoi tiling with shaded cells and dark mortar): structure at
-several scales, which is what SinGAN learns and rearranges.
+- `landscape`: a sky over ranges of mountains, paler with distance: SinGAN's classic case, whose
+  samples rearrange the ridges into new skylines (the demo's images).
+- `pebbles`: a wall of rounded stones (a Voronoi tiling with shaded cells and dark mortar):
+  structure at several scales (the tests' image).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -34,3 +39,48 @@ def pebbles(height: int = 96, width: int = 144, *, cells: int | None = None, see
     rgb = rgb * (1 - mortar[:, None]) + 0.18 * mortar[:, None]
     image = rgb.reshape(height, width, 3).permute(2, 0, 1).unsqueeze(0)
     return image.clamp(0, 1) * 2 - 1
+
+
+# Mountain ranges, far to near: (mean height of the ridge as a fraction of the image's height,
+# its amplitude, its colour); far ones paler and bluer (aerial perspective), near ones greener.
+RANGES = ((0.42, 0.10, (0.58, 0.62, 0.72)), (0.55, 0.09, (0.42, 0.46, 0.50)),
+          (0.68, 0.07, (0.30, 0.36, 0.26)), (0.82, 0.05, (0.22, 0.32, 0.15)))
+SKY = ((0.30, 0.50, 0.85), (0.88, 0.86, 0.85))  # zenith, horizon
+
+
+def _ridge(width: int, rng: torch.Generator, octaves: int = 6) -> Tensor:
+    """A skyline in about [-1, 1]: sines of doubling frequency and falling amplitude."""
+    x = torch.linspace(0, 1, width)
+    total = torch.zeros(width)
+    for k in range(octaves):
+        frequency = 2 ** k * (1 + torch.rand(1, generator=rng).item())
+        phase = 2 * math.pi * torch.rand(1, generator=rng).item()
+        total += 0.55 ** k * torch.sin(2 * math.pi * frequency * x + phase)
+    return total / 2
+
+
+def landscape(height: int = 128, width: int = 192, *, seed: int = 0) -> Tensor:
+    """A 1 x 3 x height x width landscape in [-1, 1], the same for the same arguments."""
+    rng = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 1, height)[:, None]
+    zenith, horizon = (torch.tensor(c)[:, None, None] for c in SKY)
+    image = (zenith * (1 - y) + horizon * y).expand(3, height, width)
+    for base, amplitude, colour in RANGES:
+        top = base + amplitude * _ridge(width, rng)
+        below = (y - top).clamp(min=0)  # darker down the slope
+        grain = 0.06 * (torch.rand(height, width, generator=rng) - 0.5)
+        rock = torch.tensor(colour)[:, None, None] * (1 - 0.8 * below) + grain
+        image = torch.where(y >= top, rock, image)
+    return image.clamp(0, 1).unsqueeze(0) * 2 - 1
+
+
+def _stones(index: int) -> Tensor:
+    # From large stones to small ones, so that the collection is not one image repeated.
+    return pebbles(128, 192, cells=30 * 2 ** (index % 3), seed=index)
+
+
+# What `singan examples --kind K` writes: K's file name and its index-th image.
+KINDS: dict[str, tuple[str, Callable[[int], Tensor]]] = {
+    "landscapes": ("landscape", lambda index: landscape(128, 192, seed=index)),
+    "stones": ("stones", _stones),
+}
