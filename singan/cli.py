@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="DIR", help="folder for the PNG files")
     p.add_argument("--count", type=int, default=3, metavar="N",
                    help="how many images (default: %(default)s)")
-    p.add_argument("--kind", choices=sorted(KINDS), default="landscapes",
+    p.add_argument("--kind", choices=sorted(KINDS), default="stones",
                    help="what they show (default: %(default)s)")
     p.set_defaults(run=run_examples)
 
