@@ -348,11 +348,18 @@ def test_mlflow_stopped_mid_job_and_back_during_it(tmp_path, own_mlflow):
     print(f"points per run: {counts}; images that saw MLflow down: "
           f"{logs.count('MLflow: cannot')}; late points sent by the workers' replays: "
           f"{replayed}; left for the sync: {untracked.group(1) if untracked else 0}")
-    if back_during_job:  # the job closed its own run once the server was back
-        experiment = client.get_experiment_by_name("down-during")
-        parents = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'job'")
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("down-during")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.kind = 'job'")
+    assert len(parents) == 1
+    # The job process can outlive the server's restart after its driver tried to close its run
+    # (seen: the server took 19.9 s to come back on a loaded machine): then the run stays
+    # RUNNING, said in one line, until the next job on this output ends it as KILLED.
+    closed_while_down = "MLflow: cannot close the job run" in logs
+    if back_during_job and not closed_while_down:  # the job closed its own run
+        assert parents[0].info.status == "FINISHED"
         assert parents[0].data.metrics["images_done"] == 6
+    elif closed_while_down:
+        assert parents[0].info.status == "RUNNING"
     # A user's sync afterwards sends nothing again: every point is there, once.
     code, synced = sync_tracking(output)
     assert code == 0 and "6 of 6 images in sync" in synced, synced
