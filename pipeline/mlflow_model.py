@@ -93,8 +93,7 @@ def requests(model_input) -> list[dict[str, Any]]:
             value = record.get(name)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 value = default
-            elif isinstance(value, (bool, str)) or not isinstance(value, (int, float)) and \
-                    not hasattr(value, "__float__"):
+            elif isinstance(value, (bool, str)) or not hasattr(value, "__float__"):
                 raise InputError(f"row {index}: {name} must be a number, got {value!r}")
             elif whole:
                 if float(value) != int(value):
@@ -146,6 +145,8 @@ def log(client, run_id: str, experiment_id: str, pyramid_url: str) -> str:
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
+    # The run's output goes last: a worker that dies before it leaves a PENDING model that the
+    # replay does not see, and logs the model again.
     model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / MODEL_NAME

@@ -735,7 +735,7 @@ def _replay_pictures(client, run_id: str, store: ImageStore, names: list[str],
                      tagged: bool) -> int:
     """Send the pictures the run's image views lack (a half-sent one gets its other file, under
     the same name); the number of files sent."""
-    pictures = {name: picture_of(name) for name in names if picture_of(name)}
+    pictures = {name: picture for name in names if (picture := picture_of(name))}
     if not pictures:
         return 0
     if not tagged:

@@ -1,9 +1,10 @@
 """Built-in example images, made procedurally, for the demo and the tests.
 
-- `landscape`: a sky over ranges of mountains, paler with distance: SinGAN's classic case, whose
-  samples rearrange the ridges into new skylines (the demo's images).
 - `pebbles`: a wall of rounded stones (a Voronoi tiling with shaded cells and dark mortar):
-  structure at several scales (the tests' image).
+  structure at several scales (the demo's and the tests' images).
+- `landscape`: a sky over ranges of mountains, paler with distance: SinGAN's classic case, whose
+  samples rearrange the ridges into new skylines (the browser check's images; tried for the
+  demo, bench/NOTES.md "The demo").
 """
 
 from __future__ import annotations

@@ -124,6 +124,16 @@ def test_a_url_without_its_loader_says_which_extra_to_install(tmp_path, capsys, 
     assert not cli_common.is_url("C:\\models\\x") and cli_common.is_url("runs:/abc/model")
 
 
+def test_examples_of_each_kind_are_the_same_for_the_same_index(tmp_path):
+    for kind, name in (("landscapes", "landscape"), ("stones", "stones")):
+        assert main(["examples", str(tmp_path / kind), "--count", "2", "--kind", kind]) == 0
+        first, second = (tmp_path / kind / f"{name}_{i:02d}.png" for i in range(2))
+        assert Image.open(first).size == (192, 128)
+        assert first.read_bytes() != second.read_bytes()  # a collection, not one image twice
+        assert main(["examples", str(tmp_path / "again"), "--count", "1", "--kind", kind]) == 0
+        assert (tmp_path / "again" / f"{name}_00.png").read_bytes() == first.read_bytes()
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "empty"),
     (b"this is not an image", "photo.png"),
