@@ -63,7 +63,7 @@ from pipeline.train_image import JobSettings, Trainer, train_bucket
 from singan.config import PRESETS, config, parse_overrides
 from singan.errors import InputError, one_line
 from singan.recipe import RECIPES
-from singan.verdict import SUSPECT
+from singan.verdict import OK, SUSPECT
 
 logger = logging.getLogger("train_manifest")
 
@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N manifest rows")
     p.add_argument("--force", action="store_true",
                    help="retrain images that are already done (their folders are cleared)")
+    p.add_argument("--retrain-suspect", type=int, default=0, metavar="N",
+                   help="train an image whose verdict is suspect again with the next seed, up "
+                        "to N times, and keep the best model (default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, metavar="N",
                    help="final random samples per image (default: %(default)s)")
     p.add_argument("--sifid-samples", type=int, default=4, metavar="K",
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None, *, trainer: Trainer | None = None,
         for name in ("limit", "images_per_task", "max_in_flight"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        if args.retrain_suspect < 0:
+            raise InputError("--retrain-suspect must be 0 (no retraining) or more")
         overrides = parse_overrides(args.set)
         # No credentials for an S3 URL: one line now, not a traceback after the trainings.
         for url in (args.manifest, output, args.inception_weights):
@@ -225,7 +230,8 @@ def run(args, manifest: Manifest, output: str, overrides: dict, inception: dict 
                            quality_samples=args.quality_samples, job_id=job_id,
                            force=args.force, trainer=trainer, on_scale_stored=on_scale_stored,
                            run_tags=context, log_models=not args.no_models,
-                           register_model=args.register_model)
+                           register_model=args.register_model,
+                           retrain_suspect=args.retrain_suspect)
     tally = Tally(settings)
     try:
         _fan_out(args, manifest, done, settings, inception, tally, started)
@@ -315,6 +321,7 @@ class Tally:
         self.untracked = 0  # images whose run still lacks something after the worker's replay
         self.suspect = 0  # done images whose verdict is suspect (singan.verdict)
         self.suspects: list[str] = []  # the first LISTED_FAILURES, as lines
+        self.retrained = Counter()  # images retrained (--retrain-suspect), by their final verdict
         self.cpu_notice = False
         self.gpus_used = 0.0
         self.per_task = 0
@@ -325,6 +332,8 @@ class Tally:
         self.tasks[entry.task] += 1
         if not entry.tracking_complete:
             self.untracked += 1
+        if entry.retrained and entry.status == Status.DONE:
+            self.retrained[entry.quality] += 1
         if entry.quality == SUSPECT and entry.status != Status.FAILED:
             self.suspect += 1
             if len(self.suspects) < LISTED_FAILURES:
@@ -358,7 +367,8 @@ class Tally:
 
     def counts(self) -> dict[str, int]:
         counts = dict(self.progress.counts) if self.progress else {}
-        return {**counts, "suspect": self.suspect, "untracked": self.untracked}
+        return {**counts, "suspect": self.suspect, "untracked": self.untracked,
+                "retrained": self.retrained.total()}
 
     def print_summary(self, seconds: float, table_url: str | None, ui_hint: str | None,
                       output: str) -> None:
@@ -378,6 +388,10 @@ class Tally:
             print("\n".join(self.suspects))
             if self.suspect > len(self.suspects):
                 print(f"  ... and {self.suspect - len(self.suspects)} more")
+        if self.retrained:
+            print(f"--retrain-suspect: {self.retrained.total()} suspect images retrained, "
+                  f"{self.retrained[OK]} of them now ok (the retrained column of the results, "
+                  "the retrained tag in MLflow)")
         if table_url is not None:
             print(f"results: {table_url}")
         if self.untracked:
@@ -394,6 +408,8 @@ def describe(entry: Entry) -> tuple[str, str]:
         return entry.status, f"{entry.status} {name}: {entry.error}"
     sifid = f", SIFID {entry.sifid:.4f}" if entry.sifid is not None else ""
     suspect = f"; suspect: {entry.quality_reason}" if entry.quality == SUSPECT else ""
+    if entry.retrained:
+        suspect += f"; retrained: {entry.retrained}"
     return entry.status, (f"{entry.status} {name} ({entry.num_scales} scales, "
                           f"{entry.seconds:.1f} s{sifid}){suspect}")
 

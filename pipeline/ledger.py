@@ -77,6 +77,7 @@ class Entry:
     finished_at: str | None = None  # UTC, ISO 8601
     quality: str | None = None  # a done image's verdict (singan.verdict): ok or suspect
     quality_reason: str | None = None  # why it is suspect
+    retrained: str | None = None  # --retrain-suspect: the seeds tried, and the one kept
 
     def to_dict(self) -> dict:
         return {**asdict(self), "status": str(self.status)}
@@ -106,6 +107,7 @@ SCHEMA = pa.schema([
     ("finished_at", pa.string()),
     ("quality", pa.string()),
     ("quality_reason", pa.string()),
+    ("retrained", pa.string()),
 ])
 
 

@@ -81,7 +81,8 @@ class ImageRecorder(Callback):
         values = {name: getattr(log, name) for name in LOSSES}
         values["d_loss"] = log.d_loss
         values["g_loss"] = log.g_adv + log.reconstruction
-        sent = log.iteration % self.mlflow_every == 0 or log.iteration == log.niter
+        sent = self.run.enabled and (log.iteration % self.mlflow_every == 0
+                                     or log.iteration == log.niter)
         # Without a critic (a patch loss in its place) the D terms are None: nothing to log.
         points = [point(f"s{log.scale:02d}/{name}", value, log.iteration, log.scale, mlflow=sent)
                   for name, value in values.items() if value is not None]
@@ -95,7 +96,8 @@ class ImageRecorder(Callback):
                   "scale_seconds": time.perf_counter() - self.scale_start,
                   **self.scale_metrics(model)}
         self.last = values
-        points = [point(key, value, scale, scale) for key, value in values.items()]
+        points = [point(key, value, scale, scale, mlflow=self.run.enabled)
+                  for key, value in values.items()]
         self.points += points
         self.store.put(points_file(scale), points_bytes(self.points))
         TrackedFolder(self.store, self.run).put_all(self.level_files(model, scale))

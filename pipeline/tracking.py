@@ -722,7 +722,7 @@ def sync_image(store: ImageStore, tracking_uri: str | None = None) -> SyncReport
                                  link.get("register_model"))]
         summary = {k: v for k, v in (done.get("summary") or {}).items()
                    if k not in run.data.metrics}
-        verdict = {k: str(done[k]) for k in ("quality", "quality_reason")
+        verdict = {k: str(done[k]) for k in ("quality", "quality_reason", "retrained")
                    if done.get(k) is not None and k not in run.data.tags}
         if summary or verdict:
             _log_summary(client, run_id, verdict, summary, models[0] if models else None)

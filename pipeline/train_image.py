@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import math
 import resource
 import statistics
 import time
@@ -34,6 +35,7 @@ from torch import Tensor
 from pipeline.ledger import Entry, Ledger, Status, now_iso
 from pipeline.manifest import ManifestRow, config_hash
 from pipeline.recording import ImageRecorder, TrackedFolder
+from pipeline.retrain import Attempt, Record, commit, expected_seed
 from pipeline.storage import ImageStore, TransientError, read_url, redact
 from pipeline.tracking import (
     DEFAULT_EXPERIMENT,
@@ -41,6 +43,7 @@ from pipeline.tracking import (
     ImageRun,
     forget_down,
     mark_down,
+    point,
     sender,
     server_down,
     sync_image,
@@ -53,7 +56,7 @@ from singan.errors import InputError, one_line
 from singan.image import load_image
 from singan.quality import nn_patch_distance, patch_swd
 from singan.sifid import InceptionStem, load_stem, sifid
-from singan.verdict import Verdict, judge, summarize
+from singan.verdict import SUSPECT, Verdict, judge, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +83,16 @@ class Trainer:
 
     def resume_point(self, store: ImageStore, row: ManifestRow, config: Config,
                      device: torch.device) -> Pyramid | None:
-        """The partial model stored for this image, when it was trained with these settings."""
+        """The partial model stored for this image, when it was trained with these settings
+        (and the row's seed, or the seed of an attempt --retrain-suspect kept: pipeline.retrain)."""
         try:
             model = store.load_model(device)
         except InputError as err:
             logger.warning("%s: stored model unreadable (%s); retraining", row.image_id, err)
             return None
-        if model is None or model.config != config or model.seed != row.seed:
+        if model is None or model.config != config or not len(model.scales):
             return None
-        return model if len(model.scales) else None
+        return model if model.seed == expected_seed(store, row.seed) else None
 
     def train(self, images: Sequence[Tensor], config: Config, *, seeds: Sequence[int],
               device: torch.device, callbacks: Sequence[Sequence[Callback]],
@@ -170,6 +174,7 @@ class JobSettings:
     mlflow_every: int = MLFLOW_EVERY  # iterations between the loss points sent to MLflow
     log_models: bool = True  # each finished pyramid as its run's MLflow model
     register_model: str | None = None  # ... and a version of this registered model
+    retrain_suspect: int = 0  # retrain a suspect image with the next seeds, up to this many times
     # Tags of every image run besides its own: who ran it, from what code, in which Ray job
     # (tracking.context_tags, fleet.ray_tags); sent with its params, no request more.
     run_tags: Mapping[str, str] = field(default_factory=dict)
@@ -300,7 +305,8 @@ class _Bucket:
                               seconds=done.get("seconds", 0.0) if ours else 0.0,
                               mlflow_run_id=done.get("run_id"), job_id=done.get("job_id"),
                               quality=done.get("quality"),
-                              quality_reason=done.get("quality_reason"))
+                              quality_reason=done.get("quality_reason"),
+                              retrained=done.get("retrained"))
 
         # 1. The image, through storage, and the config it trains with (super-resolution
         #    derives it from the image's size). A bad image fails the row in step 3, once its
@@ -361,7 +367,8 @@ class _Bucket:
         try:
             return self.job.trainer.train(
                 [item.image for item in group], group[0].config,
-                seeds=[item.row.seed for item in group], device=self.device,
+                seeds=[item.resume.seed if item.resume else item.row.seed for item in group],
+                device=self.device,
                 callbacks=[[item.recorder] for item in group], resume=resume)
         except TransientError:
             raise
@@ -385,15 +392,75 @@ class _Bucket:
         seconds = time.perf_counter() - self.start
         sifid_value = item.recorder.sifid
         summary, verdict = self.judged(row, model, seconds, sifid_value)
-        run.finish("FINISHED", tags=verdict_tags(verdict), metrics=summary)
+        retrained = None
+        if self.job.retrain_suspect and verdict is not None and (
+                not verdict.ok or model.seed != row.seed):
+            model, summary, verdict, retrained = self.retrained(item, model, summary, verdict)
+        tags = {**verdict_tags(verdict), **({"retrained": retrained} if retrained else {})}
+        run.finish("FINISHED", tags=tags, metrics=summary)
         store.mark_success({"run_id": run.run_id, "config_hash": config_hash(row),
                             "num_scales": model.num_scales, "seconds": round(seconds, 3),
                             "uri": row.uri, "sifid": sifid_value, "finished_at": now_iso(),
                             "job_id": self.job.job_id, "package_version": package_version(),
-                            "summary": summary, **verdict_tags(verdict),
-                            **row.task.identity(row.params)})
+                            "summary": summary, **tags, **row.task.identity(row.params)})
         return self.entry(row, Status.DONE, num_scales=model.num_scales, seconds=seconds,
-                          sifid=sifid_value, mlflow_run_id=run.run_id, **verdict_fields(verdict))
+                          sifid=sifid_value, mlflow_run_id=run.run_id, retrained=retrained,
+                          **verdict_fields(verdict))
+
+    def retrained(self, item: _Prepared, model: Pyramid, summary: dict[str, float],
+                  verdict: Verdict) -> tuple[Pyramid, dict[str, float], Verdict | None, str | None]:
+        """5b. --retrain-suspect N (pipeline.retrain): train a suspect image again with seeds
+        row.seed + 1 ... + N, one at a time, until one is ok; the folder keeps the best. Returns
+        the kept model, its summary and verdict, and what happened (None when nothing did)."""
+        job, row, store, run = self.job, item.row, item.store, item.run
+        record = Record.read(store) or Record(
+            [Attempt.judged(model.seed, summary, verdict, SUMMARY_PREFIX)], kept=model.seed)
+        best = record.best
+        for seed in range(row.seed + 1, row.seed + job.retrain_suspect + 1):
+            if best.ok:
+                break
+            if record.tried(seed):  # by a worker that died before the end of its task
+                continue
+            logger.info("%s: %s; retraining with seed %d", row.image_id, best.verdict.reason,
+                        seed)
+            staged: dict[str, bytes] = {}
+            recorder = ImageRecorder(_Files(staged), ImageRun(store, None, None, None),
+                                     level_files=job.trainer.level_files,
+                                     scale_metrics=item.recorder.scale_metrics,
+                                     mlflow_every=job.mlflow_every)
+            try:
+                retry = job.trainer.train([item.image], item.config, seeds=[seed],
+                                          device=self.device, callbacks=[[recorder]],
+                                          resume=None)[0]
+                if retry.failure is not None:
+                    raise Diverged(retry.failure)
+                staged.update(job.trainer.final_files(retry, row, job.num_samples))
+            except TransientError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the image keeps the model it has
+                logger.warning("%s: the retraining with seed %d failed (%s)", row.image_id, seed,
+                               one_line(err))
+                record.attempts.append(Attempt(seed, Verdict(SUSPECT, one_line(err)), math.inf))
+                record.write(store)
+                continue
+            values, judged = self.judged(row, retry, time.perf_counter() - self.start,
+                                         recorder.sifid)
+            attempt = Attempt.judged(seed, values, judged, SUMMARY_PREFIX)
+            step = len(record.attempts)
+            record.attempts.append(attempt)
+            # Each attempt's samples beside the first training's, on the final picture's slider.
+            run.log_picture("final", step, staged["samples/final.png"])
+            if math.isfinite(attempt.swd_ratio):
+                run.log_points([point("retrain/swd_ratio", attempt.swd_ratio, step, 0)])
+            if attempt.better_than(best):
+                commit(store, staged, record, seed)
+                model, summary, verdict, best = retry, values, judged, attempt
+            else:
+                record.write(store)
+        if len(record.attempts) == 1:
+            return model, summary, verdict, None
+        logger.info("%s: retrained: %s", row.image_id, record.describe())
+        return model, summary, verdict, record.describe()
 
     def judged(self, row: ManifestRow, model: Pyramid, seconds: float,
                sifid_value: float | None) -> tuple[dict[str, float], Verdict | None]:

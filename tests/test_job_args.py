@@ -47,6 +47,7 @@ def test_bad_manifest_exits_2_before_any_training(tmp_path, capsys):
     (["--set", "max_size=16", "--set", "min_size=8"],
      "min_size (8) is below the 11x11 px the critic scores"),
     (["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
+    (["--retrain-suspect", "-1"], "--retrain-suspect must be 0 (no retraining) or more"),
 ])
 def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     manifest = tmp_path / "m.parquet"
@@ -61,29 +62,42 @@ def test_the_summary_names_the_tasks_and_the_first_failures(capsys, monkeypatch)
 
     monkeypatch.setattr(job, "LISTED_FAILURES", 2)
     tally = job.Tally(JobSettings(output="out"))
-    tally.progress = type("P", (), {"counts": {"done": 1, "skipped": 1, "failed": 3}})()
+    tally.progress = type("P", (), {"counts": {"done": 3, "skipped": 1, "failed": 3}})()
     placement = type("Placement", (), {"gpus_per_task": 0})()
     entries = [Entry("a", "done", None, 4, 1.0, None, None, "out/a"),
                Entry("b", "failed", "InputError: bad", None, 0.5, None, None, "out/b",
                      task="sr"),
                Entry("c", "skipped", None, 4, 0.0, None, None, "out/c", task="animate"),
                Entry("d", "failed", "x", None, 0.5, None, None, "out/d"),
-               Entry("e", "failed", "y", None, 0.5, None, None, "out/e")]
+               Entry("e", "failed", "y", None, 0.5, None, None, "out/e"),
+               Entry("f", "done", None, 4, 3.0, None, None, "out/f", quality="ok",
+                     retrained="seed 1 suspect; tried seed 2; kept seed 2 (ok)"),
+               Entry("g", "done", None, 4, 3.0, None, None, "out/g", quality="suspect",
+                     quality_reason="runaway patch SWD",
+                     retrained="seed 1 suspect; tried seed 2; kept seed 1 (suspect)")]
     for entry in entries:
         tally.add(entry, placement)
     tally.spool.close()
     tally.print_summary(2.0, "out/_results.parquet", None, "out")
     assert capsys.readouterr().out.splitlines() == [
-        "5 images in 2.0 s: 1 trained, 1 already done, 3 failed",
-        "tasks: 3 train, 1 sr, 1 animate",
+        "7 images in 2.0 s: 3 trained, 1 already done, 3 failed",
+        "tasks: 5 train, 1 sr, 1 animate",
         "  failed b [sr]: InputError: bad",
         "  failed d: x",
         "  ... and 1 more (see the results table)",
+        "1 trained images look suspect (the quality column of the results, the quality tag in "
+        "MLflow):",
+        "  suspect g: runaway patch SWD",
+        "--retrain-suspect: 2 suspect images retrained, 1 of them now ok (the retrained column "
+        "of the results, the retrained tag in MLflow)",
         "results: out/_results.parquet",
     ]
     assert tally.failed_ids == ["b", "d"]
     assert job.describe(entries[0]) == ("done", "done a (4 scales, 1.0 s)")
     assert job.describe(entries[2]) == ("skipped", "skipped c [animate] (4 scales, 0.0 s)")
+    assert job.describe(entries[5]) == ("done", "done f (4 scales, 3.0 s); retrained: seed 1 "
+                                                "suspect; tried seed 2; kept seed 2 (ok)")
+    assert tally.counts()["retrained"] == 2
 
 
 def test_the_old_per_image_options_still_work_with_a_notice(capsys):

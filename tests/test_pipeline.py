@@ -13,18 +13,20 @@ import pytest
 import torch
 
 import singan
-from pipeline import storage
+from pipeline import retrain, storage
+from pipeline import train_image as train_image_module
 from pipeline.ledger import Ledger, Spool
 from pipeline.manifest import config_hash, manifest_row
 from pipeline.recording import ImageRecorder
 from pipeline.storage import ImageStore, Storage, TransientError, is_transient, with_retries
 from pipeline.tracking import stored_points
-from pipeline.train_image import JobSettings, train_image
+from pipeline.train_image import JobSettings, Trainer, train_image
 from singan import outputs
 from singan.errors import InputError
 from singan.examples import pebbles
 from singan.image import save_image
 from tests.conftest import tiny_config
+from tests.trainers import JudgedBySeed
 
 
 def tiny_task(tmp_path, image_id="wall", seed=1, **overrides):
@@ -334,3 +336,95 @@ def test_force_retrains_in_the_task_and_a_retry_of_the_same_job_goes_on(tmp_path
     assert again.status == "done"
     assert (root / "model" / "scale_00.pt").stat().st_mtime_ns == kept  # resumed, not cleared
     assert train_image(task, job(tmp_path, job_id="j3", force=True)).status == "done"  # ours
+
+
+# --- --retrain-suspect (pipeline.retrain) ---------------------------------------------------
+
+def test_retrain_suspect_keeps_the_best_seed_and_says_so(tmp_path):
+    task = tiny_task(tmp_path, seed=1)
+    root = tmp_path / "out" / "wall"
+    trainer = JudgedBySeed({1: 9.0, 2: 12.0, 3: 7.0, 4: 3.0, 5: 2.0})
+    result = train_image(task, job(tmp_path, retrain_suspect=2, trainer=trainer))
+    # Seed 2 is worse than seed 1 (kept out), seed 3 better though still suspect (kept).
+    assert trainer.seeds == [1, 2, 3]
+    assert result.status == "done" and result.quality == "suspect"
+    assert "runaway patch SWD" in result.quality_reason and "7.0x" in result.quality_reason
+    assert result.retrained == ("seed 1 suspect; tried seeds 2, 3; kept seed 3 (suspect)")
+    model = singan.load(root / "model")
+    assert model.is_complete and model.seed == 3
+    success = json.loads((root / "_SUCCESS").read_text())
+    assert success["retrained"] == result.retrained and success["summary"]["final/swd_ratio"] == 7
+    record = json.loads((root / "retrain.json").read_text())
+    assert [a["seed"] for a in record["attempts"]] == [1, 2, 3] and record["kept"] == 3
+    assert record["committing"] is None
+    # The folder is the kept attempt's throughout: its pictures are those of seed 3's model.
+    assert (root / "samples" / "final.png").read_bytes() == _final_png(model, task)
+    # Its points stay out of any replay to MLflow (whose curves are the first training's).
+    assert not any(p.get("mlflow", True)
+                   for p in stored_points(ImageStore(str(tmp_path / "out"), "wall")))
+    # Done: the next run skips it, and the results table has the column.
+    again = train_image(task, job(tmp_path, retrain_suspect=2, trainer=trainer))
+    assert again.status == "skipped" and again.retrained == result.retrained
+    assert trainer.seeds == [1, 2, 3]
+
+    # Stops at the first ok seed.
+    other = tiny_task(tmp_path, image_id="other", seed=1)
+    trainer = JudgedBySeed({1: 9.0, 2: 3.0, 3: 2.0})
+    result = train_image(other, job(tmp_path, retrain_suspect=5, trainer=trainer))
+    assert trainer.seeds == [1, 2] and result.quality == "ok" and result.quality_reason is None
+    assert result.retrained == "seed 1 suspect; tried seed 2; kept seed 2 (ok)"
+    # An ok image is never retrained, and without the option nothing is.
+    for image_id, times in (("fine", 3), ("plain", 0)):
+        trainer = JudgedBySeed({1: 2.0} if times else {1: 9.0})
+        result = train_image(tiny_task(tmp_path, image_id=image_id, seed=1),
+                             job(tmp_path, retrain_suspect=times, trainer=trainer))
+        assert trainer.seeds == [1] and result.retrained is None
+        assert not (tmp_path / "out" / image_id / "retrain.json").exists()
+
+
+def _final_png(model, task) -> bytes:
+    files = Trainer().final_files(model, task, 2)
+    return files["samples/final.png"]
+
+
+def test_retrain_suspect_goes_on_after_a_worker_dies(tmp_path):
+    """A task that dies during a retraining is retried by Ray: the retry resumes the kept model
+    (another seed than the row's), skips the seeds already tried and goes on with the next."""
+    task = tiny_task(tmp_path, seed=1)
+    root = tmp_path / "out" / "wall"
+    ratios = {1: 9.0, 2: 8.0, 3: 7.5, 4: 3.0}
+    trainer = JudgedBySeed(ratios, fail_seed=3)
+    with pytest.raises(TransientError):
+        train_image(task, job(tmp_path, retrain_suspect=3, trainer=trainer))
+    assert trainer.seeds == [1, 2, 3] and not (root / "_SUCCESS").exists()
+    assert singan.load(root / "model").seed == 2  # committed before the worker died
+
+    trainer = JudgedBySeed(ratios)
+    result = train_image(task, job(tmp_path, retrain_suspect=3, trainer=trainer))
+    # Seed 2's model resumed (finished: nothing to train), seed 3 from the start, then seed 4.
+    assert trainer.seeds == [2, 3, 4]
+    assert result.quality == "ok" and singan.load(root / "model").seed == 4
+    assert result.retrained == "seed 1 suspect; tried seeds 2, 3, 4; kept seed 4 (ok)"
+
+
+def test_a_folder_left_half_written_by_a_retraining_is_trained_again(tmp_path, monkeypatch):
+    task = tiny_task(tmp_path, seed=1)
+    root = tmp_path / "out" / "wall"
+    trainer = JudgedBySeed({1: 9.0, 2: 3.0})
+
+    def dies_while_writing(store, files, record, seed):
+        record.committing = seed
+        record.write(store)
+        store.put("model/scale_00.pt", files["model/scale_00.pt"])
+        raise TransientError("the node went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_image_module, "commit", dies_while_writing)
+        with pytest.raises(TransientError):
+            train_image(task, job(tmp_path, retrain_suspect=1, trainer=trainer))
+    assert retrain.expected_seed(ImageStore(str(tmp_path / "out"), "wall"), 1) is None
+    # The mixed folder (scale 0 of seed 2, the rest of seed 1) is never resumed nor served.
+    trainer = JudgedBySeed({1: 9.0, 2: 3.0})
+    result = train_image(task, job(tmp_path, retrain_suspect=1, trainer=trainer))
+    assert trainer.seeds == [1, 2] and result.quality == "ok"
+    assert singan.load(root / "model").seed == 2

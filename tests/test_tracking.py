@@ -39,6 +39,7 @@ from singan.cli import main as singan_command
 from singan.examples import pebbles
 from singan.image import png_bytes, save_image
 from tests.conftest import tiny_config
+from tests.trainers import JudgedBySeed
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,36 @@ def test_image_run_layout(tmp_path, mlflow_server):
     assert failed.status == "failed" and failed.mlflow_run_id
     run = client.get_run(failed.mlflow_run_id)
     assert run.info.status == "FAILED" and "bad.png" in run.data.tags["error"]
+
+
+def test_retrained_image_in_mlflow(tmp_path, mlflow_server, monkeypatch):
+    """--retrain-suspect: each attempt's final grid on the final picture's slider, its ratio
+    as retrain/swd_ratio, and the kept attempt's summary, verdict and model."""
+    uri = mlflow_server.url
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    experiment_id = experiment_id_for(uri, "retrained")
+    path = tmp_path / "wall.png"
+    save_image(pebbles(28, 36, seed=3), path)
+    task = manifest_row("wall", path.as_uri(), tiny_config(niter=6), 1)
+    job = JobSettings(output=str(tmp_path / "out"), tracking_uri=uri, experiment_id=experiment_id,
+                      num_samples=1, device="cpu", retrain_suspect=2,
+                      trainer=JudgedBySeed({1: 9.0, 2: 3.0}))
+    result = train_image(task, job)
+    assert result.status == "done" and result.tracking_complete and result.quality == "ok"
+    client = MlflowClient(uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["retrained"] == "seed 1 suspect; tried seed 2; kept seed 2 (ok)"
+    assert run.data.tags["quality"] == "ok" and "quality_reason" not in run.data.tags
+    assert run.data.metrics["final/swd_ratio"] == 3.0
+    assert [(m.step, m.value) for m in
+            client.get_metric_history(run.info.run_id, "retrain/swd_ratio")] == [(1, 3.0)]
+    pictures = logged_images(f.path for f in client.list_artifacts(run.info.run_id, "images"))
+    assert {step for key, step in pictures if key == "final"} == {0, 1}
+    sent = client.download_artifacts(run.info.run_id, pictures["final", 1]["png"], str(tmp_path))
+    assert Path(sent).read_bytes() == ImageStore(str(tmp_path / "out"), "wall").get(
+        "samples/final.png")
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.unwrap_python_model().pyramid.seed == 2
 
 
 def test_server_down_then_replay_without_duplicates(tmp_path, mlflow_server):
