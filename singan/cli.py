@@ -163,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("examples", help="write procedural example images to train on",
                             description="Write procedural example images, 192 x 128 "
-                            "(landscapes: mountain ranges under a sky; stones: walls of "
-                            "several stone sizes): data for a first batch job.")
+                            "(balloons: hot-air balloons in a sky, the demo's; landscapes: "
+                            "mountain ranges under a sky; stones: walls of several stone "
+                            "sizes): data for a first batch job.")
     p.add_argument("out", metavar="DIR", help="folder for the PNG files")
     p.add_argument("--count", type=int, default=3, metavar="N",
                    help="how many images (default: %(default)s)")
-    p.add_argument("--kind", choices=sorted(KINDS), default="stones",
+    p.add_argument("--kind", choices=sorted(KINDS), default="balloons",
                    help="what they show (default: %(default)s)")
     p.set_defaults(run=run_examples)
 

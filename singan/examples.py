@@ -1,10 +1,12 @@
 """Built-in example images, made procedurally, for the demo and the tests.
 
+- `balloons`: hot-air balloons apart from each other in a sky (the paper's first example): the
+  demo's images, whose samples rearrange the balloons within minutes of CPU training
+  (bench/NOTES.md, "The demo").
 - `pebbles`: a wall of rounded stones (a Voronoi tiling with shaded cells and dark mortar):
-  structure at several scales (the demo's and the tests' images).
+  structure at several scales (the tests' images, and `singan demo`'s).
 - `landscape`: a sky over ranges of mountains, paler with distance: SinGAN's classic case, whose
-  samples rearrange the ridges into new skylines (the browser check's images; tried for the
-  demo, bench/NOTES.md "The demo").
+  samples rearrange the ridges into new skylines (the browser check's images).
 """
 
 from __future__ import annotations
@@ -75,6 +77,48 @@ def landscape(height: int = 128, width: int = 192, *, seed: int = 0) -> Tensor:
     return image.clamp(0, 1).unsqueeze(0) * 2 - 1
 
 
+# Hot-air balloons' colours: saturated, so that each balloon stands out from the sky.
+BALLOON_COLOURS = ((0.85, 0.15, 0.12), (0.95, 0.75, 0.10), (0.95, 0.45, 0.08),
+                   (0.20, 0.62, 0.25), (0.50, 0.20, 0.65), (0.90, 0.35, 0.60))
+BALLOON_SKY = ((0.25, 0.50, 0.88), (0.70, 0.84, 0.95))  # zenith, horizon
+
+
+def balloons(height: int = 128, width: int = 192, *, count: int = 9, seed: int = 0) -> Tensor:
+    """A 1 x 3 x height x width sky with `count` hot-air balloons in [-1, 1]: the paper's first
+    example, whose samples move, add and drop balloons. The same for the same arguments."""
+    rng = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 1, height)[:, None, None]
+    zenith, horizon = (torch.tensor(c) for c in BALLOON_SKY)
+    image = (zenith * (1 - y) + horizon * y).expand(height, width, 3).clone()
+    yy, xx = (torch.arange(height) + 0.5)[:, None], (torch.arange(width) + 0.5)[None, :]
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(50 * count):  # apart from each other: one colour per balloon to learn
+        if len(placed) == count:
+            break
+        radius = min(height, width) * (0.07 + 0.06 * torch.rand(1, generator=rng).item())
+        cy = radius + (height - 3.2 * radius) * torch.rand(1, generator=rng).item()
+        cx = radius + (width - 2 * radius) * torch.rand(1, generator=rng).item()
+        if any(math.hypot(cy - y0, cx - x0) < 1.25 * (radius + r0) for y0, x0, r0 in placed):
+            continue
+        placed.append((cy, cx, radius))
+        colour = torch.tensor(BALLOON_COLOURS[int(torch.randint(len(BALLOON_COLOURS), (1,),
+                                                                generator=rng))])
+        # The envelope: an ellipse a little taller than wide, lit from the upper left.
+        dy, dx = (yy - cy) / (1.15 * radius), (xx - cx) / radius
+        inside = dy ** 2 + dx ** 2 <= 1
+        light = (1.15 - 0.45 * ((dy + 0.45) ** 2 + (dx + 0.45) ** 2)).clamp(0.45, 1.15)
+        envelope = (colour * light[..., None]).clamp(0, 1)
+        # The basket below it, on two lines.
+        below = (yy - cy - 1.15 * radius).clamp(min=0)
+        basket = ((below > 0.45 * radius) & (below <= 0.75 * radius)
+                  & ((xx - cx).abs() <= 0.22 * radius))
+        ropes = ((below > 0) & (below <= 0.45 * radius)
+                 & (((xx - cx).abs() - 0.3 * radius * (1 - below / (0.9 * radius))).abs() < 0.6))
+        image[inside] = envelope[inside]
+        image[basket | ropes] = torch.tensor((0.30, 0.20, 0.12))
+    return image.permute(2, 0, 1).unsqueeze(0).clamp(0, 1) * 2 - 1
+
+
 def _stones(index: int) -> Tensor:
     # From large stones to small ones, so that the collection is not one image repeated.
     return pebbles(128, 192, cells=30 * 2 ** (index % 3), seed=index)
@@ -82,6 +126,7 @@ def _stones(index: int) -> Tensor:
 
 # What `singan examples --kind K` writes: K's file name and its index-th image.
 KINDS: dict[str, tuple[str, Callable[[int], Tensor]]] = {
+    "balloons": ("balloons", lambda index: balloons(128, 192, seed=index)),
     "landscapes": ("landscape", lambda index: landscape(128, 192, seed=index)),
     "stones": ("stones", _stones),
 }

@@ -12,7 +12,7 @@ from PIL import Image
 
 import singan
 from singan.cli import main
-from singan.examples import pebbles
+from singan.examples import KINDS, pebbles
 
 TINY = ["--max-size", "28", "--niter", "4", "--device", "cpu", "--seed", "1", "--num-samples", "2"]
 
@@ -125,7 +125,7 @@ def test_a_url_without_its_loader_says_which_extra_to_install(tmp_path, capsys, 
 
 
 def test_examples_of_each_kind_are_the_same_for_the_same_index(tmp_path):
-    for kind, name in (("landscapes", "landscape"), ("stones", "stones")):
+    for kind, (name, _) in KINDS.items():
         assert main(["examples", str(tmp_path / kind), "--count", "2", "--kind", kind]) == 0
         first, second = (tmp_path / kind / f"{name}_{i:02d}.png" for i in range(2))
         assert Image.open(first).size == (192, 128)
