@@ -53,10 +53,10 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 import singan
-from singan.config import parse_overrides
-from singan.image import load_image
-from singan.quality import nn_patch_distance, patch_swd
-from singan.recipe import recipe_named
+from singan.data.image import load_image
+from singan.metrics.patches import nn_patch_distance, patch_swd
+from singan.recipes import recipe_named
+from singan.settings import parse_overrides
 
 SHARED = ROOT.parent / "shared"
 DEFAULT_PHOTOS = SHARED / "images" / "generation"
@@ -134,11 +134,11 @@ RESIZE = module("singan.resize")
 # Quirk -> the patches that put it into our training (module, attribute, replacement).
 QUIRKS = {
     "uint8": [(module(name), "imresize", through_uint8(module(name).imresize))
-              for name in ("singan.pyramid", "singan.sample")],
+              for name in ("singan.recipes.singan.levels", "singan.recipes.singan.sampling")],
     "biases": [(module(name), "trainable", all_parameters)
-               for name in ("singan.train", "singan.adversary")],
+               for name in ("singan.recipes.singan.training", "singan.recipes.singan.adversary")],
     "borders": [(RESIZE, "_tap_weights", unsigned_taps(RESIZE._tap_weights))],
-    "plus_one": [(module("singan.pyramid"), "shrunk_shape", unclamped_shape)],
+    "plus_one": [(module("singan.recipes.singan.levels"), "shrunk_shape", unclamped_shape)],
 }
 
 
@@ -168,7 +168,7 @@ def real_image(photo: Path, cfg: singan.Config, shape: tuple[int, int]) -> torch
     image = load_image(photo)
     plan = singan.plan(*image.shape[-2:], cfg)
     if plan.real_shape == tuple(shape):
-        return recipe_named(cfg.recipe).build_pyramid(image, plan)[-1]
+        return recipe_named(cfg.recipe).build_reals(image, plan)[-1]
     return singan.imresize(image, scale=plan.scale1, shape=tuple(shape))
 
 

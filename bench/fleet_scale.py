@@ -988,9 +988,9 @@ def scenario_compare(args) -> dict:
         from pipeline.manifest import manifest_row
         from pipeline.tracking import experiment_id_for, sender
         from pipeline.train_image import JobSettings, Trainer, train_bucket
-        from singan.config import config
-        from singan.examples import pebbles
-        from singan.image import to_pil
+        from singan.api import config
+        from singan.data.examples import pebbles
+        from singan.data.image import to_pil
 
         path = cluster.store / "tiny.png"
         to_pil(pebbles(24, 32, seed=3)).save(path)

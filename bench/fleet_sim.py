@@ -41,9 +41,10 @@ from pipeline.storage import SUCCESS, ImageStore
 from pipeline.train_image import JobSettings, Trainer
 from singan.api import plan as plan_of
 from singan.base import FORMAT_VERSION, IterationLog, is_log_step, scale_file_name
-from singan.config import Config
-from singan.image import image_size, png_bytes
-from singan.pyramid import PyramidPlan
+from singan.data.decode import image_size
+from singan.data.image import png_bytes
+from singan.plans import PyramidPlan
+from singan.settings import Config
 
 
 class SimulatedModel:

@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 import torch
 
 import singan
-from singan.examples import pebbles
-from singan.train import train_scale
+from singan.data.examples import pebbles
+from singan.recipes.singan.training import train_scale
 
 # The CUDA tests of singan/ that need nothing but torch (and pytest).
 CUDA_TEST_FILES = ["tests/test_train.py", "tests/test_sample.py", "tests/test_models.py",

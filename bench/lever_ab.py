@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_speed import time_baseline, time_ours
 
 import singan
-from singan.pyramid import build_pyramid, plan_pyramid
-from singan.train import train_scale
+from singan.recipes.singan.levels import build_reals, plan_pyramid
+from singan.recipes.singan.training import train_scale
 
 
 def load_variant(path: str):
@@ -60,7 +60,7 @@ def main() -> None:
     image = singan.load_image(args.image)
     cfg = singan.config(args.preset, max_size=args.max_size, niter=args.niter_frozen)
     plan = plan_pyramid(image.shape[-2], image.shape[-1], cfg)
-    reals = build_pyramid(image, plan)
+    reals = build_reals(image, plan)
     scales = [int(s) for s in args.scales.split(",")]
     model = singan.SinGAN(cfg, plan, seed=0)
     for scale in range(max(scales)):

@@ -43,7 +43,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     import singan
-    from singan.examples import pebbles
+    from singan.data.examples import pebbles
 
     overrides = {"niter": args.niter} if args.niter else {}
     if args.max_size:

@@ -27,8 +27,8 @@ import torch
 from pipeline.catalog import manifest_rows_from, write_manifest
 from pipeline.manifest import read_manifest
 from pipeline.train_image import JobSettings, train_image
-from singan.examples import pebbles
-from singan.image import save_image
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 
 
 def main() -> None:

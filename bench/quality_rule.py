@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import singan
 from bench.fidelity import DEFAULT_PHOTOS, failed_runs
-from singan.image import load_image
-from singan.recipe import recipe_named
-from singan.verdict import MAX_SWD_RATIO, MIN_DIVERSITY, blur_swd, judge
+from singan.data.image import load_image
+from singan.metrics.verdict import MAX_SWD_RATIO, MIN_DIVERSITY, blur_swd, judge
+from singan.recipes import recipe_named
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -72,7 +72,7 @@ def main() -> None:
     for photo, max_size in sorted({(r["photo"], r["max_size"]) for r in runs}):
         cfg = singan.config("paper", max_size=max_size)
         image = load_image(args.photo_dir / photo)
-        reals = recipe_named(cfg.recipe).build_pyramid(image, singan.plan(*image.shape[-2:], cfg))
+        reals = recipe_named(cfg.recipe).build_reals(image, singan.plan(*image.shape[-2:], cfg))
         yardsticks[photo, max_size] = blur_swd(reals)
     for run in runs:
         run["blur_swd"] = yardsticks[run["photo"], run["max_size"]]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import singan
-from singan.quality import nn_patch_distance, patch_swd
+from singan.metrics.patches import nn_patch_distance, patch_swd
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

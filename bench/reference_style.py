@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from singan.config import Config
 from singan.layers import init_weights
-from singan.models import Discriminator, Generator, SinGAN
+from singan.recipes.singan.networks import Discriminator, Generator, SinGAN
+from singan.settings import Config
 
 # --- MATLAB-style bicubic resize in numpy, as the reference runs it between scales ---------------
 

@@ -48,8 +48,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import singan
-from singan.examples import pebbles
-from singan.train import train_scale
+from singan.data.examples import pebbles
+from singan.recipes.singan.training import train_scale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_style import ReferenceStyleScale
@@ -266,10 +266,10 @@ def time_training(image: torch.Tensor, recipe: str, args: argparse.Namespace,
     baseline = args.baseline and recipe == "singan"
     compare = None
     if baseline:
-        from singan.pyramid import build_pyramid, plan_pyramid
+        from singan.recipes.singan.levels import build_reals, plan_pyramid
 
         # The comparison needs every level's real image, including the one about to train.
-        reals = build_pyramid(image.to(device=device, dtype=torch.float32),
+        reals = build_reals(image.to(device=device, dtype=torch.float32),
                               plan_pyramid(image.shape[-2], image.shape[-1], cfg))
         compare = make_compare(args, reals)
     if device.type == "cuda":

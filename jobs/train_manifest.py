@@ -60,10 +60,11 @@ from pipeline.storage import (
     redact,
 )
 from pipeline.train_image import JobSettings, Trainer, train_bucket
-from singan.config import PRESETS, config, parse_overrides
+from singan.api import config
 from singan.errors import InputError, one_line
-from singan.recipe import RECIPES
-from singan.verdict import OK, SUSPECT
+from singan.metrics.verdict import OK, SUSPECT
+from singan.recipes import RECIPES
+from singan.settings import PRESETS, parse_overrides
 
 logger = logging.getLogger("train_manifest")
 

@@ -24,10 +24,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pipeline.manifest import ManifestRow
 from pipeline.storage import read_url, redact
 from singan.api import plan
-from singan.config import Config
+from singan.data.decode import image_size
 from singan.errors import InputError
-from singan.image import image_size
-from singan.recipe import recipe_named
+from singan.recipes import recipe_named
+from singan.settings import Config
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest import COLUMN_KINDS, MAX_ID_LENGTH, OPTIONAL_COLUMNS, REQUIRED_COLUMNS
 from pipeline.storage import full_url, glob_files, kind, list_files, redact, write_url
+from singan.data.image import IMAGE_SUFFIXES
 from singan.errors import InputError, one_line
-from singan.image import IMAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from pipeline.storage import SUCCESS, ImageStore, Storage, TransientError, local
 from pipeline.tracking import DEFAULT_EXPERIMENT, client_for, experiment_id_for, now_ms
 from singan.api import sample
 from singan.errors import InputError, one_line
-from singan.quality import nn_patch_distance, patch_swd
-from singan.sifid import load_stem, sifid_each
+from singan.metrics.patches import nn_patch_distance, patch_swd
+from singan.metrics.sifid import load_stem, sifid_each
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 
 from pipeline.storage import read_url
 from singan.errors import InputError
-from singan.sifid import load_stem
+from singan.metrics.sifid import load_stem
 
 logger = logging.getLogger(__name__)
 

@@ -43,8 +43,9 @@ import pyarrow.parquet as pq
 
 from pipeline import tasks
 from pipeline.storage import TransientError, absolute_url, local_copy, redact
-from singan.config import FIELD_KINDS, Config, config, field_value
+from singan.api import config
 from singan.errors import InputError, one_line
+from singan.settings import FIELD_KINDS, Config, field_value
 
 logger = logging.getLogger(__name__)
 

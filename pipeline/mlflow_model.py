@@ -31,8 +31,8 @@ import torch
 from pipeline.storage import load_pyramid
 from singan.api import sample
 from singan.base import package_version
+from singan.data.image import png_bytes
 from singan.errors import InputError
-from singan.image import png_bytes
 
 MODEL_NAME = "model"  # the run's model: runs:/<run id>/model
 CODE = Path(__file__).with_name("mlflow_model_code.py")

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 
 from pipeline.storage import ImageStore
-from singan.verdict import Verdict
+from singan.metrics.verdict import Verdict
 
 RETRAIN = "retrain.json"  # in the image's folder
 

@@ -64,9 +64,9 @@ from fsspec.implementations.local import LocalFileSystem
 
 from singan.api import load_files
 from singan.base import Pyramid, scale_file_name
+from singan.data.files import atomic_write
+from singan.data.image import png_bytes
 from singan.errors import InputError, one_line
-from singan.files import atomic_write
-from singan.image import png_bytes
 
 logger = logging.getLogger(__name__)
 

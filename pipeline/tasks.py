@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from singan import outputs
 from singan.apps.animate import FPS, FRAMES, animation_config
 from singan.apps.sr import sr_config, sr_steps
 from singan.base import Pyramid
-from singan.config import Config
+from singan.data import outputs
 from singan.errors import InputError
+from singan.settings import Config
 
 Kind = Literal["int", "float"]
 

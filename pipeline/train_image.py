@@ -48,15 +48,15 @@ from pipeline.tracking import (
     server_down,
     sync_image,
 )
-from singan import outputs
 from singan.api import plan, sample, train_many
 from singan.base import Callback, Diverged, Pyramid, package_version
-from singan.config import Config
+from singan.data import outputs
+from singan.data.image import load_image
 from singan.errors import InputError, one_line
-from singan.image import load_image
-from singan.quality import nn_patch_distance, patch_swd
-from singan.sifid import InceptionStem, load_stem, sifid
-from singan.verdict import SUSPECT, Verdict, judge, summarize
+from singan.metrics.patches import nn_patch_distance, patch_swd
+from singan.metrics.sifid import InceptionStem, load_stem, sifid
+from singan.metrics.verdict import SUSPECT, Verdict, judge, summarize
+from singan.settings import Config
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ Where things live: docs/architecture.md.
 """
 
 from singan.api import (
+    config,
     load,
     load_files,
     plan,
@@ -27,16 +28,17 @@ from singan.api import (
     train_many,
 )
 from singan.base import Callback, Diverged, IterationLog, Pyramid
-from singan.config import PRESETS, Config, config
-from singan.consingan import ConSinGAN, plan_consingan
+from singan.data.image import load_image, save_image
 from singan.errors import InputError
-from singan.image import load_image, save_image
-from singan.models import SinGAN
-from singan.pyramid import plan_pyramid
-from singan.quality import nn_patch_distance, patch_swd
-from singan.recipe import RECIPES
+from singan.metrics.patches import nn_patch_distance, patch_swd
+from singan.metrics.sifid import sifid
+from singan.recipes import RECIPES
+from singan.recipes.consingan.levels import plan_consingan
+from singan.recipes.consingan.networks import ConSinGAN
+from singan.recipes.singan.levels import plan_pyramid
+from singan.recipes.singan.networks import SinGAN
 from singan.resize import imresize
-from singan.sifid import sifid
+from singan.settings import PRESETS, Config
 
 __all__ = [
     "PRESETS", "RECIPES", "Callback", "ConSinGAN", "Config", "Diverged", "InputError",

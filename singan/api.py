@@ -1,30 +1,60 @@
 """The public functions, the same for every recipe: each checks its arguments and looks the
-model's or config's recipe up once (singan.recipe), which does the work."""
+model's or config's recipe up once (singan.recipes), which does the work; `config` makes a
+checked Config from a preset."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 from torch import Tensor
 
-import singan.recipes  # noqa: F401 - registers the recipes
 from singan.base import Callback, Diverged, Pyramid, read_metadata, resumable, scale_file_name
-from singan.config import Config
+from singan.data.image import load_image
 from singan.errors import InputError
-from singan.image import load_image
-from singan.pyramid import PyramidPlan
-from singan.recipe import recipe_named
+from singan.plans import PyramidPlan
+from singan.recipes import check, recipe_named
+from singan.settings import PRESETS, Config
+
+
+def config(preset: str = "paper", **overrides: Any) -> Config:
+    """A frozen `Config` from a preset ("paper" or "quick") with field overrides.
+
+    recipe="consingan" (an override like any other) starts from that recipe's defaults
+    (its Recipe.defaults), then applies the preset's values, then the other overrides.
+
+    Overriding `niter` without `lr_milestone` leaves the learning-rate drop where the recipe's
+    reference code has it: SinGAN's at iteration 1600 whatever niter is (so `niter=300` never
+    drops, as `main_train.py --niter 300`), ConSinGAN's at 80% of niter.
+
+    >>> config(niter=300).lr_milestone, config(recipe="consingan", niter=500).lr_milestone
+    (1600, 400)
+    """
+    if preset not in PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(f"unknown config fields: {', '.join(unknown)}")
+    recipe = recipe_named(overrides.get("recipe", "singan"))
+    niter = overrides.get("niter")
+    derives_drop = recipe.lr_drop_at is not None and "lr_milestone" not in overrides
+    if derives_drop and isinstance(niter, int):
+        overrides["lr_milestone"] = max(1, round(recipe.lr_drop_at * niter))
+    settings = Config(**{**recipe.defaults, **PRESETS[preset], **overrides})
+    check(settings)
+    return settings
 
 
 def plan(height: int, width: int, config: Config | None = None) -> PyramidPlan:
     """The pyramid plan of a `height` x `width` image under `config`'s recipe (default: the
     paper's config)."""
     config = config or Config()
-    return recipe_named(config.recipe).plan(height, width, config)
+    return check(config).plan(height, width, config)
 
 
 def pyramid_shapes(height: int, width: int, config: Config | None = None) -> list[tuple[int, int]]:
@@ -100,14 +130,14 @@ def train_many(images: Sequence[Image], config: Config | None = None, *,
     if seeds is None:
         seeds = [int(torch.randint(0, 2**31 - 1, ()).item()) for _ in images]
 
-    recipe = recipe_named(config.recipe)
+    recipe = check(config)
     if count > 1 and not recipe.batches:
         raise InputError(f"recipe {config.recipe!r} trains one image at a time: call "
                          "singan.train for each image")
     plans = [recipe.plan(image.shape[-2], image.shape[-1], config) for image in images]
     _check_same_plan(images, plans)
     levels = plans[0]
-    reals = [recipe.build_pyramid(image.to(device=device, dtype=dtype), levels)
+    reals = [recipe.build_reals(image.to(device=device, dtype=dtype), levels)
              for image in images]
     if resume is not None:
         models = []
@@ -221,7 +251,7 @@ def load_files(metadata_file: IO[bytes], level_files: list[IO[bytes]],
     the pipeline passes file objects it read through fsspec); the recipe in config.json reads
     them. `name` is what errors call the model."""
     config, levels, seed = read_metadata(metadata_file, name)
-    model = recipe_named(config.recipe).from_files(config, levels, seed, level_files, name=name)
+    model = recipe_named(config.recipe).load(config, levels, seed, level_files, name=name)
     return model.to(device or "cpu")
 
 

@@ -21,10 +21,10 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from singan.config import Config
+from singan.data.files import atomic_write
 from singan.errors import InputError
-from singan.files import atomic_write
-from singan.pyramid import PyramidPlan
+from singan.plans import PyramidPlan
+from singan.settings import Config
 
 FORMAT_VERSION = 1
 

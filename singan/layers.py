@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from singan import streams
-from singan.config import Config
+from singan.settings import Config
 
 
 class ConvBlock(nn.Sequential):

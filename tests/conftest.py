@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import singan  # noqa: E402
-from singan.examples import pebbles  # noqa: E402
+from singan.data.examples import pebbles  # noqa: E402
 
 pytest_plugins = ["services"]  # tests/services.py: real local services as session fixtures
 

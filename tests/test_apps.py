@@ -12,9 +12,9 @@ from singan.apps.animate import animate, animation_config, noise_walk
 from singan.apps.harmonize import blending_mask, edit, harmonize
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
 from singan.apps.sr import SR_ALPHA, SR_MIN_SIZE, sr_config, sr_steps, super_resolve
-from singan.cli import main
+from singan.cli.commands import main
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
 from tests.conftest import tiny_config
 
 

@@ -24,8 +24,8 @@ from singan.apps.masks import (
     prepare_mask,
 )
 from singan.apps.quantise import image_centers, kmeans, quantise
+from singan.data.image import load_mask, to_pil
 from singan.errors import InputError
-from singan.image import load_mask, to_pil
 
 # --------------------------------------------------------------------------------------------
 # load_mask

@@ -81,9 +81,9 @@ def test_the_checker_finds_a_loop_and_ignores_annotation_only_imports(tmp_path):
     assert cycles({"a": {"b"}, "b": set()}) == []
     guarded = tmp_path / "guarded.py"
     guarded.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                       "    from singan.models import SinGAN\n"
-                       "def f():\n    from singan.train import train_scale\n")
-    assert runtime_imports(guarded) == {"singan.train"}
+                       "    from singan.recipes.singan.networks import SinGAN\n"
+                       "def f():\n    from singan.recipes.singan.training import train_scale\n")
+    assert runtime_imports(guarded) == {"singan.recipes.singan.training"}
 
 
 @pytest.mark.parametrize("package", ["singan", "pipeline"])

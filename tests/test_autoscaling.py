@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.catalog import write_manifest
-from singan.examples import pebbles
-from singan.image import to_pil
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,8 @@ from PIL import Image
 
 from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
-from singan.examples import pebbles
-from singan.image import to_pil
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 
 pytestmark = pytest.mark.slow
 
@@ -264,9 +264,9 @@ MEASURE = textwrap.dedent("""
     import json, sys
     from pipeline.manifest import manifest_row
     from pipeline.train_image import read_image
-    from singan.config import config
+    from singan.api import config
     from singan.errors import InputError
-    from singan.pyramid import build_pyramid, plan_pyramid
+    from singan.recipes.singan.levels import build_reals, plan_pyramid
 
     def status(field):
         with open("/proc/self/status") as fp:
@@ -277,7 +277,7 @@ MEASURE = textwrap.dedent("""
     before = status("VmRSS")
     try:
         image = read_image(manifest_row("x", sys.argv[1], settings, 0))
-        real = build_pyramid(image, plan_pyramid(*image.shape[-2:], settings))[-1]
+        real = build_reals(image, plan_pyramid(*image.shape[-2:], settings))[-1]
         outcome = list(real.shape)
     except InputError as err:
         outcome = str(err)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import singan
-from singan.examples import pebbles
-from singan.pyramid import build_pyramid
+from singan.data.examples import pebbles
+from singan.recipes.singan.levels import build_reals
 from singan.resize import imresize
 from tests.conftest import tiny_config
 
@@ -264,6 +264,6 @@ def test_fidelity_plus_one_quirk_keeps_the_references_max_size_plus_one():
     assert singan.plan(433, 650, cfg).real_shape == (32, 48)
     with fidelity.quirks_on(["plus_one"]):
         plan = singan.plan(433, 650, cfg)
-        levels = build_pyramid(torch.zeros(1, 3, 433, 650), plan)
+        levels = build_reals(torch.zeros(1, 3, 433, 650), plan)
     assert plan.real_shape == (32, 49) and levels[-1].shape[-2:] == (32, 49)
     assert singan.plan(433, 650, cfg).real_shape == (32, 48)

@@ -16,9 +16,10 @@ from pipeline.buckets import buckets, header_sizes, with_sizes
 from pipeline.catalog import write_manifest
 from pipeline.manifest import ManifestError, ManifestRow, manifest_row, read_manifest
 from pipeline.train_image import JobSettings, train_bucket, train_image
+from singan.data.decode import image_size
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.image import image_size, save_image
 from tests.conftest import tiny_config
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import singan
-from singan.cli import main
-from singan.examples import KINDS, pebbles
+from singan.cli.commands import main
+from singan.data.examples import KINDS, pebbles
 
 TINY = ["--max-size", "28", "--niter", "4", "--device", "cpu", "--seed", "1", "--num-samples", "2"]
 
@@ -178,7 +178,7 @@ def test_console_script_help_documents_every_option():
 
 
 def test_version_and_verbose_before_or_after_the_command(capsys):
-    from singan.cli import build_parser
+    from singan.cli.commands import build_parser
 
     with pytest.raises(SystemExit) as done:
         main(["--version"])
@@ -193,7 +193,7 @@ def test_version_and_verbose_before_or_after_the_command(capsys):
 def test_progress_in_a_log_is_a_line_every_tenth():
     import io
 
-    from singan.cli_common import ProgressLine
+    from singan.cli.common import ProgressLine
 
     log = io.StringIO()  # not a terminal
     line = ProgressLine("scale 2/5 33x44", 200, stream=log)

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 import singan
 from singan.base import scale_file_name
-from singan.consingan import ConSinGAN, Generator, generator_param_groups, plan_consingan
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
+from singan.recipes.consingan.levels import plan_consingan
+from singan.recipes.consingan.networks import ConSinGAN, Generator
+from singan.recipes.consingan.training import generator_param_groups
 from tests.conftest import as_8bit, assert_golden_corners
 
 
@@ -286,8 +288,12 @@ def test_recipe_defaults_come_before_the_preset_and_the_overrides():
 def test_bad_recipe_settings_are_refused():
     with pytest.raises(InputError, match="recipe"):
         singan.config(recipe="progan")
+    # A Config holds any recipe name; the registry refuses it where it is used.
     with pytest.raises(InputError, match="recipe"):
-        singan.Config(recipe="progan")
+        singan.plan(40, 40, singan.Config(recipe="progan"))
+    with pytest.raises(InputError, match="only loss"):
+        singan.train(torch.zeros(1, 3, 40, 40), singan.Config(recipe="consingan", loss="nnpl",
+                                                               num_scales=3))
     with pytest.raises(InputError, match="train_depth"):
         singan.config(recipe="consingan", train_depth=0)
     with pytest.raises(InputError, match="batch_norm=False needs"):

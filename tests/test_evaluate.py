@@ -22,9 +22,9 @@ from pipeline.manifest import manifest_row
 from pipeline.storage import ImageStore
 from pipeline.tracking import start_job_run
 from pipeline.train_image import JobSettings, train_image
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.image import save_image
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,8 +31,8 @@ import pytest
 from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
 from pipeline.tracking import stored_points
-from singan.examples import pebbles
-from singan.image import to_pil
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
+from singan.data.image import DEFAULT_MAX_PIXELS, from_pil, load_image, save_image, to_pil
 from singan.errors import InputError
-from singan.image import DEFAULT_MAX_PIXELS, from_pil, load_image, save_image, to_pil
 
 # --------------------------------------------------------------------------------------------
 # helpers

@@ -22,8 +22,8 @@ from mlflow import MlflowClient
 from pipeline.catalog import write_manifest
 from pipeline.storage import ImageStore
 from pipeline.tracking import logged_images, stored_points
-from singan.examples import pebbles
-from singan.image import to_pil
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 
 pytestmark = pytest.mark.slow
 

@@ -113,8 +113,8 @@ def test_storage_down_for_the_results_table_still_prints_the_summary(tmp_path, m
                                                                     capsys):
     from pipeline.ledger import Ledger
     from pipeline.storage import TransientError
-    from singan.examples import pebbles
-    from singan.image import save_image
+    from singan.data.examples import pebbles
+    from singan.data.image import save_image
 
     save_image(pebbles(20, 20, seed=1), tmp_path / "a.png")
     manifest = tmp_path / "m.parquet"

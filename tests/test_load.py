@@ -26,8 +26,8 @@ import pytest
 
 from jobs import fleet
 from pipeline.catalog import write_manifest
-from singan.examples import pebbles
-from singan.image import to_pil
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = 200

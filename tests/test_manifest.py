@@ -22,7 +22,7 @@ from pipeline.manifest import (
     read_manifest,
     seed_for,
 )
-from singan.config import config
+from singan.api import config
 from singan.errors import InputError
 
 

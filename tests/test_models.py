@@ -11,7 +11,7 @@ import torch
 import singan
 from singan.base import scale_file_name
 from singan.errors import InputError
-from singan.models import Discriminator, Generator, SinGAN
+from singan.recipes.singan.networks import Discriminator, Generator, SinGAN
 
 
 @pytest.mark.parametrize("scale, params", [(0, 29_763), (4, 114_819), (8, 450_819)])

@@ -15,11 +15,11 @@ from PIL import Image
 import singan
 from pipeline.manifest import manifest_row
 from pipeline.train_image import JobSettings, train_image
-from singan import outputs
 from singan.apps.sr import sr_config
-from singan.cli import main
-from singan.examples import pebbles
-from singan.image import save_image
+from singan.cli.commands import main
+from singan.data import outputs
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 
 # Files only the job writes: its MLflow link (with tracking on) and done-marker, and metrics/.
 JOB_ONLY = {"tracking.json", "_SUCCESS"}

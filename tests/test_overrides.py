@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from singan.config import FIELD_KINDS, NULLABLE_FIELDS, config, field_value, parse_overrides
+from singan.api import config
 from singan.errors import InputError
+from singan.settings import FIELD_KINDS, NULLABLE_FIELDS, field_value, parse_overrides
 
 
 def test_every_config_field_has_a_kind():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from singan.errors import InputError
-from singan.patch_losses import (
+from singan.metrics.patch_losses import (
     aligned_nn_patch_loss,
     frechet_patch_loss,
     nn_patch_loss,

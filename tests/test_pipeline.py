@@ -21,10 +21,10 @@ from pipeline.recording import ImageRecorder
 from pipeline.storage import ImageStore, Storage, TransientError, is_transient, with_retries
 from pipeline.tracking import stored_points
 from pipeline.train_image import JobSettings, Trainer, train_image
-from singan import outputs
+from singan.data import outputs
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.image import save_image
 from tests.conftest import tiny_config
 from tests.trainers import JudgedBySeed
 

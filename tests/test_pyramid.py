@@ -1,4 +1,4 @@
-"""Tests for singan.pyramid: the reference's pyramid arithmetic, its guards, and build_pyramid."""
+"""Tests for singan.pyramid: the reference's pyramid arithmetic, its guards, and build_reals."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from singan.api import pyramid_shapes
-from singan.config import Config
 from singan.errors import InputError
-from singan.pyramid import PyramidPlan, build_pyramid, plan_pyramid
+from singan.plans import PyramidPlan
+from singan.recipes.singan.levels import build_reals, plan_pyramid
+from singan.settings import Config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "pyramid_cases.json").read_text())
@@ -144,7 +145,7 @@ def test_build_pyramid_shapes_equal_plan(size):
     torch.manual_seed(0)
     image = torch.rand(1, 3, *size) * 2 - 1
     plan = plan_pyramid(*size)
-    levels = build_pyramid(image, plan)
+    levels = build_reals(image, plan)
     assert [tuple(level.shape) for level in levels] == [(1, 3, h, w) for h, w in plan.shapes]
     assert all(level.dtype == image.dtype and level.device == image.device for level in levels)
 
@@ -154,7 +155,7 @@ def test_build_pyramid_resizes_each_level_from_the_real_image():
 
     image = torch.rand(1, 3, 375, 500, dtype=torch.float64)
     plan = plan_pyramid(375, 500)
-    levels = build_pyramid(image, plan)
+    levels = build_reals(image, plan)
     real = imresize(image, scale=plan.scale1, shape=plan.real_shape)
     torch.testing.assert_close(levels[-1], real, rtol=0, atol=0)
     stop = plan.num_scales - 1
@@ -165,15 +166,15 @@ def test_build_pyramid_resizes_each_level_from_the_real_image():
 
 def test_build_pyramid_keeps_an_image_that_fits():
     image = torch.rand(1, 3, 188, 250)
-    levels = build_pyramid(image, plan_pyramid(188, 250))
+    levels = build_reals(image, plan_pyramid(188, 250))
     assert torch.equal(levels[-1], image)
 
 
 def test_build_pyramid_refuses_a_plan_for_another_image():
     with pytest.raises(InputError, match="does not match the plan"):
-        build_pyramid(torch.rand(1, 3, 100, 100), plan_pyramid(188, 250))
+        build_reals(torch.rand(1, 3, 100, 100), plan_pyramid(188, 250))
     with pytest.raises(InputError, match="N x C x H x W"):
-        build_pyramid(torch.rand(3, 188, 250), plan_pyramid(188, 250))
+        build_reals(torch.rand(3, 188, 250), plan_pyramid(188, 250))
 
 
 
@@ -182,7 +183,7 @@ def test_a_min_size_below_the_critics_patch_is_refused_by_the_config(recipe):
     """max_size=16, min_size=8 gives a 9x9 (SinGAN) or 8x8 (ConSinGAN) coarsest scale, where the
     critic's BatchNorm fails mid-training ("Expected more than 1 value per channel"); the config
     refuses it, saying what to change."""
-    from singan.config import config
+    from singan.api import config
 
     with pytest.raises(InputError, match=r"min_size \(8\) is below the 11x11 px the critic scores "
                                          r"\(num_layer \d, kernel_size 3\).*raise min_size to "

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import singan
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.quality import nn_patch_distance, patch_swd
+from singan.metrics.patches import nn_patch_distance, patch_swd
 
 
 def blur(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
@@ -84,8 +84,8 @@ def test_cuda_matches_cpu(real):
 
 
 def test_quality_command(real, tmp_path, capsys):
-    from singan.cli import main
-    from singan.image import save_image
+    from singan.cli.commands import main
+    from singan.data.image import save_image
 
     save_image(real, tmp_path / "real.png")
     save_image(real.flip(-1), tmp_path / "fakes" / "a.png")

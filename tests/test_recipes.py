@@ -15,11 +15,11 @@ from pipeline.manifest import manifest_row, read_manifest
 from pipeline.storage import ImageStore
 from pipeline.tracking import stored_points
 from pipeline.train_image import JobSettings, train_image
-from singan.cli import main
-from singan.consingan import ConSinGAN
+from singan.cli.commands import main
+from singan.data.examples import pebbles
+from singan.data.image import save_image
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.image import save_image
+from singan.recipes.consingan.networks import ConSinGAN
 from tests.faults import KillAfterScale
 
 
@@ -124,12 +124,12 @@ def test_the_registries_know_every_name_config_accepts():
     """Config's choice names (Literal) and the registries that implement them agree."""
     import typing
 
-    from singan.adversary import ADVERSARIES
-    from singan.config import Loss
+    from singan.recipes.singan.adversary import ADVERSARIES
+    from singan.settings import Loss
 
     assert set(typing.get_args(Loss)) == set(ADVERSARIES)
     assert set(singan.RECIPES) == {"singan", "consingan"}
-    with pytest.raises(InputError, match="recipe must be one of singan, consingan"):
-        singan.Config(recipe="progan")
+    with pytest.raises(InputError, match="recipe must be one of consingan, singan"):
+        singan.plan(40, 40, singan.Config(recipe="progan"))
     with pytest.raises(InputError, match="unknown recipe 'progan'"):
         singan.config(recipe="progan")

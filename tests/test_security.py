@@ -47,13 +47,14 @@ from pipeline.storage import SUCCESS, ImageStore, Storage, redact
 from pipeline.tracking import TRACKING, points_file
 from pipeline.train_image import FORCE_MARKER, train_image
 from singan.base import scale_file_name
-from singan.consingan import ConSinGAN, plan_consingan
+from singan.data.examples import pebbles
+from singan.data.image import to_pil
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.image import to_pil
-from singan.models import SinGAN
-from singan.pyramid import plan_pyramid
-from singan.sifid import WEIGHTS_FILE, find_weights, load_stem
+from singan.metrics.sifid import WEIGHTS_FILE, find_weights, load_stem
+from singan.recipes.consingan.levels import plan_consingan
+from singan.recipes.consingan.networks import ConSinGAN
+from singan.recipes.singan.levels import plan_pyramid
+from singan.recipes.singan.networks import SinGAN
 from tests.faults import FAULT_MARKER
 from tests.services import make_bucket
 

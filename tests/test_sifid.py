@@ -10,7 +10,14 @@ import torch
 
 import singan
 from singan.errors import InputError
-from singan.sifid import WEIGHTS_ENV, WEIGHTS_FILE, find_weights, load_stem, sifid, sifid_each
+from singan.metrics.sifid import (
+    WEIGHTS_ENV,
+    WEIGHTS_FILE,
+    find_weights,
+    load_stem,
+    sifid,
+    sifid_each,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RANDOM_WEIGHTS = FIXTURES / "sifid_random_weights.pth"  # torchvision key names, random values
@@ -136,7 +143,7 @@ def write_case(case, folder: Path, names: dict[str, str]) -> None:
 
 
 def test_command_on_files_and_folders(case, tmp_path, capsys):
-    from singan.cli import main
+    from singan.cli.commands import main
 
     write_case(case, tmp_path / "real", {"real": "a.png"})
     write_case(case, tmp_path / "fakes", {"mirror": "1.png", "other": "2.png"})
@@ -157,7 +164,7 @@ def test_command_on_files_and_folders(case, tmp_path, capsys):
 
 
 def test_command_errors(case, tmp_path, capsys, empty_hub):
-    from singan.cli import main
+    from singan.cli.commands import main
 
     write_case(case, tmp_path / "reals", {"real": "x.png", "mirror": "y.png"})
     write_case(case, tmp_path / "fakes", {"other": "1.png"})

@@ -35,9 +35,9 @@ from pipeline.tracking import (
 )
 from pipeline.train_image import JobSettings, train_image
 from singan.base import package_version
-from singan.cli import main as singan_command
-from singan.examples import pebbles
-from singan.image import png_bytes, save_image
+from singan.cli.commands import main as singan_command
+from singan.data.examples import pebbles
+from singan.data.image import png_bytes, save_image
 from tests.conftest import tiny_config
 from tests.trainers import JudgedBySeed
 

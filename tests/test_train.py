@@ -9,10 +9,10 @@ import torch
 
 import singan
 from singan.base import gradient_penalty
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
 from singan.layers import init_weights, trainable
-from singan.models import Discriminator, Generator, pad
+from singan.recipes.singan.networks import Discriminator, Generator, pad
 from singan.streams import scale_generator
 from tests.conftest import as_8bit, assert_golden_corners, tiny_config
 
@@ -52,7 +52,7 @@ def test_hooks_fire_every_logged_iteration_and_scale(tiny_image):
 
 def test_noise_amplitude_rule(tiny_model):
     """1 at the coarsest scale; 0.1 * RMSE(real, upsampled reconstruction) above it."""
-    from singan.sample import generate, upsample
+    from singan.recipes.singan.sampling import generate, upsample
 
     assert tiny_model.noise_amps[0] == 1.0
     for scale in range(1, tiny_model.num_scales):
@@ -296,7 +296,7 @@ def test_float32_and_float64_agree_on_one_steps_gradients(tiny_image):
 def test_learning_check_on_a_structured_image():
     """A small real training: the finest scale learns detail beyond the upsampled coarser scale,
     and samples are new images with the input's colours, not copies of it or of each other."""
-    from singan.sample import generate, upsample
+    from singan.recipes.singan.sampling import generate, upsample
 
     cfg = singan.config(min_size=16, max_size=48, num_scales=3, nfc=16, max_nfc=16, niter=100,
                         lr_milestone=80)

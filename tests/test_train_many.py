@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import singan
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
 from tests.conftest import as_8bit, tiny_config
 
 SEEDS = (3, 11, 7)
@@ -89,7 +89,7 @@ def test_z_star_fixed_and_warm_started_widths_batch_too():
 def test_float32_gradients_of_a_batch_match_each_image_alone():
     """In float32 one step's gradients agree (not many steps: see test_train)."""
     from singan.layers import init_weights, stack, trainable
-    from singan.models import Generator
+    from singan.recipes.singan.networks import Generator
     from singan.streams import scale_generator
 
     cfg = config()

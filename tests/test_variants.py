@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import singan
+from singan.data.examples import pebbles
 from singan.errors import InputError
-from singan.examples import pebbles
-from singan.models import Discriminator, noise_shape, pad
+from singan.recipes.singan.networks import Discriminator, noise_shape, pad
 from tests.conftest import tiny_config
 
 
@@ -95,7 +95,7 @@ def test_circular_padding_makes_the_generator_shift_equivariant(image):
     h, w = level.real.shape[-2:]
     z = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     prev = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1))
-    from singan.sample import run_scale
+    from singan.recipes.singan.sampling import run_scale
 
     out = run_scale(model, 1, z, prev)
     rolled = run_scale(model, 1, z.roll(7, -1), prev.roll(7, -1))

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from singan.verdict import MAX_SWD_RATIO, OK, SUSPECT, Summary, judge, summarize
+from singan.metrics.verdict import MAX_SWD_RATIO, OK, SUSPECT, Summary, judge, summarize
 
 # A working model's values (48-px fidelity runs: patch SWD ~2.7x the yardstick, diversity 0.3).
 GOOD = dict(patch_swd=0.03, nn_patch_distance=0.11, diversity=0.33, reconstruction_rmse=0.02,
@@ -54,7 +54,7 @@ def test_summary_of_a_trained_model(tiny_model):
 
 
 def test_blank_and_identical_samples_are_caught(tiny_model, monkeypatch):
-    import singan.verdict as verdict
+    import singan.metrics.verdict as verdict
 
     real_sample = verdict.sample
 

@@ -49,9 +49,9 @@ def tiny_job(tracking_uri: str, folder: Path) -> tuple[str, list[str]]:
     from pipeline import tracking
     from pipeline.manifest import manifest_row
     from pipeline.train_image import JobSettings, train_image
-    from singan.config import config
-    from singan.examples import landscape
-    from singan.image import save_image
+    from singan.api import config
+    from singan.data.examples import landscape
+    from singan.data.image import save_image
 
     output = str(folder / "out")
     experiment_id, parent = tracking.start_job_run(tracking_uri, "singan-fleet", None,

@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from singan.apps.paint import check_singan
-from singan.config import Config
 from singan.errors import InputError
-from singan.models import SinGAN
-from singan.sample import draw_noise, generate
+from singan.recipes.singan.networks import SinGAN
+from singan.recipes.singan.sampling import draw_noise, generate
+from singan.settings import Config
 
 ANIMATION_MIN_SIZE = 20  # the reference trains animation models down to 20 px
 ALPHA = 0.1

@@ -15,9 +15,9 @@ import os
 import torch
 from PIL import GifImagePlugin, Image
 
+from singan.data.files import atomic_write
+from singan.data.image import to_pil
 from singan.errors import InputError
-from singan.files import atomic_write
-from singan.image import to_pil
 
 # Each frame covers the whole canvas, so "leave it in place" (1) is all a viewer needs; 2
 # ("restore to background") would make some viewers flash the background between frames.

@@ -15,7 +15,7 @@ from torch import Tensor
 from singan.apps.masks import BLUR_SIGMA, EDITING_RADIUS, HARMONIZATION_RADIUS, blend, prepare_mask
 from singan.apps.paint import fit_to, inject, injection
 from singan.errors import InputError
-from singan.models import SinGAN
+from singan.recipes.singan.networks import SinGAN
 
 
 def blending_mask(model: SinGAN, mask: Tensor, radius: int, sigma: float = BLUR_SIGMA) -> Tensor:

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from singan.apps.quantise import PAINT_CLUSTERS, image_centers, quantise
 from singan.base import Callback, Diverged, Pyramid
 from singan.errors import InputError
-from singan.models import SinGAN
+from singan.recipes.singan.networks import SinGAN
+from singan.recipes.singan.sampling import draw_noise, generate, upsample
+from singan.recipes.singan.training import train_scale
 from singan.resize import imresize
-from singan.sample import draw_noise, generate, upsample
-from singan.train import train_scale
 
 
 def fit_to(image: Tensor, shape: tuple[int, int]) -> Tensor:

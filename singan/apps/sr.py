@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 
 from singan.apps.paint import check_singan
-from singan.config import Config
 from singan.errors import InputError
-from singan.models import SinGAN, noise_shape
+from singan.recipes.singan.networks import SinGAN, noise_shape
+from singan.recipes.singan.sampling import draw_noise, run_scale
 from singan.resize import imresize
-from singan.sample import draw_noise, run_scale
+from singan.settings import Config
 
 SR_ALPHA = 100.0  # the reference's reconstruction weight for super-resolution
 SR_MIN_SIZE = 18  # the reference's coarsest size for super-resolution

@@ -29,7 +29,7 @@ from torch import Tensor
 from singan.api import reconstruct, sample
 from singan.base import Pyramid
 from singan.errors import InputError
-from singan.quality import nn_patch_distance, patch_swd
+from singan.metrics.patches import nn_patch_distance, patch_swd
 from singan.resize import imresize
 
 BLANK_STD = 0.01  # [0, 1] units: a sample whose pixels vary less is blank (black or one colour)

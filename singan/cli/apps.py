@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
-from singan import outputs
 from singan.api import load
 from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animation_config
 from singan.apps.harmonize import blending_mask, edit, harmonize
 from singan.apps.masks import EDITING_RADIUS, HARMONIZATION_RADIUS
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
 from singan.apps.sr import sr_config, sr_steps
-from singan.cli_common import (
+from singan.cli.common import (
     MODEL_HELP,
     add_training_options,
     is_url,
@@ -24,9 +23,10 @@ from singan.cli_common import (
     train_into,
     training_config,
 )
+from singan.data import outputs
+from singan.data.image import load_image, load_mask, save_image
 from singan.errors import InputError
-from singan.image import load_image, load_mask, save_image
-from singan.models import SinGAN
+from singan.recipes.singan.networks import SinGAN
 
 RAW = argparse.RawDescriptionHelpFormatter
 

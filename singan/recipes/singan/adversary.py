@@ -21,10 +21,10 @@ from torch import Tensor, nn
 
 from singan import streams
 from singan.base import gradient_penalty, per_image_mean
-from singan.config import Config
 from singan.layers import init_weights, stack, trainable, unstack
-from singan.models import Discriminator, Scale
-from singan.patch_losses import aligned_nn_patch_loss, frechet_patch_loss, nn_patch_loss
+from singan.metrics.patch_losses import aligned_nn_patch_loss, frechet_patch_loss, nn_patch_loss
+from singan.recipes.singan.networks import Discriminator, Scale
+from singan.settings import Config
 
 
 class Adversary:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from singan.api import sample
-from singan.apps.cli import add_commands as add_app_commands
+from singan.api import config, sample
 from singan.base import package_version
-from singan.cli_common import (
+from singan.cli.apps import add_commands as add_app_commands
+from singan.cli.common import (
     MODEL_HELP,
     add_training_options,
     load_model,
@@ -20,11 +20,11 @@ from singan.cli_common import (
     train_into,
     training_config,
 )
-from singan.config import LOSSES, PADDINGS, config
+from singan.data.examples import KINDS, pebbles
+from singan.data.image import IMAGE_SUFFIXES, load_image, save_image
 from singan.errors import InputError
-from singan.examples import KINDS, pebbles
-from singan.image import IMAGE_SUFFIXES, load_image, save_image
-from singan.recipe import RECIPES
+from singan.recipes import RECIPES
+from singan.settings import LOSSES, PADDINGS
 
 SAMPLE_BATCH = 16  # samples generated together: bounds memory at large sizes
 
@@ -211,7 +211,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_sifid(args: argparse.Namespace) -> int:
-    from singan.sifid import load_stem, sifid
+    from singan.metrics.sifid import load_stem, sifid
 
     pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
     device = resolve_device(args.device)
@@ -227,7 +227,7 @@ def run_sifid(args: argparse.Namespace) -> int:
 
 
 def run_quality(args: argparse.Namespace) -> int:
-    from singan.quality import nn_patch_distance, patch_swd
+    from singan.metrics.patches import nn_patch_distance, patch_swd
 
     pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
     device = resolve_device(args.device)

@@ -11,56 +11,13 @@ Scales are numbered as in the reference code: 0 is the coarsest, the last is the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from torch import Tensor
 
-from singan.config import Config
 from singan.errors import InputError
+from singan.plans import PyramidPlan, shrunk_shape
 from singan.resize import imresize
-
-
-@dataclass(frozen=True)
-class PyramidPlan:
-    """The sizes of one image's pyramid, derived from the image size and a `Config`.
-
-    real_shape: the input resized to fit max_size (never upscaled); the finest level.
-    scale1: the factor that maps the input to `real_shape` (1 when the input already fits).
-    scale_factor: the real ratio between consecutive levels (the config holds only the initial one).
-    shapes: (height, width) of every level, coarsest first; the last is `real_shape`.
-    """
-
-    real_shape: tuple[int, int]
-    scale1: float
-    scale_factor: float
-    shapes: tuple[tuple[int, int], ...]
-
-    @property
-    def num_scales(self) -> int:
-        """Number of levels (the reference's stop_scale + 1)."""
-        return len(self.shapes)
-
-    @property
-    def stop_scale(self) -> int:
-        """Index of the finest level (the reference's stop_scale)."""
-        return len(self.shapes) - 1
-
-    def to_dict(self) -> dict:
-        return {"real_shape": list(self.real_shape), "scale1": self.scale1,
-                "scale_factor": self.scale_factor, "shapes": [list(s) for s in self.shapes]}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> PyramidPlan:
-        return cls(real_shape=tuple(values["real_shape"]), scale1=float(values["scale1"]),
-                   scale_factor=float(values["scale_factor"]),
-                   shapes=tuple(tuple(s) for s in values["shapes"]))
-
-
-def shrunk_shape(height: int, width: int, scale1: float, max_size: int) -> tuple[int, int]:
-    """The size an image is shrunk to by `scale1` to fit `max_size`: the reference's resize gives
-    the plain ceil of the float product, and float error can round a side shrunk to max_size up
-    to max_size + 1 (1920 * 250/1920 > 250, 650 * 48/650 > 48); that side is kept at max_size."""
-    return (min(math.ceil(height * scale1), max_size), min(math.ceil(width * scale1), max_size))
+from singan.settings import Config
 
 
 def plan_pyramid(height: int, width: int, config: Config | None = None) -> PyramidPlan:
@@ -137,7 +94,7 @@ def plan_pyramid(height: int, width: int, config: Config | None = None) -> Pyram
     )
 
 
-def build_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
+def build_reals(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     """Resize `image` (N x C x H x W, any value range) to every level of `plan`, coarsest first.
 
     As in the reference, the image is first shrunk to `plan.real_shape` (the finest level) and
@@ -147,7 +104,7 @@ def build_pyramid(image: Tensor, plan: PyramidPlan) -> list[Tensor]:
     """
     if not isinstance(image, Tensor) or image.dim() != 4:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise InputError(f"build_pyramid expects an N x C x H x W tensor, got {shape}")
+        raise InputError(f"build_reals expects an N x C x H x W tensor, got {shape}")
     height, width = image.shape[-2], image.shape[-1]
     # Redo the plan's shrink (max(real_shape) is max_size whenever a side was clamped) to catch
     # a plan made for another image.

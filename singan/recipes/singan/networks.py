@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from singan.base import Pyramid, load_state, scale_file_name
-from singan.config import Config
 from singan.errors import InputError
 from singan.layers import ConvBlock
-from singan.pyramid import PyramidPlan
+from singan.plans import PyramidPlan
+from singan.settings import Config
 
 
 class _FiveLayerNet(nn.Module):

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from singan import streams
-from singan.config import Config
-from singan.models import SinGAN, image_shape, noise_shape, pad, padded_noise
+from singan.recipes.singan.networks import SinGAN, image_shape, noise_shape, pad, padded_noise
 from singan.resize import imresize
+from singan.settings import Config
 
 
 def upsample(x: Tensor, shape: tuple[int, int], scale_factor: float) -> Tensor:

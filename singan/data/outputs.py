@@ -31,8 +31,8 @@ from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animate
 from singan.apps.gif import gif_bytes
 from singan.apps.sr import super_resolve
 from singan.base import Pyramid, scale_file_name
-from singan.files import atomic_write
-from singan.image import png_bytes
+from singan.data.files import atomic_write
+from singan.data.image import png_bytes
 from singan.resize import imresize
 
 GRID_SAMPLES = 3  # samples beside the real image in samples/scale_XX.png

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from singan import outputs
-from singan.api import load, train
+from singan.api import config, load, train
 from singan.base import Callback, IterationLog, Pyramid
-from singan.config import PRESETS, Config, config, parse_overrides
+from singan.data import outputs
 from singan.errors import InputError
-from singan.verdict import judge, summarize
+from singan.metrics.verdict import judge, summarize
+from singan.settings import PRESETS, Config, parse_overrides
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:

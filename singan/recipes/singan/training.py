@@ -21,19 +21,19 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 import torch
 from torch import Tensor
 
-from singan.adversary import ADVERSARIES
 from singan.base import Callback, IterationLog, is_log_step, per_channel, per_image_mean
-from singan.config import Config
 from singan.layers import init_weights, stack, trainable, unstack
-from singan.models import Generator, Scale, SinGAN, noise_shape, pad, padded_noise
-from singan.pyramid import PyramidPlan, build_pyramid, plan_pyramid
-from singan.recipe import Recipe
-from singan.sample import chain, draw_noise, reconstruct_scales, sample_scales, upsample
+from singan.recipes.singan.adversary import ADVERSARIES
+from singan.recipes.singan.networks import Generator, Scale, SinGAN, noise_shape, pad, padded_noise
+from singan.recipes.singan.sampling import (
+    chain,
+    draw_noise,
+    upsample,
+)
 from singan.streams import scale_generator
 
 logger = logging.getLogger(__name__)
@@ -222,48 +222,3 @@ def random_prev(frozen: list[FrozenScale], models: Sequence[SinGAN], real: Tenso
         if prev_map is not None:
             prev = torch.cat([prev_map(part) for part in prev.chunk(len(models), dim=1)], dim=1)
         return prev
-
-
-class SinGANRecipe(Recipe):
-    """The paper's recipe: one GAN per scale, trained one scale at a time; K images of one plan
-    train together (train_scale)."""
-
-    name = "singan"
-    defaults = {}
-    batches = True
-
-    def config_problems(self, config: Config) -> list[str]:
-        if not config.batch_norm:
-            return ["batch_norm=False needs recipe='consingan' (SinGAN always has BatchNorm)"]
-        return []
-
-    def plan(self, height: int, width: int, config: Config) -> PyramidPlan:
-        return plan_pyramid(height, width, config)
-
-    def critic_patch(self, config: Config) -> int:
-        return config.num_layer * (config.kernel_size - 1) + 1  # head, body, tail: num_layer convs
-
-    def build_pyramid(self, image: Tensor, plan: PyramidPlan) -> list[Tensor]:
-        return build_pyramid(image, plan)
-
-    def new_model(self, config: Config, plan: PyramidPlan, seed: int) -> SinGAN:
-        return SinGAN(config, plan, seed)
-
-    def train_level(self, models: Sequence[SinGAN], level: int, reals: Sequence[Tensor],
-                    callbacks: Sequence[Sequence[Callback]]) -> None:
-        train_scale(models, level, reals, callbacks)
-
-    def sample(self, model: SinGAN, num: int, *, start_scale: int, scale_h: float,
-               scale_v: float, generator: torch.Generator | None) -> Tensor:
-        return sample_scales(model, num, start_scale=start_scale, scale_h=scale_h,
-                             scale_v=scale_v, generator=generator)
-
-    def reconstruct(self, model: SinGAN) -> Tensor:
-        return reconstruct_scales(model)
-
-    def from_files(self, config: Config, plan: PyramidPlan, seed: int,
-                   level_files: list[IO[bytes]], *, name: str) -> SinGAN:
-        return SinGAN.from_files(config, plan, seed, level_files, name=name)
-
-
-SINGAN = SinGANRecipe()
