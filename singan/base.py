@@ -176,13 +176,6 @@ class IterationLog:
     reconstruction: float  # alpha * MSE(G(z_rec), real)
 
     @classmethod
-    def of(cls, scale: int, iteration: int, niter: int, *terms: Tensor | None) -> IterationLog:
-        """An entry from the five loss tensors (None where a term does not exist), read from
-        the device in one host sync."""
-        values = iter(torch.stack([t for t in terms if t is not None]).tolist())
-        return cls(scale, iteration, niter, *(None if t is None else next(values) for t in terms))
-
-    @classmethod
     def each(cls, scale: int, iteration: int, niter: int,
              *terms: Tensor | None) -> list[IterationLog]:
         """One entry per image from five loss terms of one value per image (None where a term

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from singan import streams
-from singan.base import Callback, IterationLog, gradient_penalty, is_log_step
+from singan.base import Callback, gradient_penalty
 from singan.layers import init_weights, trainable
 from singan.recipes.consingan.networks import (
     ConSinGAN,
@@ -24,6 +24,7 @@ from singan.recipes.consingan.networks import (
     Stage,
     noise_size,
 )
+from singan.recipes.skeleton import end_level, run_level
 from singan.settings import Config
 from singan.streams import scale_generator
 
@@ -89,8 +90,6 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     amp = float(noise_amp)  # one host sync per stage, for the log and the callbacks
     logger.info("stage %d/%d: %dx%d, noise amplitude %.4f", stage + 1, model.num_scales,
                 *shapes[stage], amp)
-    for callback in callbacks:
-        callback.on_scale_start(model, stage, amp)
 
     # 3. Optimisers: the concurrently trained stages at decaying rates (generator_param_groups);
     #    one learning-rate drop at lr_milestone.
@@ -101,14 +100,14 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, [config.lr_milestone], config.gamma)
                   for opt in (opt_g, opt_d)]
 
-    for iteration in range(1, config.niter + 1):
+    def step(iteration: int) -> list[Tensor]:
         noises = [streams.normal((1, *noise_size(config, k, shape)), generator=rng, device=device,
                                  dtype=dtype) for k, shape in enumerate(shapes)]
 
         # 4. Critic steps (WGAN-GP), all on the same noise. Only the last step's fake keeps its
         #    graph: the generator loss reuses it.
-        for step in range(config.d_steps):
-            with torch.set_grad_enabled(step == config.d_steps - 1):
+        for d_step in range(config.d_steps):
+            with torch.set_grad_enabled(d_step == config.d_steps - 1):
                 fake = generator(noises, shapes, amps)
             d_real = -critic(real).mean()
             d_fake = critic(fake.detach()).mean()
@@ -132,24 +131,19 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
         trainable(critic)  # the critic trains again (its redundant biases stay frozen)
         for scheduler in schedulers:
             scheduler.step()
+        return [term.reshape(1) for term in (d_real, d_fake, penalty, g_adv, reconstruction)]
 
-        # 6. Report: the only host sync of the loop, every log_every iterations.
-        if is_log_step(iteration, config):
-            entry = IterationLog.of(stage, iteration, config.niter, d_real, d_fake, penalty,
-                                    g_adv, reconstruction)
-            if not entry.finite:  # the stage cannot finish; the stages below it trained with
-                # it, so the model in memory is spent: its stored files are the resume point
-                model.failure = (f"losses became non-finite at stage {stage}, iteration "
-                                 f"{iteration}")
-                return
-            for callback in callbacks:
-                callback.on_iteration(entry)
+    # 6. The iterations, reported every log_every (skeleton.run_level). Losses that are not
+    #    finite end the stage: the stages below it trained with it, so the model in memory is
+    #    spent, and its stored files are the resume point.
+    failed = run_level([model], stage, [amp], [callbacks], config, step, unit="stage")
 
     # 7. Freeze (eval mode: BatchNorm, when on, uses its running statistics from now on).
-    generator.eval().requires_grad_(False)
-    model.scales.append(Stage(critic.eval().requires_grad_(False), real, z_rec, noise_amp))
-    for callback in callbacks:
-        callback.on_scale_end(model, stage)
+    def freeze(index: int) -> None:
+        generator.eval().requires_grad_(False)
+        model.scales.append(Stage(critic.eval().requires_grad_(False), real, z_rec, noise_amp))
+
+    end_level([model], stage, failed, [callbacks], freeze)
 
 
 def train_level(models: Sequence[ConSinGAN], level: int, reals: Sequence[Tensor],

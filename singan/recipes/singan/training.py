@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from singan.base import Callback, IterationLog, is_log_step, per_channel, per_image_mean
+from singan.base import Callback, per_channel, per_image_mean
 from singan.layers import init_weights, stack, trainable, unstack
 from singan.recipes.singan.adversary import ADVERSARIES
 from singan.recipes.singan.networks import Generator, Scale, SinGAN, noise_shape, pad, padded_noise
@@ -34,6 +34,7 @@ from singan.recipes.singan.sampling import (
     draw_noise,
     upsample,
 )
+from singan.recipes.skeleton import end_level, run_level
 from singan.streams import scale_generator
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,6 @@ def train_scale(models: Sequence[SinGAN], scale: int, reals: Sequence[Tensor],
     logger.info("scale %d/%d: %dx%d, %d channels, %d image(s), noise amplitude %s", scale + 1,
                 models[0].num_scales, *shape, channels, images,
                 ", ".join(f"{a:.4f}" for a in amps))
-    for model, hooks, amp in zip(models, callbacks, amps):
-        for callback in hooks:
-            callback.on_scale_start(model, scale, amp)
     amp_map = per_channel(noise_amp, 3)
 
     # 3. The generator's optimiser: Adam with one learning-rate drop at lr_milestone, over the
@@ -118,9 +116,9 @@ def train_scale(models: Sequence[SinGAN], scale: int, reals: Sequence[Tensor],
     # z* redrawn every iteration (the default, as the official code: the coarsest generator then
     # learns to reconstruct the image from any noise; the last draw is kept) or fixed (the paper).
     redraw_z_star = scale == 0 and config.z_star == "redrawn"
-    failed: dict[int, str] = {}  # image -> why it stopped
 
-    for iteration in range(1, config.niter + 1):
+    def step(iteration: int) -> tuple[Tensor | None, ...]:
+        nonlocal z_rec, rec_input
         if redraw_z_star:
             z_rec = draw(0)
             rec_input = amp_map * padded_noise(z_rec, config, images) + prev_rec
@@ -143,36 +141,23 @@ def train_scale(models: Sequence[SinGAN], scale: int, reals: Sequence[Tensor],
             opt_g.step()
         schedule_g.step()
         adversary.end_iteration()
+        return (*adversary.losses(), g_adv, reconstruction)
 
-        # 6. Report: the only host sync of the loop, every log_every iterations. An image whose
-        #    losses are not finite stops reporting; its kernels run on, cut off from the
-        #    others', until the scale ends.
-        if is_log_step(iteration, config):
-            for index, entry in enumerate(IterationLog.each(
-                    scale, iteration, config.niter, *adversary.losses(), g_adv, reconstruction)):
-                if index in failed:
-                    continue
-                if not entry.finite:
-                    failed[index] = (f"losses became non-finite at scale {scale}, iteration "
-                                     f"{iteration}")
-                    logger.warning("image %d (seed %d): %s", index, models[index].seed,
-                                   failed[index])
-                    continue
-                for callback in callbacks[index]:
-                    callback.on_iteration(entry)
+    # 6. The iterations, reported every log_every (skeleton.run_level). An image whose losses
+    #    are not finite stops reporting; its kernels run on, cut off from the others', until
+    #    the scale ends.
+    failed = run_level(models, scale, amps, callbacks, config, step)
 
     # 7. Freeze the scale (eval mode: BatchNorm uses its running statistics from now on), one
     #    Scale per image.
-    generators = unstack(generator, singles)
-    for index, (model, critic) in enumerate(zip(models, adversary.critics(), strict=True)):
-        if index in failed:
-            model.failure = failed[index]
-            continue
-        level = Scale(generators[index], critic, reals[index],
+    generators, critics = unstack(generator, singles), adversary.critics()
+
+    def freeze(index: int) -> None:
+        level = Scale(generators[index], critics[index], reals[index],
                       z_rec.chunk(images, dim=1)[index], noise_amp[index])
-        model.scales.append(level.eval().requires_grad_(False))
-        for callback in callbacks[index]:
-            callback.on_scale_end(model, scale)
+        models[index].scales.append(level.eval().requires_grad_(False))
+
+    end_level(models, scale, failed, callbacks, freeze)
 
 
 @dataclass(frozen=True)
