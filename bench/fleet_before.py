@@ -1,7 +1,7 @@
 """The sleeping stand-in for `train_bucket` that bench/fleet_scale.py gives the driver of an older
 commit (`start --before PATH`, the code before the fleet work: 8791515), which has no trainer
 seam: a sleep, and every row of the bucket done, without storage or tracking. Imports only what
-that commit has (pipeline.train_image.ImageResult, pipeline.results.Status)."""
+that commit has (its train_image.ImageResult and results.Status, both gone since)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ real job's storage and MLflow requests at any scale on this machine.
     SimulatedTrainer    read_image: a zero tensor of the row's size (the GET happened already);
                         train: per scale, on_scale_start, a sleep, on_iteration every log_every
                         iterations and at niter, on_scale_end (singan.train's order and counts);
-                        level_files / final_files: placeholder bytes under singan.outputs'
+                        level_files / final_files: placeholder bytes under singan.data.outputs'
                         names; resume_point: model/config.json and the scale files read back
                         through the store (real GETs), as ImageStore.load_model does
     sleeping_bucket     train_bucket without storage or tracking (fleet_scale.py --driver-only)
@@ -145,7 +145,7 @@ class SimulatedTrainer(Trainer):
         return None
 
     def level_files(self, model: SimulatedModel, scale: int) -> dict[str, bytes]:
-        """singan.outputs.write_level's files, in its order."""
+        """singan.data.outputs.write_level's files, in its order."""
         return {f"reals/scale_{scale:02d}.png": _picture(self.picture_bytes // 2),
                 f"samples/scale_{scale:02d}.png": _picture(self.picture_bytes),
                 f"model/{scale_file_name(scale)}": _placeholder(self.level_bytes),
@@ -153,7 +153,8 @@ class SimulatedTrainer(Trainer):
 
     def final_files(self, model: SimulatedModel, row: ManifestRow,
                     num_samples: int) -> dict[str, bytes]:
-        """singan.outputs.write_final's files, in its order (a plain training's task adds none)."""
+        """singan.data.outputs.write_final's files, in its order (a plain training's task adds
+        none)."""
         files = {f"samples/sample_{index:02d}.png": _picture(self.picture_bytes // 2)
                  for index in range(num_samples)}
         files["samples/reconstruction.png"] = _picture(self.picture_bytes // 2)

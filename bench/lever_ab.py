@@ -3,8 +3,9 @@
     python bench/lever_ab.py --image photo.jpg --max-size 128 --scales 2,5 \\
         --variant /tmp/train_fused.py --variant /tmp/train_channels_last.py
 
-A variant is a Python file defining `train_scale` with singan.train.train_scale's signature,
-usually a copy of singan/train.py with one change (the lever). The coarser scales are trained
+A variant is a Python file defining `train_scale` with the signature of
+singan.recipes.singan.training.train_scale, usually a copy of singan/recipes/singan/training.py
+with one change (the lever). The coarser scales are trained
 once (--niter-frozen iterations each, quality does not matter for timing); then at every
 --scales scale each round times ours, every variant and the reference-style baseline
 (bench/reference_style.py) on the same frozen model, in an order rotated every round so that

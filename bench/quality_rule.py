@@ -1,6 +1,6 @@
-"""The quality verdict's rule (singan.verdict.judge) measured on the fidelity runs already recorded
-in bench/results/fidelity_48px_*.json (both sides, official and ours, every photo and seed):
-which runs it calls suspect, against the runs bench/fidelity.py's own rule calls failed (patch
+"""The quality verdict's rule (singan.metrics.verdict.judge) measured on the fidelity runs
+already recorded in bench/results/fidelity_48px_*.json (both sides, official and ours, every
+photo and seed): which runs it calls suspect, against the runs bench/fidelity.py's own rule calls failed (patch
 SWD above FAILED x the median of the other side's runs on that photo: a rule that needs other
 runs, which a single training does not have).
 

@@ -1,8 +1,9 @@
 """A speed baseline: one SinGAN scale trained in the style of the reference code.
 
-Written by us from the description in reference/SINGAN.md (no reference code is copied). It uses
-the project's own Generator / Discriminator and Config, so that the only differences from
-`singan.train.train_scale` are the ones the speed work is about:
+Written by us from the description in SINGAN.md, in the project's shared reference folder (no
+reference code is copied). It uses the project's own Generator / Discriminator and Config, so
+that the only differences from `singan.recipes.singan.training.train_scale` are the ones the
+speed work is about:
 
 - `prev` is rebuilt at every D step by running all frozen coarser generators, and every
   upsampling between scales goes tensor -> uint8 numpy on the CPU (truncating) -> a MATLAB-style
@@ -18,9 +19,9 @@ the project's own Generator / Discriminator and Config, so that the only differe
 Network work per iteration (d_steps = g_steps = 3), the reference's count, which this file keeps:
   D steps: 3 x [D(real), G(noise, prev) with autograd, D(fake), D(x_hat) + double backward]
   G steps: 3 x [D(fake) + backward through D and the last D step's G graph, G(z_rec) + backward]
-  = 6 G forwards, 12 D forwards. Ours (singan/train.py) regenerates the fake per G step (9 G
-  forwards, 3 of them without autograd, 12 D forwards), so this baseline is, if anything,
-  slightly favoured.
+  = 6 G forwards, 12 D forwards. Ours (singan/recipes/singan/training.py) regenerates the fake
+  per G step (9 G forwards, 3 of them without autograd, 12 D forwards), so this baseline is, if
+  anything, slightly favoured.
 
 Reusing one `fake` across three optimizer steps only runs because torch <= 1.4 updated weights
 through `.data`, out of autograd's sight. We reproduce that by saving the fake's tensors for

@@ -13,8 +13,8 @@ boundaries. With --niter below the preset's, the per-iteration figures are measu
 iterations and `projected_total_seconds` scales them to the preset's iteration count.
 
 --baseline (SinGAN recipe only): at the start of every scale, with the coarser scales of this
-very training frozen, our training step (singan.train.train_scale) and the reference-style loop
-(bench/reference_style.py) are timed on the same image, config and device, alternately (ours
+very training frozen, our training step (singan.recipes.singan.training.train_scale) and the
+reference-style loop (bench/reference_style.py) are timed on the same image, config and device, alternately (ours
 first in even rounds, the baseline first in odd ones) so that other load on the machine hits
 both alike. Each round runs --warmup untimed iterations (lazy allocations, optimizer state,
 kernel selection), then --baseline-iters timed ones; a scale's seconds are the median over
@@ -92,9 +92,9 @@ class Timer(singan.Callback):
 
 
 class Stamps(singan.Callback):
-    """Wall and CPU timestamps after logged iterations (train.py logs every config.log_every
-    iterations). CPU time (this process's, all threads) is the steadier figure when other
-    processes share the cores; on a GPU only the wall time means anything."""
+    """Wall and CPU timestamps after logged iterations (every config.log_every iterations and the
+    last: singan.base.is_log_step). CPU time (this process's, all threads) is the steadier figure
+    when other processes share the cores; on a GPU only the wall time means anything."""
 
     def __init__(self, device: torch.device):
         self.device, self.times = device, {}
@@ -114,8 +114,8 @@ class Stamps(singan.Callback):
 
 
 def time_ours(model, reals, scale: int, warmup: int, iters: int, step=train_scale) -> dict:
-    """Wall and CPU seconds per iteration of singan.train.train_scale (or `step`, a variant of
-    it with the same signature) on `scale`, and peak CUDA MB.
+    """Wall and CPU seconds per iteration of singan.recipes.singan.training.train_scale (or
+    `step`, a variant of it with the same signature) on `scale`, and peak CUDA MB.
 
     Trains a throwaway model that shares the frozen coarser scales; logging every `warmup`
     iterations gives the timestamps (on a GPU each log is one host sync, so ours is timed with

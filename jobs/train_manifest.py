@@ -320,7 +320,7 @@ class Tally:
         self.failures: list[str] = []  # their lines
         self.tasks: Counter[str] = Counter()  # images by manifest task
         self.untracked = 0  # images whose run still lacks something after the worker's replay
-        self.suspect = 0  # done images whose verdict is suspect (singan.verdict)
+        self.suspect = 0  # done images whose verdict is suspect (singan.metrics.verdict)
         self.suspects: list[str] = []  # the first LISTED_FAILURES, as lines
         self.retrained = Counter()  # images retrained (--retrain-suspect), by their final verdict
         self.cpu_notice = False

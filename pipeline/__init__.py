@@ -1,4 +1,5 @@
-"""Everything around one image, as the jobs fan it out (DESIGN.md: jobs -> pipeline -> singan).
+"""Everything around one image, as the jobs fan it out (jobs -> pipeline -> singan,
+docs/architecture.md).
 
 manifest     the Parquet manifest: its columns, streamed and checked a record batch at a time
 catalog      making a manifest: the images of a folder, bucket prefix or glob, written as Parquet

@@ -75,7 +75,7 @@ class Entry:
     node: str | None = None  # the Ray node it ran on
     device: str | None = None  # what it trained on: cpu or cuda
     finished_at: str | None = None  # UTC, ISO 8601
-    quality: str | None = None  # a done image's verdict (singan.verdict): ok or suspect
+    quality: str | None = None  # a done image's verdict (singan.metrics.verdict): ok or suspect
     quality_reason: str | None = None  # why it is suspect
     retrained: str | None = None  # --retrain-suspect: the seeds tried, and the one kept
 

@@ -49,7 +49,7 @@ from singan.settings import FIELD_KINDS, Config, field_value
 
 logger = logging.getLogger(__name__)
 
-# FIELD -> kind ("int", "float", "str", "bool") for every Config field: singan.config.FIELD_KINDS.
+# FIELD -> kind ("int", "float", "str", "bool") for every Config field: singan.settings.FIELD_KINDS.
 # Config fields a row may override. `log_every` only changes logging, which is the job's business.
 _CONFIG_COLUMNS = {name: kind for name, kind in FIELD_KINDS.items() if name != "log_every"}
 OVERRIDE_COLUMNS: tuple[str, ...] = (*_CONFIG_COLUMNS, "seed")

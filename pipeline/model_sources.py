@@ -1,5 +1,5 @@
 """Where the `singan` command reads a trained model besides a local folder (registered in the
-entry point group singan.model_sources, see singan/cli_common.py): any fsspec URL, and MLflow's
+entry point group singan.model_sources, see singan/cli/common.py): any fsspec URL, and MLflow's
 runs:/ and models:/ URIs."""
 
 from __future__ import annotations

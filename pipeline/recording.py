@@ -23,7 +23,7 @@ LOSSES = ("d_real", "d_fake", "gradient_penalty", "g_adv", "reconstruction")
 
 
 class TrackedFolder:
-    """The image's folder as singan.outputs writes it: every file goes to the store; the sample
+    """The image's folder as singan.data.outputs writes it: every file goes to the store; the sample
     grids to the run's image views as well (tracking.picture_of), the task's outputs to its
     artifacts (tracking.ARTIFACTS)."""
 

@@ -1,5 +1,5 @@
-"""`--retrain-suspect N`: an image whose model the verdict calls suspect (singan.verdict) is
-trained again with the next seeds, up to N more times, and the best model is kept.
+"""`--retrain-suspect N`: an image whose model the verdict calls suspect (singan.metrics.verdict)
+is trained again with the next seeds, up to N more times, and the best model is kept.
 
 SinGAN's failures are mostly bad luck of the draw (the fidelity runs' one failed run in 60
 trained fine with another seed), so another seed is the cheapest cure. The attempts run in the
@@ -7,7 +7,7 @@ task that trained the image, one after another, each in memory until it is judge
 
 - the image's folder always holds the best attempt so far (first the original training);
 - an attempt is better when its verdict is ok and the kept one's is not, or, with equal
-  verdicts, when its patch SWD ratio (singan.verdict.Summary.swd_ratio) is lower;
+  verdicts, when its patch SWD ratio (singan.metrics.verdict.Summary.swd_ratio) is lower;
 - the attempts stop at the first ok one;
 - retrain.json in the folder records every attempt (seed, verdict, ratio) and the kept seed, as
   each attempt ends: a worker that dies in the middle goes on with the next untried seed when Ray

@@ -1,7 +1,7 @@
 """All remote storage of the project goes through this module: the only one that imports fsspec
 (and, through it, s3fs and botocore). Local disk, S3, any fsspec URL.
 
-One image's folder under the output URL (DESIGN.md):
+One image's folder under the output URL (README.md, "Outputs"):
 
     {output}/{image_id}/model/config.json      config, pyramid plan, seed, finished_scales
     {output}/{image_id}/model/scale_00.pt ...  one file per finished scale (the resume point)
@@ -677,7 +677,7 @@ class ImageStore(Storage):
         super().__init__(join(output, image_id))
         self.image_id = image_id
 
-    # --- model (written by singan.outputs.write_level, through `put`) ------------------------
+    # --- model (written by singan.data.outputs.write_level, through `put`) -------------------
     def load_model(self, device: torch.device | str | None = None) -> Pyramid | None:
         """The (possibly partial) model saved here, of any recipe, or None when there is none.
 

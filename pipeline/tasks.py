@@ -10,7 +10,7 @@ manifest, the worker and the jobs look a task up here and never compare task nam
               singan.apps.animate): trains with noise padding and min_size 20; writes
               animate/start_scale_S/beta_B.gif
 
-A task's outputs go to the image's folder through singan.outputs (the `singan` command writes
+A task's outputs go to the image's folder through singan.data.outputs (the `singan` command writes
 the same files) and to its MLflow run. Adding a task: a `Task` subclass and one line in TASKS.
 """
 

@@ -1,7 +1,7 @@
 """MLflow tracking for the batch job, written so that tracking can never fail a training, and
 so that a cluster's workers reach the shared tracking server at a steady, bounded rate.
 
-Layout (DESIGN.md): one experiment; a parent run per job; a child run per image tagged
+Layout (README.md, "MLflow"): one experiment; a parent run per job; a child run per image tagged
 `mlflow.parentRunId`, with the image's params, per-scale losses (key `sNN/<loss>`, step = the
 iteration), per-scale values (`noise_amp`, `scale_seconds`, `sifid`, `patch_swd`; step = the
 scale), each scale's sample picture and the final pictures and the task's outputs (sr/, animate/)

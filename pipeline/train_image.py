@@ -1,7 +1,7 @@
 """Train a bucket of manifest rows: the function the training job's Ray tasks run.
 
 For each row it reads the image through storage, trains (resuming at the last finished scale),
-writes the image's output layout as it goes (singan.outputs, the files the `singan` command
+writes the image's output layout as it goes (singan.data.outputs, the files the `singan` command
 writes too, plus each scale's points, tracking.json and _SUCCESS; pipeline.recording), makes
 the row's task outputs (pipeline.tasks), tracks to MLflow, and at the end of the bucket sends
 MLflow what it missed and writes each image's ledger file (pipeline.ledger). Runs in any
@@ -105,13 +105,13 @@ class Trainer:
         return load_stem(inception, device=device) if inception else None
 
     def level_files(self, model: Pyramid, scale: int) -> dict[str, bytes]:
-        """A finished scale's files, in the order they are written (singan.outputs)."""
+        """A finished scale's files, in the order they are written (singan.data.outputs)."""
         files: dict[str, bytes] = {}
         outputs.write_level(model, scale, _Files(files))
         return files
 
     def final_files(self, model: Pyramid, row: ManifestRow, num_samples: int) -> dict[str, bytes]:
-        """The finished model's pictures and the row's task outputs (singan.outputs)."""
+        """The finished model's pictures and the row's task outputs (singan.data.outputs)."""
         files: dict[str, bytes] = {}
         outputs.write_final(model, _Files(files), num_samples)
         names = row.task.write_outputs(model, _Files(files), row.params)
@@ -120,7 +120,8 @@ class Trainer:
         return files
 
     def summary(self, model: Pyramid) -> dict[str, float]:
-        """The finished model's summary (singan.verdict.Summary.metrics), for its verdict."""
+        """The finished model's summary (singan.metrics.verdict.Summary.metrics), for its
+        verdict."""
         return summarize(model, seed=model.seed).metrics()
 
     def scale_metrics(self, model: Pyramid, job: JobSettings,
@@ -145,7 +146,7 @@ class Trainer:
 
 
 class _Files:
-    """A singan.outputs folder that keeps the files in a dict, in the order they come."""
+    """A singan.data.outputs folder that keeps the files in a dict, in the order they come."""
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
@@ -465,7 +466,7 @@ class _Bucket:
     def judged(self, row: ManifestRow, model: Pyramid, seconds: float,
                sifid_value: float | None) -> tuple[dict[str, float], Verdict | None]:
         """The image's summary metrics (SUMMARY_PREFIX + name: the trainer's summary, the final
-        SIFID, seconds, scales, the task's peak memory) and its verdict (singan.verdict)."""
+        SIFID, seconds, scales, the task's peak memory) and its verdict (singan.metrics.verdict)."""
         try:
             values = self.job.trainer.summary(model)
         except Exception as err:  # noqa: BLE001 - a finished training stays finished

@@ -34,7 +34,7 @@ class Pyramid(nn.Module):
     (`scales`), their views, and storage as config.json plus one file per finished level.
 
     Subclasses say what a level file holds (`save_level`) and what their generators are; their
-    recipe (singan.recipe) reads the files back.
+    recipe (singan.recipes.spec.Recipe) reads the files back.
     """
 
     def __init__(self, config: Config, plan: PyramidPlan, seed: int):
@@ -119,6 +119,18 @@ class Pyramid(nn.Module):
             data = self.level_bytes(index)
             atomic_write(directory / scale_file_name(index), lambda f, d=data: f.write(d))
         atomic_write(directory / "config.json", lambda f: f.write(self.metadata_bytes()))
+
+
+class Level(nn.Module):
+    """What every finished level holds besides its networks, as buffers saved with it: the real
+    image at the level's size, its reconstruction input z_rec and its noise amplitude."""
+
+    def __init__(self, real: Tensor, z_rec: Tensor, noise_amp: Tensor | float):
+        super().__init__()
+        self.register_buffer("real", real)
+        self.register_buffer("z_rec", z_rec)
+        self.register_buffer("noise_amp", torch.as_tensor(noise_amp, dtype=real.dtype,
+                                                          device=real.device).reshape(()))
 
 
 def read_metadata(metadata_file: IO[bytes], name: str = "model") -> tuple[Config, PyramidPlan, int]:

@@ -48,3 +48,12 @@ def shrunk_shape(height: int, width: int, scale1: float, max_size: int) -> tuple
     the plain ceil of the float product, and float error can round a side shrunk to max_size up
     to max_size + 1 (1920 * 250/1920 > 250, 650 * 48/650 > 48); that side is kept at max_size."""
     return (min(math.ceil(height * scale1), max_size), min(math.ceil(width * scale1), max_size))
+
+
+def first_not_shrinking(shapes: tuple[tuple[int, int], ...]) -> int | None:
+    """The first level i whose next one (i + 1) is not larger on both sides, or None: a
+    pyramid whose levels do not shrink would train two levels on the same image."""
+    for i, (coarse, fine) in enumerate(zip(shapes, shapes[1:])):
+        if coarse == fine or coarse[0] > fine[0] or coarse[1] > fine[1]:
+            return i
+    return None

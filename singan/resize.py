@@ -2,8 +2,9 @@
 
 The reference SinGAN resizes with a numpy port of MATLAB's `imresize` (bicubic, antialiased when
 shrinking) on the CPU, after quantising to uint8. Its pyramid and its upsampling between scales
-depend on that exact kernel, so we reproduce the arithmetic (reference/SINGAN.md section 2) but
-express each axis as a dense weight matrix applied with one matmul on the tensor's own device.
+depend on that exact kernel, so we reproduce the arithmetic (SINGAN.md section 2, in the
+project's shared reference folder) but express each axis as a dense weight matrix applied with
+one matmul on the tensor's own device.
 Two reference quirks are deliberately not reproduced: the taps beyond the top/left edge are
 mirrored as MATLAB does (the reference casts their negative indices to unsigned integers before
 weighting them, so they weigh 0 and the rest is renormalised), and antialiasing is decided per

@@ -1,8 +1,11 @@
 """Configuration: one frozen dataclass whose defaults are the reference SinGAN's, and presets.
 
-Field names follow the reference code (reference/SINGAN.md). Constants the reference hard-codes
-are named fields here. Values derived from a config and an image (the real scale factor, the
-pyramid shapes) are computed by `singan.pyramid`, never written back into the config.
+Field names follow the reference code (SINGAN.md, in the project's shared reference folder).
+Constants the reference hard-codes are named fields here. Values derived from a config and an
+image (the real scale factor, the pyramid shapes) are computed by the recipe's plan
+(`singan.recipes.singan.levels`, a `singan.plans.PyramidPlan`), never written back into the
+config. Whether a recipe can train a config is singan.recipes.check's to say; singan.config
+(in singan/api.py) makes a checked Config from a preset.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from singan.errors import InputError
 Padding = Literal["zero", "circular", "reflect"]
 PADDINGS: tuple[str, ...] = get_args(Padding)
 # wgan_gp trains a critic; the others replace it by a loss between real and fake patches
-# (singan.adversary.ADVERSARIES implements each).
+# (singan.recipes.singan.adversary.ADVERSARIES implements each).
 Loss = Literal["wgan_gp", "frechet", "nnpl", "annpl"]
 LOSSES: tuple[str, ...] = get_args(Loss)
 # How z* (the coarsest scale's reconstruction noise) is drawn: once (the paper's text), or anew
@@ -74,7 +77,7 @@ class Config:
     loss: Loss = "wgan_gp"  # wgan_gp: the paper's critic; frechet | nnpl | annpl: no D network
     patch_size: int = 7  # patch side of the frechet / nnpl / annpl losses
 
-    # Recipe (a name registered in singan.recipe.RECIPES: singan, consingan). train_depth and
+    # Recipe (a name registered in singan.recipes.RECIPES: singan, consingan). train_depth and
     # lr_scale only matter to ConSinGAN; SinGAN always has BatchNorm.
     # singan.config(recipe="consingan") also switches the fields above to ConSinGAN's defaults
     # (its Recipe.defaults). ConSinGAN trains num_scales stages, all channels(0) wide.

@@ -36,7 +36,8 @@ def runtime_imports(path: Path, name: str | None = None) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:  # `from singan import outputs` imports singan.outputs
+            # `from singan.data import outputs` imports singan.data.outputs
+            for alias in node.names:
                 submodule = f"{node.module}.{alias.name}"
                 found.add(submodule if submodule in MODULES else node.module)
     return {other for other in found if other in MODULES and other != name}
@@ -103,8 +104,8 @@ def test_dependencies_point_one_way_jobs_pipeline_singan():
     assert backwards == []
 
 
-# Names that only a registry may compare: recipes (singan/recipe.py, singan/recipes.py and the
-# recipes' own modules) and manifest tasks (pipeline/tasks.py).
+# Names that only a registry may compare: recipes (singan/recipes/__init__.py,
+# singan/recipes/spec.py and the recipes' own modules) and manifest tasks (pipeline/tasks.py).
 RECIPE_NAMES = {"singan", "consingan"}
 TASK_NAMES = {"train", "sr", "animate"}
 ALLOWED = {"pipeline/tasks.py": TASK_NAMES}

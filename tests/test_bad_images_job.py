@@ -161,7 +161,8 @@ KINDS = {
                        failed("truncated or corrupt image data")),
     "text": ("notes.png", lambda: b"just some notes, not a picture\n",
              failed("not an image (unknown format or corrupt header)")),
-    # Never upscaled (reference/SINGAN.md: scale1 = min(max_size / max(H, W), 1)): an image
+    # Never upscaled (SINGAN.md in the project's shared reference folder: scale1 =
+    # min(max_size / max(H, W), 1)): an image
     # below min_size has no pyramid, and says what to change.
     "one_pixel": ("dot.png", lambda: encode(Image.new("RGB", (1, 1), RED), "PNG"),
                   failed("image 1x1 is smaller than min_size=12; use a larger image or lower "
@@ -255,7 +256,7 @@ def test_every_bad_image_fails_its_own_row_and_every_odd_one_trains(images, tmp_
 # a worker's memory
 
 # A fresh process does what a worker does with a row's image before training: read it through
-# storage and convert it (pipeline.train_image.read_image, i.e. singan.image.load_image), then
+# storage and convert it (pipeline.train_image.read_image, i.e. singan.data.image.load_image), then
 # build the training pyramid from it. It prints its resident memory after the imports and its
 # peak after the load, in bytes. Both come from /proc/self/status (VmRSS, VmHWM), which belong
 # to this process's own address space: ru_maxrss would start at the pytest process's size,

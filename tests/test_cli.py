@@ -114,7 +114,7 @@ def test_sample_reads_a_model_from_any_fsspec_url_and_file_urls(photo, tmp_path,
 
 
 def test_a_url_without_its_loader_says_which_extra_to_install(tmp_path, capsys, monkeypatch):
-    from singan import cli_common
+    from singan.cli import common as cli_common
 
     monkeypatch.setattr(cli_common.metadata, "entry_points", lambda group: [])
     assert main(["sample", "s3://bucket/outputs/img1", "--out", str(tmp_path / "s")]) == 2

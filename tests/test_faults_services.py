@@ -289,7 +289,7 @@ def assert_points_once(client, output: Path, ids: list[str]) -> dict[str, int]:
                                    for p in points), image_id
         run = client.get_run(run_id)
         success = json.loads((folder / "_SUCCESS").read_text())
-        # The points, and the summary the image ended with (singan.verdict), nothing else.
+        # The points, and the summary the image ended with (singan.metrics.verdict), nothing else.
         assert set(run.data.metrics) == set(keys) | set(success["summary"]), image_id
         assert {k: run.data.metrics[k] for k in success["summary"]} == success["summary"]
         assert run.data.tags["quality"] == success["quality"]

@@ -1,4 +1,5 @@
-"""singan.image: loading every PIL mode to [-1, 1], rejecting bad files, saving atomically.
+"""singan.data.image (and singan.data.decode): loading every PIL mode to [-1, 1], rejecting bad
+files, saving atomically.
 
 Every image here is made procedurally with numpy/Pillow in tmp_path or memory.
 """

@@ -1,4 +1,4 @@
-"""One writer of an image's outputs (singan.outputs): the `singan` command and the batch job
+"""One writer of an image's outputs (singan.data.outputs): the `singan` command and the batch job
 write the same files with the same pixels for the same image, settings and seed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One override syntax (singan.config.field_value): `singan train --set`, the batch job's
+"""One override syntax (singan.settings.field_value): `singan train --set`, the batch job's
 `--set` and a manifest's columns read a field's value with the same code."""
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def test_train_image_writes_the_layout_then_skips(tmp_path):
                      "samples/final.png"}
     success = json.loads((root / "_SUCCESS").read_text())
     assert success["config_hash"] == config_hash(task) and success["num_scales"] == n
-    # The summary and the verdict (singan.verdict), kept for the results and for a replay.
+    # The summary and the verdict (singan.metrics.verdict), kept for the results and for a replay.
     summary = success["summary"]
     assert {"final/patch_swd", "final/diversity", "final/swd_ratio", "final/reconstruction_rmse",
             "final/seconds", "final/num_scales", "final/peak_memory_mib"} <= set(summary)

@@ -1,4 +1,5 @@
-"""Tests for singan.pyramid: the reference's pyramid arithmetic, its guards, and build_reals."""
+"""Tests for singan.recipes.singan.levels and singan.plans: the reference's pyramid arithmetic,
+its guards, and build_reals."""
 
 from __future__ import annotations
 

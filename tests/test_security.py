@@ -79,7 +79,7 @@ def png(seed: int) -> bytes:
 # 1. Image ids cannot leave the output root
 
 # Every file name the layout writes inside an image's folder (pipeline/storage.py's docstring,
-# pipeline/apps.py, pipeline/tracking.py, pipeline/train_image.py).
+# singan/data/outputs.py, pipeline/tasks.py, pipeline/tracking.py, pipeline/train_image.py).
 LAYOUT_FILES = (
     "model/config.json", f"model/{scale_file_name(0)}", f"model/{scale_file_name(12)}",
     "reals/scale_00.png", "samples/scale_00.png", "samples/sample_00.png",
@@ -252,7 +252,7 @@ def test_every_torch_load_of_the_project_passes_weights_only_true():
             loading.add(name)
     assert problems == []
     # The scan sees the known load sites: model levels (both recipes) and Inception weights.
-    assert {"singan/base.py", "singan/sifid.py"} <= loading
+    assert {"singan/base.py", "singan/metrics/sifid.py"} <= loading
     print(f"{len(files)} files scanned, {calls} torch loads, all weights_only=True")
 
 

@@ -1,4 +1,5 @@
-"""The quality verdict (singan.verdict): a model's summary and the rule that calls it suspect."""
+"""The quality verdict (singan.metrics.verdict): a model's summary and the rule that calls it
+suspect."""
 
 from __future__ import annotations
 

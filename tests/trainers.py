@@ -9,7 +9,8 @@ from pipeline.train_image import Trainer
 
 class JudgedBySeed(Trainer):
     """Real trainings whose summary says what the test wants of each seed: a swd_ratio, suspect
-    above singan.verdict's limit of 6. Counts the trainings, and can fail one (a dying worker)."""
+    above singan.metrics.verdict's limit of 6. Counts the trainings, and can fail one (a dying
+    worker)."""
 
     def __init__(self, ratios: dict[int, float], fail_seed: int | None = None):
         self.ratios, self.fail_seed, self.seeds = ratios, fail_seed, []

@@ -2,7 +2,7 @@
 reconstruction, then samples) one under the other, enlarged without smoothing so that the
 64-px pixels show as they are.
 
-    python infra/local/demo_picture.py runs/demo/outputs docs/images/demo.png
+    python infra/local/demo_picture.py runs/demo/outputs docs/images/demo_balloons.png
 """
 
 from __future__ import annotations

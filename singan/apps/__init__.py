@@ -1,4 +1,5 @@
-"""Applications of a trained SinGAN (reference/SINGAN.md section 5).
+"""Applications of a trained SinGAN (SINGAN.md section 5, in the project's shared reference
+folder).
 
     sr_model = singan.train(low, sr_config(*low.shape[-2:], 4))    # alpha 100, full size
     high = super_resolve(sr_model, 4)                               # 4x larger

@@ -1,4 +1,5 @@
-"""Animation (reference/SINGAN.md section 5): a short looping video from one image.
+"""Animation (SINGAN.md section 5, in the project's shared reference folder): a short looping
+video from one image.
 
 The model trains with noise padding (noise covers the generator's border instead of a blank
 frame) and min_size 20. Each frame's noise takes a random walk with momentum around the

@@ -33,7 +33,7 @@ def save_gif(
     hundredth of a second and at least one hundredth. `loop` is the number of times to play
     the clip after the first, 0 (the default) for forever, None for once with no loop
     extension. Each frame gets its own 256-colour palette (GIF's limit). The file is written
-    whole or not at all (`singan.files.atomic_write`).
+    whole or not at all (`singan.data.files.atomic_write`).
 
     Raises `InputError` for fps <= 0, a bad loop count, no frames, or a path that cannot be
     written; `ValueError` for a tensor that is not T x 3 x H x W.

@@ -1,6 +1,6 @@
-"""Harmonization and editing (reference/SINGAN.md section 5): a pasted object, or an edited
-region, injected at scale n, takes on the training image's look; the result is blended back
-into the real image through a dilated, blurred mask.
+"""Harmonization and editing (SINGAN.md section 5, in the project's shared reference folder): a
+pasted object, or an edited region, injected at scale n, takes on the training image's look; the
+result is blended back into the real image through a dilated, blurred mask.
 
 Harmonization dilates the mask with a disk of radius 7, editing with radius 20; both blur it with
 a Gaussian of sigma 5 and normalise it to [0, 1]. Pixels beyond the blurred border keep the real

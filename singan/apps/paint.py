@@ -1,5 +1,5 @@
-"""Paint-to-image (reference/SINGAN.md section 5): a rough colour sketch, injected at scale n,
-comes out with the training image's textures.
+"""Paint-to-image (SINGAN.md section 5, in the project's shared reference folder): a rough
+colour sketch, injected at scale n, comes out with the training image's textures.
 
 The paint is resized to the training image, shrunk to scale n - 1 and enlarged to scale n (so it
 carries no detail the generators of scales n .. N would not add), and stands in for the output

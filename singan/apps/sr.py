@@ -1,5 +1,6 @@
-"""Super-resolution (reference/SINGAN.md section 5): a SinGAN of the low-resolution image,
-whose finest generator is run again and again on its own upsampled output.
+"""Super-resolution (SINGAN.md section 5, in the project's shared reference folder): a SinGAN
+of the low-resolution image, whose finest generator is run again and again on its own upsampled
+output.
 
 Training uses the image at its full size (no max_size cap, unlike the reference, which shrinks
 inputs above 250 px without saying so), alpha 100 and min_size 18, with a per-step factor

@@ -136,15 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "each FAKE folder, against it. REAL a folder: one FAKE folder, "
                             "paired by sorted file name.", epilog=SIFID_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
-    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
+    add_image_pairs(p)
     p.add_argument("--dims", type=int, choices=(64, 192), default=64,
                    help="64: the layer of published numbers; 192: the paper's text "
                         "(default: %(default)s)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="torchvision's inception_v3_google-0cc3c7bd.pth (default: "
                         "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_sifid)
 
     p = commands.add_parser("quality", help="weight-free patch metrics of generated images",
@@ -152,13 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "is from the real one's) and nearest-patch distance (near 0: the "
                             "fake copies the real image), in [0, 1] pixel units; no weights "
                             "needed. Files and folders are paired as for `singan sifid`.")
-    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
-    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
+    add_image_pairs(p)
     p.add_argument("--patch", type=int, default=7, metavar="K", help="patch size (default: 7)")
     p.add_argument("--projections", type=int, default=256, metavar="P",
                    help="random directions of the SWD (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of projections and subsampling")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_quality)
 
     p = commands.add_parser("examples", help="write procedural example images to train on",
@@ -263,6 +259,13 @@ def sifid_pairs(real: Path, fakes: list[Path]) -> list[tuple[Path, Path]]:
                              f"{len(fake_files)}: they are paired by sorted file name")
         return list(zip(reals, fake_files))
     return [(real, f) for path in fakes for f in (images(path) if path.is_dir() else [path])]
+
+
+def add_image_pairs(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that compare generated images with real ones."""
+    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
+    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def run_examples(args: argparse.Namespace) -> int:

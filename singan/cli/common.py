@@ -1,5 +1,5 @@
 """What the `singan` commands share: the training options, the device, where a trained model is
-read from, and training into an output folder (singan.outputs' layout) with a progress line per
+read from, and training into an output folder (singan.data.outputs' layout) with a progress line per
 scale and a summary."""
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def load_model(ref: str, device: torch.device) -> Pyramid:
 
 
 def train_into(image, cfg, out: Path, device, seed: int | None, num_samples: int) -> Pyramid:
-    """Train (or resume) into the output folder layout (singan.outputs), then write the final
+    """Train (or resume) into the output folder layout (singan.data.outputs), then write the final
     pictures and print a summary."""
     resume = previous_model(out / "model", cfg, seed)
     progress = Progress(out)
@@ -166,7 +166,7 @@ class ProgressLine:
 
 class Progress(Callback):
     """A progress line per scale (ProgressLine); writes each finished scale's files
-    (singan.outputs)."""
+    (singan.data.outputs)."""
 
     def __init__(self, out: Path):
         self.folder = outputs.LocalFolder(out)

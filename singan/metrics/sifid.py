@@ -1,4 +1,5 @@
-"""SIFID, the single-image FID of the SinGAN paper (reference/SINGAN.md section 6).
+"""SIFID, the single-image FID of the SinGAN paper (SINGAN.md section 6, in the project's
+shared reference folder).
 
 The Frechet distance between the Inception-v3 features of two images, where every spatial
 position of the feature map is one sample. Features come from the stem of torchvision's ImageNet

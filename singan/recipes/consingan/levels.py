@@ -8,7 +8,7 @@ import math
 from torch import Tensor
 
 from singan.errors import InputError
-from singan.plans import PyramidPlan, shrunk_shape
+from singan.plans import PyramidPlan, first_not_shrinking, shrunk_shape
 from singan.resize import imresize
 from singan.settings import Config
 
@@ -50,14 +50,14 @@ def plan_consingan(height: int, width: int, config: Config) -> PyramidPlan:
          math.ceil(real_shape[1] * level_factor(scale_factor, stop, i)))
         for i in range(stop)
     ) + (real_shape,)
-    for i in range(stop):
+    i = first_not_shrinking(shapes)
+    if i is not None:
         coarse, fine = shapes[i], shapes[i + 1]
-        if coarse == fine or coarse[0] > fine[0] or coarse[1] > fine[1]:
-            raise InputError(
-                f"{size} gives ConSinGAN stages that do not shrink: stages {i} and {i + 1} are "
-                f"{coarse[0]}x{coarse[1]} and {fine[0]}x{fine[1]} ({stop + 1} stages between "
-                f"min_size={config.min_size} and {real_shape[0]}x{real_shape[1]}); lower "
-                f"num_scales or min_size, or use a larger image")
+        raise InputError(
+            f"{size} gives ConSinGAN stages that do not shrink: stages {i} and {i + 1} are "
+            f"{coarse[0]}x{coarse[1]} and {fine[0]}x{fine[1]} ({stop + 1} stages between "
+            f"min_size={config.min_size} and {real_shape[0]}x{real_shape[1]}); lower "
+            f"num_scales or min_size, or use a larger image")
     return PyramidPlan(real_shape=real_shape, scale1=scale1, scale_factor=scale_factor,
                        shapes=shapes)
 

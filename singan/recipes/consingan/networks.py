@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from singan.base import Pyramid, load_state, scale_file_name
+from singan.base import Level, Pyramid, load_state, scale_file_name
 from singan.errors import InputError
 from singan.layers import ConvBlock
 from singan.plans import PyramidPlan
@@ -117,7 +117,7 @@ def noise_size(config: Config, stage: int, shape: tuple[int, int]) -> tuple[int,
 
 
 # --- the model -------------------------------------------------------------------------------
-class Stage(nn.Module):
+class Stage(Level):
     """What belongs to one finished stage besides its generator body.
 
     z_rec: the fixed input of the reconstruction: stage 0's real image itself, then a fixed
@@ -127,12 +127,8 @@ class Stage(nn.Module):
 
     def __init__(self, discriminator: Discriminator, real: Tensor, z_rec: Tensor,
                  noise_amp: Tensor | float):
-        super().__init__()
+        super().__init__(real, z_rec, noise_amp)
         self.discriminator = discriminator
-        self.register_buffer("real", real)
-        self.register_buffer("z_rec", z_rec)
-        self.register_buffer("noise_amp", torch.as_tensor(noise_amp, dtype=real.dtype,
-                                                          device=real.device).reshape(()))
 
     @classmethod
     def empty(cls, index: int, config: Config, shape: tuple[int, int]) -> Stage:
@@ -144,7 +140,7 @@ class Stage(nn.Module):
 class ConSinGAN(Pyramid):
     """A ConSinGAN learnt from one image: the growing `generator` and the finished `scales`.
 
-    The views and storage are `singan.models.Pyramid`'s, shared with SinGAN, so the pipeline
+    The views and storage are `singan.base.Pyramid`'s, shared with SinGAN, so the pipeline
     trains, checkpoints and samples either recipe; `scale_factor` is the pyramid's base factor r
     (see plan_consingan), its levels not evenly spaced.
     """

@@ -1,9 +1,9 @@
 """What judges SinGAN's generator at one scale (`Config.loss`), chosen once, behind one small
-interface, so that the training step (singan.train.train_scale) never asks which it has:
+interface, so that the training step (singan.recipes.singan.training.train_scale) never asks which it has:
 
 - `Critic` (wgan_gp, the paper's): a patch discriminator trained with WGAN-GP, `d_steps` steps
   per iteration; the generator's adversarial loss is -mean D(fake).
-- `PatchLoss` (frechet, nnpl, annpl: singan.patch_losses): no network; the generator's loss is a
+- `PatchLoss` (frechet, nnpl, annpl: singan.metrics.patch_losses): no network; the generator's loss is a
   distance between the fake's and the real image's patch distributions.
 
 Each critic step of an iteration draws its own `prev`, and the generator steps use the last one;

@@ -1,9 +1,10 @@
 """The image pyramid: how many scales, their sizes, and the resized images.
 
-The arithmetic is the reference SinGAN's (reference/SINGAN.md section 1), float error included:
-a level meant to be 25 px often comes out 26, and trained models, noise maps and parity tests all
-depend on the exact sizes. Where the reference crashes or silently misbehaves on a degenerate
-image, `plan_pyramid` raises `InputError` instead, naming the image size and what to change.
+The arithmetic is the reference SinGAN's (SINGAN.md section 1, in the project's shared reference
+folder), float error included: a level meant to be 25 px often comes out 26, and trained models,
+noise maps and parity tests all depend on the exact sizes. Where the reference crashes or
+silently misbehaves on a degenerate image, `plan_pyramid` raises `InputError` instead, naming the
+image size and what to change.
 
 Scales are numbered as in the reference code: 0 is the coarsest, the last is the finest.
 """
@@ -15,7 +16,7 @@ import math
 from torch import Tensor
 
 from singan.errors import InputError
-from singan.plans import PyramidPlan, shrunk_shape
+from singan.plans import PyramidPlan, first_not_shrinking, shrunk_shape
 from singan.resize import imresize
 from singan.settings import Config
 
@@ -78,17 +79,16 @@ def plan_pyramid(height: int, width: int, config: Config | None = None) -> Pyram
         )
         for i in range(stop_scale + 1)
     )
-    for i in range(stop_scale):
+    i = first_not_shrinking(shapes)
+    if i is not None:  # the reference would train two scales on the same image (e.g. 25x25)
         coarse, fine = shapes[i], shapes[i + 1]
-        if coarse == fine or coarse[0] > fine[0] or coarse[1] > fine[1]:
-            # The reference would train two scales on the same image (e.g. 25x25).
-            raise InputError(
-                f"{size} gives levels that do not shrink: scales {i} and {i + 1} are "
-                f"{coarse[0]}x{coarse[1]} and {fine[0]}x{fine[1]} (ratio {scale_factor:.4f} "
-                f"between {stop_scale + 1} levels, finest {real_size}); "
-                + ("lower num_scales, " if cfg.num_scales is not None else "")
-                + "use a larger image or lower min_size"
-            )
+        raise InputError(
+            f"{size} gives levels that do not shrink: scales {i} and {i + 1} are "
+            f"{coarse[0]}x{coarse[1]} and {fine[0]}x{fine[1]} (ratio {scale_factor:.4f} "
+            f"between {stop_scale + 1} levels, finest {real_size}); "
+            + ("lower num_scales, " if cfg.num_scales is not None else "")
+            + "use a larger image or lower min_size"
+        )
     return PyramidPlan(
         real_shape=real_shape, scale1=scale1, scale_factor=scale_factor, shapes=shapes
     )

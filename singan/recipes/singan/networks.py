@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from singan.base import Pyramid, load_state, scale_file_name
+from singan.base import Level, Pyramid, load_state, scale_file_name
 from singan.errors import InputError
 from singan.layers import ConvBlock
 from singan.plans import PyramidPlan
@@ -112,7 +112,7 @@ def padded_noise(z: Tensor, config: Config, images: int = 1) -> Tensor:
     return z if config.noise_padding else pad(z, config)
 
 
-class Scale(nn.Module):
+class Scale(Level):
     """One finished level of the pyramid.
 
     `z_rec` is the reconstruction noise at this scale (z* at the coarsest, zeros elsewhere), and
@@ -122,13 +122,9 @@ class Scale(nn.Module):
 
     def __init__(self, generator: Generator, discriminator: Discriminator | None, real: Tensor,
                  z_rec: Tensor, noise_amp: Tensor | float):
-        super().__init__()
+        super().__init__(real, z_rec, noise_amp)
         self.generator = generator
         self.discriminator = discriminator
-        self.register_buffer("real", real)
-        self.register_buffer("z_rec", z_rec)
-        self.register_buffer("noise_amp", torch.as_tensor(noise_amp, dtype=real.dtype,
-                                                          device=real.device).reshape(()))
 
     @classmethod
     def empty(cls, index: int, config: Config, shape: tuple[int, int], critic: bool) -> Scale:

@@ -1,6 +1,7 @@
-"""SinGAN's training: coarse to fine, one GAN per scale, earlier scales frozen
-(reference/SINGAN.md s. 4), and the SinGAN `Recipe` (singan.recipe) that ties its modules
-(models, sample, this one) together. singan.train runs the outer loop over scales.
+"""SinGAN's training of one scale (`train_scale`), the earlier scales frozen (SINGAN.md section
+4, in the project's shared reference folder); singan.train_many runs the scales coarse to fine,
+and the outline every level shares (callbacks, reports, divergence, freezing) is
+singan.recipes.skeleton's.
 
 Decisions where the reference and the paper differ:
 - z* (the coarsest reconstruction noise) is redrawn every iteration and the last draw stored,
