@@ -7,7 +7,7 @@ manifest, the worker and the jobs look a task up here and never compare task nam
               image at full size with alpha 100 and min_size 18; writes sr/sr_xF.png and
               sr/bicubic_xF.png
     animate   GIFs of random walks around the image (optional `frames`, `fps`;
-              singan.apps.animate): trains with noise padding and min_size 20; writes
+              singan.apps.animation): trains with noise padding and min_size 20; writes
               animate/start_scale_S/beta_B.gif
 
 A task's outputs go to the image's folder through singan.data.outputs (the `singan` command writes
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from singan.apps.animate import FPS, FRAMES, animation_config
+from singan.apps.animation import FPS, FRAMES, animation_config
 from singan.apps.sr import sr_config, sr_steps
 from singan.base import Pyramid
 from singan.data import outputs

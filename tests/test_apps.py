@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 import singan
-from singan.apps.animate import animate, animation_config, noise_walk
-from singan.apps.harmonize import blending_mask, edit, harmonize
+from singan.apps.animation import animate, animation_config, noise_walk
+from singan.apps.harmonization import blending_mask, edit, harmonize
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
 from singan.apps.sr import SR_ALPHA, SR_MIN_SIZE, sr_config, sr_steps, super_resolve
 from singan.cli.commands import main

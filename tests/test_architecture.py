@@ -168,3 +168,22 @@ def test_only_pipeline_storage_talks_to_storage_libraries(name):
     assert storage_bypasses(MODULES[name]) == [], (
         f"{name} goes around pipeline.storage: use its functions (filesystem calls there have "
         "the time limit and the one retry layer)")
+
+
+def test_no_module_is_hidden_by_a_name_of_its_package():
+    """A package's attribute named like one of its modules is that module: `singan.train` the
+    function once hid singan/train.py, and `singan.apps.animate` hid animate.py."""
+    import importlib
+    import types
+
+    hidden = []
+    for init in (ROOT / "singan").rglob("__init__.py"):
+        package = importlib.import_module(module_name(init))
+        for path in init.parent.iterdir():
+            name = path.stem if path.suffix == ".py" else path.name
+            if name.startswith("_") or not (path.suffix == ".py" or (path / "__init__.py").exists()):
+                continue
+            value = getattr(package, name, None)
+            if value is not None and not isinstance(value, types.ModuleType):
+                hidden.append(f"{package.__name__}.{name}")
+    assert hidden == []

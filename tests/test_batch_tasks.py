@@ -25,7 +25,7 @@ from pipeline.storage import ImageStore
 from pipeline.tracking import ImageRun, start_job_run, sync_image
 from pipeline.train_image import JobSettings, config_hash, train_image
 from singan.api import config
-from singan.apps.animate import BETAS
+from singan.apps.animation import BETAS
 from singan.data.examples import pebbles
 from singan.data.image import load_image, png_bytes, save_image
 from singan.resize import imresize

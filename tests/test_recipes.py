@@ -57,7 +57,7 @@ def test_train_command_refuses_singan_variants_with_consingan(tmp_path, capsys):
 
 
 def test_applications_refuse_a_consingan_model():
-    from singan.apps.animate import animate
+    from singan.apps.animation import animate
     from singan.apps.paint import paint_to_image
     from singan.apps.sr import super_resolve
 

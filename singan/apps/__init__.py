@@ -10,9 +10,9 @@ folder).
     save_gif(animate(anim, beta=0.95), "clip.gif", fps=10)
 """
 
-from singan.apps.animate import animate, animation_config
+from singan.apps.animation import animate, animation_config
 from singan.apps.gif import save_gif
-from singan.apps.harmonize import edit, harmonize
+from singan.apps.harmonization import edit, harmonize
 from singan.apps.paint import paint_to_image, retrain_for_paint
 from singan.apps.sr import sr_config, super_resolve
 

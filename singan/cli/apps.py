@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from singan.api import load
-from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animation_config
-from singan.apps.harmonize import blending_mask, edit, harmonize
+from singan.apps.animation import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animation_config
+from singan.apps.harmonization import blending_mask, edit, harmonize
 from singan.apps.masks import EDITING_RADIUS, HARMONIZATION_RADIUS
 from singan.apps.paint import injection, paint_to_image, retrain_for_paint
 from singan.apps.sr import sr_config, sr_steps

@@ -9,7 +9,7 @@ and by the batch job (into its fsspec store, which also logs every picture to ML
     samples/final.png                         the real image, the reconstruction and up to 4
                                               samples side by side (what MLflow shows)
     sr/sr_xF.png, sr/bicubic_xF.png           super-resolution by F, and bicubic to compare
-    animate/start_scale_S/beta_B.gif          animations (singan.apps.animate), B as 0.80 ... 0.95
+    animate/start_scale_S/beta_B.gif          animations (singan.apps.animation), B as 0.80 ... 0.95
 
 Random streams: every picture draws from its own torch.Generator, seeded from the model's seed
 and what the picture is (`picture_generator`), so one model gives the same pictures in the command
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from singan.api import reconstruct, sample
-from singan.apps.animate import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animate
+from singan.apps.animation import ALPHA, BETAS, FPS, FRAMES, START_SCALES, animate
 from singan.apps.gif import gif_bytes
 from singan.apps.sr import super_resolve
 from singan.base import Pyramid, scale_file_name
