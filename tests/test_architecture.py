@@ -171,8 +171,8 @@ def test_only_pipeline_storage_talks_to_storage_libraries(name):
 
 
 def test_no_module_is_hidden_by_a_name_of_its_package():
-    """A package's attribute named like one of its modules is that module: `singan.train` the
-    function once hid singan/train.py, and `singan.apps.animate` hid animate.py."""
+    """A package's attribute named like one of its modules is that module (the function
+    `singan.train` once hid the module of the same name, and `singan.apps.animate` another)."""
     import importlib
     import types
 
