@@ -1,4 +1,5 @@
-"""The `singan` command: train one image, sample a trained model."""
+"""The `singan` command: train one image, sample a trained model, the demo and the example
+images; the metrics' and the applications' subcommands come from metrics.py and apps.py."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from singan.cli.common import (
     train_into,
     training_config,
 )
+from singan.cli.metrics import add_commands as add_metric_commands
 from singan.data.examples import KINDS, pebbles
-from singan.data.image import IMAGE_SUFFIXES, load_image, save_image
+from singan.data.image import load_image, save_image
 from singan.errors import InputError
 from singan.recipes import RECIPES
 from singan.settings import LOSSES, PADDINGS
@@ -54,12 +56,6 @@ Examples:
   singan sample runs:/<run id>/model --out more              # from MLflow ($MLFLOW_TRACKING_URI)
 """
 
-
-SIFID_EPILOG = """\
-Examples:
-  singan sifid photo.png runs/photo/samples           # each sample against the photo
-  singan sifid reals/ fakes/ --dims 192               # reals/a.png vs fakes/a.png, ...
-"""
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -130,32 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(run=run_demo)
 
-    p = commands.add_parser("sifid", help="SIFID between real and generated images",
-                            description="Single-image FID (lower is closer) of each fake against "
-                            "its real image. REAL a file: every FAKE file, and every image in "
-                            "each FAKE folder, against it. REAL a folder: one FAKE folder, "
-                            "paired by sorted file name.", epilog=SIFID_EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_image_pairs(p)
-    p.add_argument("--dims", type=int, choices=(64, 192), default=64,
-                   help="64: the layer of published numbers; 192: the paper's text "
-                        "(default: %(default)s)")
-    p.add_argument("--inception-weights", metavar="PATH",
-                   help="torchvision's inception_v3_google-0cc3c7bd.pth (default: "
-                        "$SINGAN_INCEPTION_WEIGHTS, the torch hub cache, or a download)")
-    p.set_defaults(run=run_sifid)
-
-    p = commands.add_parser("quality", help="weight-free patch metrics of generated images",
-                            description="Patch SWD (how far the fake's k x k patch distribution "
-                            "is from the real one's) and nearest-patch distance (near 0: the "
-                            "fake copies the real image), in [0, 1] pixel units; no weights "
-                            "needed. Files and folders are paired as for `singan sifid`.")
-    add_image_pairs(p)
-    p.add_argument("--patch", type=int, default=7, metavar="K", help="patch size (default: 7)")
-    p.add_argument("--projections", type=int, default=256, metavar="P",
-                   help="random directions of the SWD (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of projections and subsampling")
-    p.set_defaults(run=run_quality)
+    add_metric_commands(commands)
 
     p = commands.add_parser("examples", help="write procedural example images to train on",
                             description="Write procedural example images, 192 x 128 "
@@ -204,68 +175,6 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"training the built-in example image {out / 'example.png'} with the quick preset")
     train_into(image, config("quick"), out, resolve_device(args.device), 0, 8)
     return 0
-
-
-def run_sifid(args: argparse.Namespace) -> int:
-    from singan.metrics.sifid import load_stem, sifid
-
-    pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
-    device = resolve_device(args.device)
-    stem = load_stem(args.inception_weights, device=device)
-    values = []
-    for real, fake in pairs:
-        value = sifid(load_image(real, device=device), load_image(fake, device=device),
-                      dims=args.dims, stem=stem)
-        values.append(value)
-        print(f"{value:.6f}  {fake}" + ("" if len({r for r, _ in pairs}) == 1 else f"  (real: {real})"))
-    print(f"{sum(values) / len(values):.6f}  mean of {len(values)} (dims {args.dims})")
-    return 0
-
-
-def run_quality(args: argparse.Namespace) -> int:
-    from singan.metrics.patches import nn_patch_distance, patch_swd
-
-    pairs = sifid_pairs(Path(args.real), [Path(f) for f in args.fakes])
-    device = resolve_device(args.device)
-    print(f"{'patch_swd':>10} {'nn_patch':>10}  fake")
-    swd, nn = [], []
-    for real_path, fake_path in pairs:
-        real, fake = load_image(real_path, device=device), load_image(fake_path, device=device)
-        swd.append(patch_swd(real, fake, patch=args.patch, projections=args.projections,
-                             seed=args.seed))
-        nn.append(nn_patch_distance(real, fake, patch=args.patch, seed=args.seed))
-        print(f"{swd[-1]:>10.5f} {nn[-1]:>10.5f}  {fake_path}")
-    print(f"{sum(swd) / len(swd):>10.5f} {sum(nn) / len(nn):>10.5f}  mean of {len(swd)}")
-    return 0
-
-
-def sifid_pairs(real: Path, fakes: list[Path]) -> list[tuple[Path, Path]]:
-    """(real, fake) file pairs for `singan sifid`; folders are read in sorted name order."""
-    def images(folder: Path) -> list[Path]:
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise InputError(f"{folder}: no images in this folder")
-        return found
-
-    for path in (real, *fakes):
-        if not path.exists():
-            raise InputError(f"{path}: no such file or folder")
-    if real.is_dir():
-        if len(fakes) != 1 or not fakes[0].is_dir():
-            raise InputError("REAL is a folder: give exactly one FAKE folder to pair it with")
-        reals, fake_files = images(real), images(fakes[0])
-        if len(reals) != len(fake_files):
-            raise InputError(f"{real} has {len(reals)} images but {fakes[0]} has "
-                             f"{len(fake_files)}: they are paired by sorted file name")
-        return list(zip(reals, fake_files))
-    return [(real, f) for path in fakes for f in (images(path) if path.is_dir() else [path])]
-
-
-def add_image_pairs(p: argparse.ArgumentParser) -> None:
-    """The arguments of the commands that compare generated images with real ones."""
-    p.add_argument("real", metavar="REAL", help="the real image, or a folder of them")
-    p.add_argument("fakes", metavar="FAKE", nargs="+", help="generated images or folders")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
 
 
 def run_examples(args: argparse.Namespace) -> int:
