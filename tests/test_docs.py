@@ -9,10 +9,12 @@ pipeline/, jobs/, bench/, infra/ and tests/ (not other string literals: code is 
 What counts as a reference, and when it is broken:
 - path: a word with a slash whose last part has a file extension (.py, .md, .toml, .json,
   .png, ...: EXTENSIONS), in backticks or plain. It must name an existing file or folder inside
-  the repo, relative to the repo root or to the folder of the file that names it.
+  the repo, relative to the repo root or to the folder of the file that names it; the repo is
+  what a fresh clone holds (git's tracked files and new ones it does not ignore).
   Not references:
-  - URLs and URIs (a "://" or ":/" in the word: https://..., s3://..., runs:/...) and absolute
-    paths ("/tmp/...", "~/.cache/...");
+  - URLs and URIs (a "://" or ":/" in the word: https://..., s3://..., runs:/...), absolute
+    paths ("/tmp/...", "~/.cache/...") and paths in the user's working folder ("./mlflow.db",
+    where a command run there writes);
   - placeholders: a "<", ">", "{", "}", "*", "$" or "..." in the word ({output}/{image_id}/x.png,
     docs/*.md), or a metavariable part (METAVARIABLE: DIR/x.png, jobs/NAME.py, scale_XX.png,
     start_scale_S/beta_B.gif, sr_xF.png);
@@ -48,6 +50,7 @@ import ast
 import importlib
 import io
 import re
+import subprocess
 import tokenize
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,8 +101,31 @@ def entry_point_groups() -> set[str]:
     return set(re.findall(r'entry-points\."([^"]+)"', (ROOT / "pyproject.toml").read_text()))
 
 
+def repo_files() -> set[Path] | None:
+    """The files of the repo as a fresh clone has them: tracked, or new and not ignored (a local
+    mlflow.db or run folder must not make a reference pass here and fail in CI); None outside a
+    git checkout (then every file on disk counts)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {ROOT / line for line in listed.splitlines() if (ROOT / line).is_file()}
+
+
 NOT_MODULES = entry_point_groups()
-FILE_NAMES = {p.name for p in ROOT.rglob("*") if not skipped(p) and p.is_file()}
+REPO_FILES = repo_files()
+REPO_FOLDERS = (None if REPO_FILES is None else
+                {folder for file in REPO_FILES for folder in file.parents
+                 if folder.is_relative_to(ROOT)})
+FILE_NAMES = ({p.name for p in ROOT.rglob("*") if not skipped(p) and p.is_file()}
+              if REPO_FILES is None else {p.name for p in REPO_FILES})
+
+
+def in_repo(path: Path) -> bool:
+    if REPO_FILES is None:
+        return path.exists()
+    return path in REPO_FILES or path in REPO_FOLDERS
 
 
 # --- where the text is --------------------------------------------------------------------------
@@ -154,7 +180,7 @@ def references(lines: list[tuple[int, str]], markdown: bool) -> Iterator[tuple[i
                 yield number, "dotted", name
         for match in WORD.finditer(line):
             word = match.group(0)
-            if "://" in word or ":/" in word or word.startswith(("/", "~")) \
+            if "://" in word or ":/" in word or word.startswith(("/", "~", "./")) \
                     or PLACEHOLDER.search(word):
                 continue
             word = word.rstrip(".:,;=-").lstrip(":=-")
@@ -354,7 +380,7 @@ def problem(kind: str, reference: str, here: Path) -> str | None:
     bases = [here.parent] if kind == "link" else [ROOT, here.parent]
     for base in bases:
         path = (base / reference).resolve()
-        if path.is_relative_to(ROOT) and path.exists():
+        if path.is_relative_to(ROOT) and in_repo(path):
             return None
     return "no such file"
 

@@ -15,6 +15,7 @@ from bench.fleet_sim import SimulatedTrainer
 from pipeline.manifest import manifest_row
 from pipeline.storage import ImageStore, Storage, local_copy, read_url
 from singan.base import Callback
+from singan.data.examples import pebbles
 from tests.conftest import tiny_config
 
 
@@ -133,7 +134,7 @@ def callback_calls(train, images, config, **options) -> tuple[list[list], list, 
 
 def test_the_simulated_trainer_calls_back_as_singan_trains():
     config = tiny_config()
-    images = [singan.examples.pebbles(24, 32, seed=seed) for seed in (1, 2)]
+    images = [pebbles(24, 32, seed=seed) for seed in (1, 2)]
     real_calls, real_order, real_models = callback_calls(singan.train_many, images, config)
     sim_calls, sim_order, sim_models = callback_calls(
         SimulatedTrainer(seconds_per_scale=0.0).train, images, config, resume=None)
