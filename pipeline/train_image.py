@@ -397,6 +397,9 @@ class _Bucket:
         if self.job.retrain_suspect and verdict is not None and (
                 not verdict.ok or model.seed != row.seed):
             model, summary, verdict, retrained = self.retrained(item, model, summary, verdict)
+            # The kept attempt's values, and the time of every attempt.
+            sifid_value = summary.get(SUMMARY_PREFIX + "sifid")
+            seconds = time.perf_counter() - self.start
         tags = {**verdict_tags(verdict), **({"retrained": retrained} if retrained else {})}
         run.finish("FINISHED", tags=tags, metrics=summary)
         store.mark_success({"run_id": run.run_id, "config_hash": config_hash(row),

@@ -354,6 +354,8 @@ def test_retrain_suspect_keeps_the_best_seed_and_says_so(tmp_path):
     assert model.is_complete and model.seed == 3
     success = json.loads((root / "_SUCCESS").read_text())
     assert success["retrained"] == result.retrained and success["summary"]["final/swd_ratio"] == 7
+    # The image's time includes its retrainings (the kept attempt was judged after them).
+    assert success["summary"]["final/seconds"] <= result.seconds
     record = json.loads((root / "retrain.json").read_text())
     assert [a["seed"] for a in record["attempts"]] == [1, 2, 3] and record["kept"] == 3
     assert record["committing"] is None
