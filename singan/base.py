@@ -192,7 +192,7 @@ class IterationLog:
              *terms: Tensor | None) -> list[IterationLog]:
         """One entry per image from five loss terms of one value per image (None where a term
         does not exist), read from the device in one host sync."""
-        present = [t for t in terms if t is not None]
+        present = [t.reshape(-1) for t in terms if t is not None]  # a single image's: 0-d
         rows = torch.stack(present, dim=1).tolist()  # images x terms
         entries = []
         for row in rows:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # One iteration of a recipe: iteration (1 .. niter) -> its five loss terms (d_real, d_fake,
 # gradient_penalty, g_adv, reconstruction; None where a term does not exist), one value per
-# image each.
+# image each (a 0-d tensor for a recipe that trains one image).
 Step = Callable[[int], Sequence[Tensor | None]]
 
 

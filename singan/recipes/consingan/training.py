@@ -100,7 +100,7 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
     schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, [config.lr_milestone], config.gamma)
                   for opt in (opt_g, opt_d)]
 
-    def step(iteration: int) -> list[Tensor]:
+    def step(iteration: int) -> tuple[Tensor, ...]:
         noises = [streams.normal((1, *noise_size(config, k, shape)), generator=rng, device=device,
                                  dtype=dtype) for k, shape in enumerate(shapes)]
 
@@ -131,7 +131,7 @@ def train_stage(model: ConSinGAN, stage: int, real: Tensor,
         trainable(critic)  # the critic trains again (its redundant biases stay frozen)
         for scheduler in schedulers:
             scheduler.step()
-        return [term.reshape(1) for term in (d_real, d_fake, penalty, g_adv, reconstruction)]
+        return d_real, d_fake, penalty, g_adv, reconstruction
 
     # 6. The iterations, reported every log_every (skeleton.run_level). Losses that are not
     #    finite end the stage: the stages below it trained with it, so the model in memory is
