@@ -427,6 +427,8 @@ class _Bucket:
                 continue
             logger.info("%s: %s; retraining with seed %d", row.image_id, best.verdict.reason,
                         seed)
+            # The attempt's files are staged in memory, and its points are kept out of MLflow
+            # (an untracked run: tracking_uri None), until it proves better than the kept one.
             staged: dict[str, bytes] = {}
             recorder = ImageRecorder(_Files(staged), ImageRun(store, None, None, None),
                                      level_files=job.trainer.level_files,

@@ -8,6 +8,7 @@ in its __init__.py, and its name in the import below.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from singan.errors import InputError
@@ -17,8 +18,8 @@ from singan.recipes.spec import REGISTRY, Recipe, register
 if TYPE_CHECKING:
     from singan.settings import Config
 
-# Read-only to everyone else: recipes enter through `register`.
-RECIPES = REGISTRY
+# A read-only view of the registry: recipes enter through `register`.
+RECIPES = MappingProxyType(REGISTRY)
 
 
 def recipe_named(name: str) -> Recipe:
